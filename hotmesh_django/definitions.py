@@ -1,0 +1,279 @@
+"""`@activity`, `@workflow`, `RetryPolicy` and the start options they carry."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+
+from hotmesh_django import context, registry
+
+if TYPE_CHECKING:
+    from hotmesh_django.handles import JobHandle, StepHandle
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_QUEUE = "default"
+_MAX_NAME = 255
+_MAX_QUEUE = 100
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """How often to run an activity, and how long to wait between runs (seconds)."""
+
+    max_attempts: int = 3
+    initial_interval: float = 1.0
+    backoff: float = 2.0
+    max_interval: float = 300.0
+    # Exception types (or their names) that fail the step at once.
+    non_retryable: tuple[type[BaseException] | str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be an integer >= 1, not {self.max_attempts!r}.")
+        if self.initial_interval < 0 or self.max_interval < 0:
+            raise ValueError("initial_interval and max_interval must not be negative.")
+        if self.backoff < 1:
+            raise ValueError(f"backoff must be >= 1, not {self.backoff!r}.")
+
+    def delay_after(self, attempt: int) -> float | None:
+        """Return seconds to wait before attempt `attempt + 1`, or None to stop."""
+        if attempt >= self.max_attempts:
+            return None
+        # Cap the exponent too: backoff ** 10_000 overflows a float.
+        exponent = min(max(attempt - 1, 0), 64)
+        return float(min(self.initial_interval * self.backoff**exponent, self.max_interval))
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        """Return False for NonRetryableError and the policy's non_retryable types."""
+        from hotmesh_django.exceptions import NonRetryableError
+
+        if isinstance(exc, NonRetryableError):
+            return False
+        for item in self.non_retryable:
+            if isinstance(item, str):
+                names = {f"{c.__module__}.{c.__qualname__}" for c in type(exc).__mro__}
+                names |= {c.__name__ for c in type(exc).__mro__}
+                if item in names:
+                    return False
+            elif isinstance(exc, item):
+                return False
+        return True
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StartOptions:
+    """Options for one start: `.using(workflow_id=, queue=, priority=, delay=, search=)`."""
+
+    workflow_id: str | None = None
+    queue: str | None = None
+    priority: int | None = None
+    delay: float = 0.0
+    search: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        wid = self.workflow_id
+        if wid is not None and (not isinstance(wid, str) or not wid or len(wid) > _MAX_NAME):
+            raise ValueError(
+                f"workflow_id must be a non-empty string of at most {_MAX_NAME} characters."
+            )
+        if self.queue is not None:
+            _check_queue(self.queue)
+        if self.priority is not None and not isinstance(self.priority, int):
+            raise TypeError(f"priority must be an int, not {type(self.priority).__name__}.")
+        if self.delay < 0:
+            raise ValueError(f"delay must not be negative, not {self.delay!r}.")
+        if self.search is not None and not isinstance(self.search, Mapping):
+            raise TypeError("search must be a mapping of attribute names to values.")
+
+
+def _check_queue(queue: object) -> None:
+    if not isinstance(queue, str) or not queue or len(queue) > _MAX_QUEUE:
+        raise ValueError(f"queue must be a non-empty string of at most {_MAX_QUEUE} characters.")
+
+
+def _seconds(value: float | datetime.timedelta | None, what: str) -> float | None:
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, datetime.timedelta) else float(value)
+    if seconds < 0:
+        raise ValueError(f"{what} must not be negative, not {value!r}.")
+    return seconds
+
+
+def _using(definition: Any, changes: dict[str, Any]) -> Any:
+    fields = {f.name for f in dataclasses.fields(StartOptions)}
+    unknown = set(changes) - fields
+    if unknown:
+        raise TypeError(
+            f"using() got unknown option(s) {', '.join(sorted(unknown))}; "
+            f"expected some of {', '.join(sorted(fields))}."
+        )
+    if "delay" in changes:
+        changes["delay"] = _seconds(changes["delay"], "delay") or 0.0
+    options = dataclasses.replace(definition.options, **changes)
+    return dataclasses.replace(definition, options=options)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ActivityDefinition(Generic[P, R]):
+    """A function made durable. Calling it inside a workflow makes a durable step."""
+
+    func: Callable[P, R]
+    name: str  # Stable id written to the journal; renaming it breaks replay.
+    queue: str = DEFAULT_QUEUE
+    retry: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
+    timeout: float | None = None
+    priority: int = 0
+    atomic: bool = False
+    options: StartOptions = dataclasses.field(default_factory=StartOptions)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        ctx = context.current()
+        if ctx is None:
+            return self.func(*args, **kwargs)
+        return ctx.call_activity(self, args, kwargs).result()  # type: ignore[no-any-return]
+
+    def start(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle | StepHandle:
+        """Start a job that runs this activity; inside a workflow, start a step."""
+        ctx = context.current()
+        if ctx is not None:
+            return ctx.call_activity(self, args, kwargs)
+        from hotmesh_django.engine.start import start_job
+
+        return start_job(self, args, kwargs)
+
+    def using(self, **changes: Any) -> ActivityDefinition[P, R]:
+        """Return a copy that starts with other options."""
+        return _using(self, changes)  # type: ignore[no-any-return]
+
+    @property
+    def __name__(self) -> str:
+        return self.func.__name__
+
+    @property
+    def __doc__(self) -> str | None:  # type: ignore[override]
+        return self.func.__doc__
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class WorkflowDefinition(Generic[P, R]):
+    """A reentrant function whose every step is journaled."""
+
+    func: Callable[P, R]
+    name: str
+    queue: str = DEFAULT_QUEUE
+    timeout: float | None = None
+    priority: int = 0
+    options: StartOptions = dataclasses.field(default_factory=StartOptions)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        ctx = context.current()
+        if ctx is None:
+            return self.func(*args, **kwargs)
+        return ctx.call_child(self, args, kwargs).result()  # type: ignore[no-any-return]
+
+    def start(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle | StepHandle:
+        """Start a job running this workflow; inside a workflow, start a child."""
+        ctx = context.current()
+        if ctx is not None:
+            return ctx.call_child(self, args, kwargs)
+        from hotmesh_django.engine.start import start_job
+
+        return start_job(self, args, kwargs)
+
+    def using(self, **changes: Any) -> WorkflowDefinition[P, R]:
+        """Return a copy that starts with other options."""
+        return _using(self, changes)  # type: ignore[no-any-return]
+
+    @property
+    def __name__(self) -> str:
+        return self.func.__name__
+
+    @property
+    def __doc__(self) -> str | None:  # type: ignore[override]
+        return self.func.__doc__
+
+
+def _check_function(f: Callable[..., Any], what: str) -> None:
+    if not callable(f):
+        raise TypeError(f"@{what} decorates a function, not {type(f).__name__}.")
+    qualname = getattr(f, "__qualname__", "")
+    if "<locals>" in qualname or getattr(f, "__name__", "") == "<lambda>":
+        # Workers find definitions by importing modules; a nested function or a
+        # lambda cannot be found that way.
+        raise TypeError(f"@{what} needs a module-level function; {qualname} is not.")
+
+
+def _check_common(name: str | None, queue: str, priority: int) -> None:
+    if name is not None and (not isinstance(name, str) or not name or len(name) > _MAX_NAME):
+        raise ValueError(f"name must be a non-empty string of at most {_MAX_NAME} characters.")
+    _check_queue(queue)
+    if not isinstance(priority, int):
+        raise TypeError(f"priority must be an int, not {type(priority).__name__}.")
+
+
+@overload
+def activity(func: Callable[P, R], /) -> ActivityDefinition[P, R]: ...
+@overload
+def activity(
+    *, name: str | None = None, queue: str = DEFAULT_QUEUE, retry: RetryPolicy | None = None,
+    timeout: float | datetime.timedelta | None = None, priority: int = 0, atomic: bool = False,
+) -> Callable[[Callable[P, R]], ActivityDefinition[P, R]]: ...
+def activity(
+    func: Callable[P, R] | None = None, /, *, name: str | None = None,
+    queue: str = DEFAULT_QUEUE, retry: RetryPolicy | None = None,
+    timeout: float | datetime.timedelta | None = None, priority: int = 0, atomic: bool = False,
+) -> ActivityDefinition[P, R] | Callable[[Callable[P, R]], ActivityDefinition[P, R]]:
+    """Register a module-level function as a durable activity."""
+    _check_common(name, queue, priority)
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise TypeError("retry must be a RetryPolicy.")
+    timeout_s = _seconds(timeout, "timeout")
+    if timeout_s == 0:
+        raise ValueError("timeout must be positive.")
+
+    def decorate(f: Callable[P, R]) -> ActivityDefinition[P, R]:
+        _check_function(f, "activity")
+        definition = ActivityDefinition(
+            func=f, name=name or f"{f.__module__}.{f.__qualname__}", queue=queue,
+            retry=retry or RetryPolicy(), timeout=timeout_s, priority=priority,
+            atomic=atomic,
+        )
+        registry.register_activity(definition)
+        return definition
+
+    return decorate(func) if func is not None else decorate
+
+
+@overload
+def workflow(func: Callable[P, R], /) -> WorkflowDefinition[P, R]: ...
+@overload
+def workflow(
+    *, name: str | None = None, queue: str = DEFAULT_QUEUE,
+    timeout: float | datetime.timedelta | None = None, priority: int = 0,
+) -> Callable[[Callable[P, R]], WorkflowDefinition[P, R]]: ...
+def workflow(
+    func: Callable[P, R] | None = None, /, *, name: str | None = None,
+    queue: str = DEFAULT_QUEUE, timeout: float | datetime.timedelta | None = None,
+    priority: int = 0,
+) -> WorkflowDefinition[P, R] | Callable[[Callable[P, R]], WorkflowDefinition[P, R]]:
+    """Register a module-level function as a durable workflow."""
+    _check_common(name, queue, priority)
+    timeout_s = _seconds(timeout, "timeout")
+    if timeout_s == 0:
+        raise ValueError("timeout must be positive.")
+
+    def decorate(f: Callable[P, R]) -> WorkflowDefinition[P, R]:
+        _check_function(f, "workflow")
+        definition = WorkflowDefinition(
+            func=f, name=name or f"{f.__module__}.{f.__qualname__}", queue=queue,
+            timeout=timeout_s, priority=priority,
+        )
+        registry.register_workflow(definition)
+        return definition
+
+    return decorate(func) if func is not None else decorate

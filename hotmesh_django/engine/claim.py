@@ -1,0 +1,219 @@
+"""Claim, lease and rescue: the queue side of the engine.
+
+Each function is one short transaction. User code never runs inside them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import uuid
+from typing import Any
+
+from django.db import connection, transaction
+
+from hotmesh_django.engine.complete import enqueue_turn
+from hotmesh_django.engine.notify import WORK_CHANNEL, tables
+
+logger = logging.getLogger(__name__)
+
+# The claim is one statement. MATERIALIZED keeps the LIMIT applied once (Postgres may
+# otherwise inline the CTE into the UPDATE); SKIP LOCKED makes concurrent claimers
+# pass over each other's rows instead of queueing behind them. The step's and the
+# activity job's status move to RUNNING in the same statement, so what the admin
+# shows is what the queue holds.
+_CLAIM = """
+WITH c AS MATERIALIZED (
+    SELECT id FROM {stream}
+     WHERE queue = %(queue)s AND status = 'READY'
+     ORDER BY priority DESC, id
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+), m AS (
+    UPDATE {stream} AS s
+       SET status = 'RUNNING', worker = %(worker)s, attempts = s.attempts + 1,
+           lease_expires_at = now() + make_interval(secs => %(lease)s),
+           claimed_at = now()
+      FROM c
+     WHERE s.id = c.id
+ RETURNING s.id, s.kind, s.job_id, s.step, s.name, s.payload, s.attempts, s.queue
+), a AS (
+    UPDATE {activity} AS x
+       SET status = 'RUNNING', attempts = m.attempts, started_at = now()
+      FROM m
+     WHERE x.job_id = m.job_id AND x.seq = m.step AND m.kind IN ('STEP', 'TASK')
+       AND x.status IN ('READY', 'RUNNING')
+), j AS (
+    UPDATE {job} AS x
+       SET status = 'RUNNING', started_at = coalesce(x.started_at, now()),
+           updated_at = now()
+      FROM m
+     WHERE x.id = m.job_id AND m.kind = 'TASK' AND x.status = 'READY'
+)
+SELECT id, kind, job_id, step, name, payload, attempts, queue FROM m ORDER BY id
+"""
+
+_PROMOTE = """
+WITH d AS (
+    SELECT id FROM {stream}
+     WHERE status = 'SCHEDULED' AND visible_at <= now()
+     ORDER BY visible_at
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+), u AS (
+    UPDATE {stream} AS s SET status = 'READY' FROM d WHERE s.id = d.id
+    RETURNING s.queue
+)
+SELECT pg_notify('{channel}', 'q:' || queue) FROM (SELECT DISTINCT queue FROM u) AS q
+"""
+
+_NEXT_DUE = """
+SELECT extract(epoch FROM min(visible_at) - clock_timestamp())
+  FROM {stream} WHERE status = 'SCHEDULED'
+"""
+
+_EXTEND = """
+UPDATE {stream} SET lease_expires_at = now() + make_interval(secs => %(lease)s)
+ WHERE worker = %(worker)s AND status = 'RUNNING'
+"""
+
+# Rows whose lease ran out, or whose worker said goodbye or went silent.
+_EXPIRED = """
+SELECT id FROM {stream}
+ WHERE status = 'RUNNING' AND kind IN %(kinds)s
+   AND (lease_expires_at < now() OR worker = ANY(%(workers)s::uuid[]))
+   FOR UPDATE SKIP LOCKED
+"""
+
+_REQUEUE_STEPS = """
+WITH m AS (
+    UPDATE {stream} AS s
+       SET status = 'READY', worker = NULL, lease_expires_at = NULL
+     WHERE s.id IN ({expired})
+ RETURNING s.id, s.kind, s.job_id, s.step, s.name, s.attempts, s.queue
+), a AS (
+    UPDATE {activity} AS x SET status = 'READY'
+      FROM m WHERE x.job_id = m.job_id AND x.seq = m.step AND x.status = 'RUNNING'
+), j AS (
+    UPDATE {job} AS x SET status = 'READY', updated_at = now()
+      FROM m WHERE x.id = m.job_id AND m.kind = 'TASK' AND x.status = 'RUNNING'
+), r AS (
+    INSERT INTO {journal} (job_id, step, event, name, attempt, data, created_at)
+    SELECT job_id, step, 'lease_expired', name, attempts, NULL, now() FROM m
+)
+SELECT queue, count(*) FROM m GROUP BY queue
+"""
+
+_DROP_TURNS = """
+DELETE FROM {stream} WHERE id IN ({expired}) RETURNING job_id
+"""
+
+# Any number that no other advisory-lock user is likely to pick.
+RESCUE_LOCK_KEY = 0x686F746D657368  # "hotmesh"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Claimed:
+    """A message this worker holds a lease on."""
+
+    id: int
+    kind: str
+    job_id: int
+    step: int | None
+    name: str
+    payload: Any
+    attempts: int
+    queue: str
+
+
+def claim(*, queue: str, worker_id: uuid.UUID, limit: int, lease_seconds: float) -> list[Claimed]:
+    """Claim up to `limit` ready messages of `queue` for `worker_id`.
+
+    Call with no transaction open: the statement commits on its own, so the row
+    locks last only as long as the statement.
+    """
+    sql = _CLAIM.format(**tables())
+    params = {"queue": queue, "limit": limit, "worker": worker_id, "lease": lease_seconds}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    # Django loads jsonb as text (JSONField decodes it itself), so decode here.
+    return [
+        Claimed(**dict(zip(_FIELDS, (*row[:5], _loads(row[5]), *row[6:]), strict=True)))
+        for row in rows
+    ]
+
+
+def _loads(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+_FIELDS = ("id", "kind", "job_id", "step", "name", "payload", "attempts", "queue")
+
+
+def promote_due(limit: int = 1000) -> None:
+    """Make due timers, retries and delayed starts claimable, and wake their queues."""
+    with connection.cursor() as cursor:
+        cursor.execute(_PROMOTE.format(channel=WORK_CHANNEL, **tables()), {"limit": limit})
+
+
+def seconds_until_next_due() -> float | None:
+    """Return seconds until the earliest scheduled message is due (<= 0: due now)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_NEXT_DUE.format(**tables()))
+        row = cursor.fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+def extend_leases(*, worker_id: uuid.UUID, lease_seconds: float) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(_EXTEND.format(**tables()), {"worker": worker_id, "lease": lease_seconds})
+        return cursor.rowcount
+
+
+def requeue_expired(*, workers: list[uuid.UUID]) -> int:
+    """Put back the messages of dead workers and expired leases; return how many.
+
+    A requeued step counts its attempt (it was counted at claim) and gets a
+    `lease_expired` journal entry. A turn or timer is dropped and the job's next turn
+    queued instead, since a turn is idempotent and at most one may be ready per job.
+    """
+    t = tables()
+    params = {"workers": workers}
+    with transaction.atomic(), connection.cursor() as cursor:
+        step_kinds = {"kinds": ("STEP", "TASK"), **params}
+        expired = _EXPIRED.format(**t).replace("%(kinds)s", "('STEP', 'TASK')")
+        cursor.execute(_REQUEUE_STEPS.format(expired=expired, **t), step_kinds)
+        rows = cursor.fetchall()
+        queues = [row[0] for row in rows]
+        moved = sum(row[1] for row in rows)
+        expired = _EXPIRED.format(**t).replace("%(kinds)s", "('TURN', 'TIMER')")
+        cursor.execute(_DROP_TURNS.format(expired=expired, **t), params)
+        jobs = {row[0] for row in cursor.fetchall()}
+        for job_id in jobs:
+            enqueue_turn(job_id)
+        for queue in queues:
+            cursor.execute("SELECT pg_notify(%s, %s)", [WORK_CHANNEL, f"q:{queue}"])
+    if queues or jobs:
+        logger.info("rescued queues=%s turns=%s", queues, len(jobs))
+    return moved + len(jobs)
+
+
+def rescue(*, stale_seconds: float) -> int:
+    """As whichever worker wins the advisory lock, forget silent workers and requeue
+    expired leases. Return how many messages moved (0 if another worker holds it)."""
+    t = tables()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [RESCUE_LOCK_KEY])
+        if not cursor.fetchone()[0]:  # type: ignore[index]
+            return 0
+        cursor.execute(
+            f"DELETE FROM {t['worker']} "  # noqa: S608 - table name from _meta
+            "WHERE last_seen < now() - make_interval(secs => %s) RETURNING id",
+            [stale_seconds],
+        )
+        dead = [row[0] for row in cursor.fetchall()]
+        if dead:
+            logger.warning("workers gone silent ids=%s", [str(d) for d in dead])
+        return requeue_expired(workers=dead)

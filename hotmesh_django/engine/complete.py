@@ -1,0 +1,116 @@
+"""Shared write paths: wake a job for its next turn, and finish a job.
+
+Both run inside the caller's transaction, so a step's outcome, the job's next turn
+and the parent's wake-up commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback as tb
+from typing import Any
+
+from django.db import connection
+from django.db.models.functions import Now
+
+from hotmesh_django.engine.notify import DONE_CHANNEL, WORK_CHANNEL, tables
+from hotmesh_django.models import (
+    ACTIVE_STATUSES,
+    Activity,
+    Job,
+    JobStatus,
+    Journal,
+    JournalEvent,
+    Stream,
+)
+
+logger = logging.getLogger(__name__)
+
+# ON CONFLICT names the partial unique index's predicate, so at most one READY turn
+# per job exists: many completions at once collapse into one replay.
+_ENQUEUE_TURN = """
+WITH t AS (
+    INSERT INTO {stream} (queue, kind, job_id, name, priority, status, visible_at,
+                          attempts, created_at)
+    SELECT queue, 'TURN', id, name, priority, 'READY', now(), 0, now()
+      FROM {job}
+     WHERE id = %s AND status IN ('READY', 'RUNNING', 'WAITING')
+    ON CONFLICT (job_id) WHERE kind = 'TURN' AND status = 'READY' DO NOTHING
+    RETURNING queue
+)
+SELECT pg_notify('{channel}', 'q:' || queue) FROM t
+"""
+
+
+def error_dict(exc: BaseException, *, with_traceback: bool = True) -> dict[str, Any]:
+    """Describe an exception as stored in `error` columns."""
+    data: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)[:10_000]}
+    if with_traceback:
+        data["traceback"] = "".join(tb.format_exception(exc))[-20_000:]
+    return data
+
+
+def enqueue_turn(job_id: int) -> None:
+    """Queue the next turn of job `job_id` unless one is already queued or it ended."""
+    with connection.cursor() as cursor:
+        cursor.execute(_ENQUEUE_TURN.format(channel=WORK_CHANNEL, **tables()), [job_id])
+
+
+def notify_done(job_id: int) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_notify(%s, %s)", [DONE_CHANNEL, str(job_id)])
+
+
+_FINAL_EVENTS = {
+    JobStatus.SUCCESSFUL: JournalEvent.COMPLETED,
+    JobStatus.FAILED: JournalEvent.FAILED,
+    JobStatus.CANCELLED: JournalEvent.CANCELLED,
+}
+
+
+def finish_job(
+    job_id: int, status: JobStatus, *, output: Any = None,
+    error: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
+) -> bool:
+    """Move job `job_id` to a final status, drop its queued messages, tell its parent.
+
+    Return False (and write nothing) when the job is no longer active. Messages a
+    worker is running are dropped too: their guarded acks will find nothing and
+    discard the late result.
+    """
+    moved = Job.objects.filter(pk=job_id).transition(
+        status, output=output, error=error, finished_at=Now()
+    )
+    if not moved:
+        return False
+    Stream.objects.filter(job_id=job_id).delete()
+    # Steps still open end with the job, so the admin never shows them as running.
+    Activity.objects.filter(job_id=job_id, status__in=ACTIVE_STATUSES).update(
+        status=JobStatus.CANCELLED, finished_at=Now()
+    )
+    Journal.objects.create(
+        job_id=job_id, event=_FINAL_EVENTS[status], data=data or error or None
+    )
+    notify_done(job_id)
+    parent = Job.objects.filter(pk=job_id).values_list("parent_id", "parent_step", "name").get()
+    if parent[0] is not None and parent[1] is not None:
+        _wake_parent(parent[0], parent[1], parent[2], status, output, error)
+    return True
+
+
+def _wake_parent(
+    parent_id: int, step: int, name: str, status: JobStatus, output: Any,
+    error: dict[str, Any] | None,
+) -> None:
+    step_status = JobStatus.SUCCESSFUL if status == JobStatus.SUCCESSFUL else JobStatus.FAILED
+    if status == JobStatus.CANCELLED and error is None:
+        error = {"type": "JobCancelled", "message": "The child workflow was cancelled."}
+    moved = Activity.objects.filter(
+        job_id=parent_id, seq=step, status__in=ACTIVE_STATUSES
+    ).update(status=step_status, output=output, error=error, finished_at=Now())
+    if moved:
+        Journal.objects.create(
+            job_id=parent_id, step=step, event=JournalEvent.CHILD_FINISHED, name=name,
+            data={"status": status},
+        )
+        enqueue_turn(parent_id)

@@ -1,0 +1,248 @@
+"""Operations on a job from outside: signal, cancel, retry.
+
+Each is a guarded engine call the API, the admin and the CLI share, and each
+reports whether it moved anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.db import DEFAULT_DB_ALIAS, transaction
+from django.db.models.functions import Now
+
+from hotmesh_django.engine.complete import enqueue_turn, finish_job
+from hotmesh_django.exceptions import JobFinishedError, JobNotFound
+from hotmesh_django.models import (
+    ACTIVE_STATUSES,
+    FINISHED_STATUSES,
+    Activity,
+    Job,
+    JobKind,
+    JobStatus,
+    Journal,
+    JournalEvent,
+    Signal,
+    StepKind,
+    Stream,
+    StreamKind,
+    StreamStatus,
+)
+from hotmesh_django.serialization import encode_value
+
+logger = logging.getLogger(__name__)
+
+
+def _get(workflow_id: str, using: str) -> Job:
+    job = Job.objects.using(using).filter(workflow_id=workflow_id).first()
+    if job is None:
+        raise JobNotFound(f"No job has workflow_id {workflow_id!r}.")
+    return job
+
+
+def send_signal(workflow_id: str, name: str, payload: Any = None, *,
+                using: str = DEFAULT_DB_ALIAS, actor: str = "") -> None:
+    """Buffer signal `name` for the job and queue a turn to deliver it.
+
+    Raise JobNotFound for an unknown job, JobFinishedError for a finished one,
+    ValueError for a bad name and TypeError for a payload that is not JSON.
+    """
+    if not isinstance(name, str) or not name or len(name) > 255:
+        raise ValueError("A signal name must be a non-empty string of at most 255 characters.")
+    data = encode_value(payload, what="the signal payload")
+    with transaction.atomic(using=using):
+        job = _get(workflow_id, using)
+        if job.status in FINISHED_STATUSES:
+            raise JobFinishedError(
+                f"Job {workflow_id!r} is {job.status}; it can no longer take signals."
+            )
+        Signal.objects.using(using).create(job=job, name=name, payload=data)
+        Journal.objects.using(using).create(
+            job=job, event=JournalEvent.SIGNAL_RECEIVED, name=name,
+            data={"payload": data, **({"by": actor} if actor else {})},
+        )
+        if job.kind == JobKind.WORKFLOW:
+            enqueue_turn(job.id)
+
+
+def cancel_job(workflow_id: str, *, using: str = DEFAULT_DB_ALIAS, actor: str = "") -> bool:
+    """Cancel the job and its active children; return False if it had finished."""
+    with transaction.atomic(using=using):
+        job = _get(workflow_id, using)
+        return _cancel(job.id, actor)
+
+
+def _cancel(job_id: int, actor: str) -> bool:
+    error = {"type": "JobCancelled", "message": "Cancelled on request."}
+    if actor:
+        error["message"] = f"Cancelled by {actor}."
+    if not finish_job(job_id, JobStatus.CANCELLED, error=error):
+        return False
+    for child_id in Job.objects.filter(parent_id=job_id, status__in=ACTIVE_STATUSES).values_list(
+        "id", flat=True
+    ):
+        _cancel(child_id, actor)
+    return True
+
+
+def retry_job(workflow_id: str, *, using: str = DEFAULT_DB_ALIAS, actor: str = "") -> bool:
+    """Re-run a FAILED job from its failed step, keeping the steps that finished.
+
+    Return False (and change nothing) when the job is not FAILED.
+    """
+    with transaction.atomic(using=using):
+        job = Job.objects.select_for_update(no_key=True).filter(workflow_id=workflow_id).first()
+        if job is None:
+            raise JobNotFound(f"No job has workflow_id {workflow_id!r}.")
+        if job.status != JobStatus.FAILED:
+            return False
+        _revive_steps(job)
+        Job.objects.filter(pk=job.pk).transition(
+            JobStatus.READY, error=None, output=None, finished_at=None
+        )
+        Journal.objects.create(
+            job=job, event=JournalEvent.RETRIED, data={"by": actor} if actor else None
+        )
+        if job.kind == JobKind.WORKFLOW:
+            enqueue_turn(job.id)
+    logger.info("job retried job=%s by=%s", workflow_id, actor or "-")
+    return True
+
+
+def _revive_steps(job: Job) -> None:
+    """Re-queue the steps that failed, or were cut off when the job failed."""
+    revived = Activity.objects.filter(
+        job=job, status__in=[JobStatus.FAILED, JobStatus.CANCELLED],
+        kind__in=[StepKind.ACTIVITY, StepKind.SLEEP],
+    ).order_by("seq")
+    messages = []
+    for step in revived:
+        if step.kind == StepKind.ACTIVITY:
+            step.status = JobStatus.READY
+            messages.append(Stream(
+                queue=step.queue, job=job, step=step.seq, name=step.name,
+                kind=StreamKind.TASK if job.kind == JobKind.ACTIVITY else StreamKind.STEP,
+                payload=step.input, priority=job.priority, status=StreamStatus.READY,
+            ))
+        else:
+            step.status = JobStatus.WAITING
+            messages.append(Stream(
+                queue=job.queue, kind=StreamKind.TIMER, job=job, step=step.seq,
+                name=job.name, priority=job.priority, status=StreamStatus.SCHEDULED,
+                visible_at=step.wake_at or Now(),
+            ))
+        step.error = None
+        step.finished_at = None
+    Activity.objects.bulk_update(list(revived), ["status", "error", "finished_at"])
+    Stream.objects.bulk_create(messages)
+    # Steps cut off by the failure that cannot be revived (signal waits, children)
+    # go back to waiting; their next turn looks at them afresh.
+    Activity.objects.filter(job=job, status=JobStatus.CANCELLED).update(
+        status=JobStatus.WAITING, finished_at=None
+    )
+    for child in Job.objects.filter(parent=job, status=JobStatus.FAILED):
+        retry_job(child.workflow_id)
+        Activity.objects.filter(job=job, child=child).update(status=JobStatus.RUNNING, error=None)
+
+
+def rerun_from_step(workflow_id: str, seq: int, *, using: str = DEFAULT_DB_ALIAS,
+                    actor: str = "") -> bool:
+    """Re-run a job from step `seq`: forget that step and every later one, then replay.
+
+    Steps before `seq` keep their recorded outcomes; the ones the job's failure cut
+    off are queued again, as in retry_job. Signals that the forgotten steps consumed
+    are buffered again, so the replay takes them afresh. Child workflows are not
+    re-run: the replay links the existing child by its workflow_id. Messages of the
+    forgotten steps are dropped, so a worker still running one finds its guarded ack
+    moves nothing and discards the late result.
+
+    Return False (and change nothing) when the job may not move back to READY:
+    SUCCESSFUL and CANCELLED jobs are final. Raise JobNotFound for an unknown job and
+    ValueError when the job has no step `seq`.
+    """
+    from hotmesh_django.models import sources_of
+
+    with transaction.atomic(using=using):
+        job = (
+            Job.objects.using(using).select_for_update(no_key=True)
+            .filter(workflow_id=workflow_id).first()
+        )
+        if job is None:
+            raise JobNotFound(f"No job has workflow_id {workflow_id!r}.")
+        if job.status not in sources_of(JobStatus.READY):
+            return False
+        if not Activity.objects.using(using).filter(job=job, seq=seq).exists():
+            raise ValueError(f"Job {workflow_id!r} has no step {seq}.")
+        queues = _forget_steps(job, seq, using)
+        moved = Job.objects.using(using).filter(pk=job.pk).transition(
+            JobStatus.READY, error=None, output=None, finished_at=None
+        )
+        if not moved:  # the row lock makes this unreachable; never overwrite anyway
+            transaction.set_rollback(True, using=using)
+            return False
+        data: dict[str, Any] = {"from_step": seq}
+        if actor:
+            data["by"] = actor
+        Journal.objects.using(using).create(
+            job=job, step=seq, event=JournalEvent.RETRIED, data=data
+        )
+        if job.kind == JobKind.WORKFLOW:
+            enqueue_turn(job.id)
+        _notify_queues(queues, using)
+    logger.info("job re-run job=%s from_step=%s by=%s", workflow_id, seq, actor or "-")
+    return True
+
+
+def _forget_steps(job: Job, seq: int, using: str) -> set[str]:
+    """Drop steps from `seq` on and re-queue cut-off earlier ones; return queues to wake."""
+    steps = Activity.objects.using(using).filter(job=job)
+    Stream.objects.using(using).filter(job=job, step__gte=seq).delete()
+    Signal.objects.using(using).filter(job=job, step__gte=seq).update(step=None)
+    if job.kind == JobKind.ACTIVITY:
+        # An activity job has one step: run it again with a fresh retry budget.
+        steps.filter(seq__gte=seq).update(
+            status=JobStatus.READY, attempts=0, output=None, error=None,
+            started_at=None, finished_at=None,
+        )
+        Stream.objects.using(using).create(
+            queue=job.queue, kind=StreamKind.TASK, job=job, step=1, name=job.name,
+            payload=job.input, priority=job.priority, status=StreamStatus.READY,
+        )
+        return {job.queue}
+    steps.filter(seq__gte=seq).delete()
+    queues: set[str] = set()
+    messages = []
+    for step in steps.filter(seq__lt=seq, status=JobStatus.CANCELLED).order_by("seq"):
+        if step.kind == StepKind.ACTIVITY:
+            step.status = JobStatus.READY
+            queues.add(step.queue)
+            messages.append(Stream(
+                queue=step.queue, kind=StreamKind.STEP, job=job, step=step.seq,
+                name=step.name, payload=step.input, priority=job.priority,
+                status=StreamStatus.READY,
+            ))
+        elif step.kind == StepKind.SLEEP:
+            step.status = JobStatus.WAITING
+            messages.append(Stream(
+                queue=job.queue, kind=StreamKind.TIMER, job=job, step=step.seq,
+                name=job.name, priority=job.priority, status=StreamStatus.SCHEDULED,
+                visible_at=step.wake_at or Now(),
+            ))
+        else:
+            step.status = JobStatus.WAITING
+        Activity.objects.using(using).filter(pk=step.pk).update(
+            status=step.status, error=None, finished_at=None
+        )
+    Stream.objects.using(using).bulk_create(messages)
+    return queues
+
+
+def _notify_queues(queues: set[str], using: str) -> None:
+    from django.db import connections
+
+    from hotmesh_django.engine.notify import WORK_CHANNEL
+
+    with connections[using].cursor() as cursor:
+        for queue in sorted(queues):
+            cursor.execute("SELECT pg_notify(%s, %s)", [WORK_CHANNEL, f"q:{queue}"])

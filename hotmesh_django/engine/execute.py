@@ -1,0 +1,214 @@
+"""Run one claimed activity message and acknowledge its outcome.
+
+User code runs after the claim has committed and before the ack begins, except for
+`atomic=True` activities, whose own ORM writes share the ack's transaction so they
+happen exactly once. Every ack is guarded by the message id, this worker's id and
+the RUNNING status: when the lease was lost (the message was rescued, or its job
+finished or was cancelled) the ack moves nothing and the late result is dropped.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+from django.db import close_old_connections, connections, transaction
+from django.db.models.functions import Now
+
+from hotmesh_django import registry
+from hotmesh_django.engine.claim import Claimed
+from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job
+from hotmesh_django.engine.notify import WORK_CHANNEL
+from hotmesh_django.exceptions import HotmeshError, NonRetryableError, UnknownDefinition
+from hotmesh_django.models import Activity, Job, JobStatus, Journal, JournalEvent, Stream, StreamStatus
+from hotmesh_django.serialization import decode_call, encode_value
+
+logger = logging.getLogger(__name__)
+
+
+class LeaseLost(HotmeshError):
+    """The message is no longer this worker's: its result must be dropped."""
+
+
+class ActivityTimeout(HotmeshError, TimeoutError):
+    """An activity attempt ran past its timeout."""
+
+
+class BadResult(NonRetryableError, TypeError):
+    """The activity returned something that cannot be stored; retrying won't help."""
+
+
+def _encode_result(result: Any) -> Any:
+    try:
+        return encode_value(result, what="the result")
+    except (TypeError, ValueError) as exc:
+        raise BadResult(str(exc)) from exc
+
+
+def _mine(message: Claimed, worker_id: uuid.UUID) -> Any:
+    return Stream.objects.filter(
+        id=message.id, worker=worker_id, status=StreamStatus.RUNNING
+    )
+
+
+def ack_success(message: Claimed, worker_id: uuid.UUID, output: Any) -> bool:
+    """Record a successful attempt; return False if the lease was lost."""
+    with transaction.atomic():
+        if not _mine(message, worker_id).delete()[0]:
+            return False
+        Activity.objects.filter(job_id=message.job_id, seq=message.step).update(
+            status=JobStatus.SUCCESSFUL, output=output, error=None,
+            attempts=message.attempts, finished_at=Now(),
+        )
+        Journal.objects.create(
+            job_id=message.job_id, step=message.step, event=JournalEvent.STEP_COMPLETED,
+            name=message.name, attempt=message.attempts,
+        )
+        if message.kind == "TASK":
+            finish_job(message.job_id, JobStatus.SUCCESSFUL, output=output)
+        else:
+            enqueue_turn(message.job_id)
+    return True
+
+
+def ack_retry(message: Claimed, worker_id: uuid.UUID, error: dict[str, Any], delay: float) -> bool:
+    """Record a failed attempt and schedule the next one `delay` seconds from now."""
+    with transaction.atomic():
+        moved = _mine(message, worker_id).update(
+            status=StreamStatus.SCHEDULED, worker=None, lease_expires_at=None,
+            visible_at=Now() + datetime.timedelta(seconds=delay),
+        )
+        if not moved:
+            return False
+        Activity.objects.filter(job_id=message.job_id, seq=message.step).update(
+            status=JobStatus.READY, error=error, attempts=message.attempts,
+        )
+        if message.kind == "TASK":
+            Job.objects.filter(pk=message.job_id).transition(JobStatus.READY)
+        Journal.objects.create(
+            job_id=message.job_id, step=message.step, event=JournalEvent.STEP_RETRIED,
+            name=message.name, attempt=message.attempts, data={"error": error, "delay": delay},
+        )
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, %s)", [WORK_CHANNEL, f"t:{time.time() + delay}"])
+    return True
+
+
+def ack_failure(message: Claimed, worker_id: uuid.UUID, error: dict[str, Any]) -> bool:
+    """Record the final failure of a step (its workflow sees ActivityFailed)."""
+    with transaction.atomic():
+        if not _mine(message, worker_id).delete()[0]:
+            return False
+        Activity.objects.filter(job_id=message.job_id, seq=message.step).update(
+            status=JobStatus.FAILED, error=error, attempts=message.attempts,
+            finished_at=Now(),
+        )
+        Journal.objects.create(
+            job_id=message.job_id, step=message.step, event=JournalEvent.STEP_FAILED,
+            name=message.name, attempt=message.attempts, data={"error": error},
+        )
+        if message.kind == "TASK":
+            finish_job(message.job_id, JobStatus.FAILED, error=error)
+        else:
+            enqueue_turn(message.job_id)
+    return True
+
+
+def _call_with_timeout(func: Any, args: list[Any], kwargs: dict[str, Any],
+                       timeout: float) -> Any:
+    """Run `func` in a helper thread and give up waiting after `timeout` seconds.
+
+    Python cannot kill a thread: a timed-out call keeps running in the background,
+    but its slot is freed and, since the attempt is acked as failed, whatever it
+    returns later is dropped by the guarded ack.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = func(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+            box["error"] = exc
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=target, name="hotmesh-activity", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise ActivityTimeout(f"The activity ran longer than its timeout of {timeout} s.")
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
+
+
+def run_step(message: Claimed, worker_id: uuid.UUID) -> None:
+    """Run the activity of a STEP or TASK message and ack its outcome."""
+    try:
+        definition = registry.get_activity(message.name)
+    except UnknownDefinition as exc:
+        logger.error("unknown activity job=%s step=%s name=%s", message.job_id,
+                     message.step, message.name)
+        ack_failure(message, worker_id, error_dict(exc, with_traceback=False))
+        return
+    policy = definition.retry
+    if message.attempts > policy.max_attempts:
+        ack_failure(message, worker_id, {
+            "type": "AttemptsExhausted",
+            "message": f"Attempt {message.attempts} exceeds max_attempts="
+                       f"{policy.max_attempts}: earlier attempts' workers stopped "
+                       "before finishing.",
+        })
+        return
+    try:
+        args, kwargs = decode_call(message.payload)
+    except (ValueError, TypeError) as exc:
+        ack_failure(message, worker_id, error_dict(exc, with_traceback=False))
+        return
+
+    logger.debug("activity start job=%s step=%s name=%s attempt=%s", message.job_id,
+                 message.step, message.name, message.attempts)
+    try:
+        if definition.atomic:
+            with transaction.atomic():
+                output = _encode_result(definition.func(*args, **kwargs))
+                if not ack_success(message, worker_id, output):
+                    raise LeaseLost  # rolls back the activity's own writes too
+            return
+        if definition.timeout is not None:
+            result = _call_with_timeout(definition.func, args, kwargs, definition.timeout)
+        else:
+            result = definition.func(*args, **kwargs)
+        output = _encode_result(result)
+    except LeaseLost:
+        logger.warning("lease lost, result dropped job=%s step=%s", message.job_id, message.step)
+        return
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:
+        # SystemExit and KeyboardInterrupt here come from user code: the worker's own
+        # signals are handled by flags, never by raising into the activity.
+        _record_failure(message, worker_id, definition.retry, exc)
+        return
+    finally:
+        close_old_connections()
+    if not ack_success(message, worker_id, output):
+        logger.warning("lease lost, result dropped job=%s step=%s", message.job_id, message.step)
+
+
+def _record_failure(message: Claimed, worker_id: uuid.UUID, policy: Any,
+                    exc: BaseException) -> None:
+    error = error_dict(exc)
+    retryable = policy.is_retryable(exc) and not isinstance(exc, BadResult)
+    delay = policy.delay_after(message.attempts) if retryable else None
+    logger.info("activity failed job=%s step=%s name=%s attempt=%s error=%s retry_in=%s",
+                message.job_id, message.step, message.name, message.attempts,
+                error["type"], delay)
+    if delay is None:
+        acked = ack_failure(message, worker_id, error)
+    else:
+        acked = ack_retry(message, worker_id, error, delay)
+    if not acked:
+        logger.warning("lease lost, failure dropped job=%s step=%s", message.job_id, message.step)

@@ -1,0 +1,82 @@
+"""LISTEN/NOTIFY: wake-ups for workers and for callers waiting on a result.
+
+Channels: `hotmesh` carries "q:<queue>" (new ready work), "t:<epoch>" (a timer was
+set for that time) and "c:<command>" (control); `hotmesh_done` carries the primary
+key of a job that just finished. NOTIFY is transactional, so a listener never wakes
+before the row it is told about is visible.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from django.db import connections
+
+if TYPE_CHECKING:
+    from hotmesh_django.models import Job
+
+logger = logging.getLogger(__name__)
+
+WORK_CHANNEL = "hotmesh"
+DONE_CHANNEL = "hotmesh_done"
+# Even with NOTIFY, look again this often: a notification can be missed when the
+# listening connection drops, or never sent behind a transaction-mode pooler.
+RESULT_POLL_SECONDS = 1.0
+
+
+@cache
+def tables() -> dict[str, str]:
+    """Return the quoted table names raw SQL in the engine uses."""
+    from hotmesh_django import models
+
+    quote = connections["default"].ops.quote_name
+    return {
+        name: quote(model._meta.db_table)
+        for name, model in {
+            "job": models.Job, "activity": models.Activity, "stream": models.Stream,
+            "journal": models.Journal, "signal": models.Signal, "worker": models.Worker,
+        }.items()
+    }
+
+
+def connect_raw(using: str = "default") -> psycopg.Connection[Any]:
+    """Open a plain autocommit psycopg connection to the same database as `using`."""
+    params = dict(connections[using].get_connection_params())
+    for key in ("cursor_factory", "context", "prepare_threshold"):
+        params.pop(key, None)
+    return psycopg.connect(**params, autocommit=True)
+
+
+def wait_for_job(workflow_id: str, *, deadline: float | None, using: str) -> Job | None:
+    """Return the finished Job, or None when `deadline` (monotonic) passes first."""
+    from hotmesh_django.exceptions import JobNotFound
+    from hotmesh_django.models import FINISHED_STATUSES, Job
+
+    def finished() -> Job | None:
+        job = Job.objects.using(using).filter(workflow_id=workflow_id).first()
+        if job is None:
+            raise JobNotFound(f"No job has workflow_id {workflow_id!r}.")
+        return job if job.status in FINISHED_STATUSES else None
+
+    job = finished()
+    if job is not None:
+        return job
+    # LISTEN before looking again, so a completion between the two is not missed.
+    with connect_raw(using) as conn:
+        conn.execute(f"LISTEN {DONE_CHANNEL}")
+        while True:
+            job = finished()
+            if job is not None:
+                return job
+            wait = RESULT_POLL_SECONDS
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                wait = min(wait, remaining)
+            for _ in conn.notifies(timeout=wait, stop_after=1):
+                pass

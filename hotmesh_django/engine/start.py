@@ -1,0 +1,93 @@
+"""Start a job: one statement that writes the job, its first step and its message."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.db import DEFAULT_DB_ALIAS, connections
+from psycopg.types.json import Jsonb
+
+from hotmesh_django.definitions import ActivityDefinition, WorkflowDefinition
+from hotmesh_django.engine.notify import WORK_CHANNEL, tables
+from hotmesh_django.handles import JobHandle
+from hotmesh_django.serialization import encode_call, to_json
+
+# Every CTE runs whether or not the final SELECT reads it (they modify data), and all
+# of them see the same snapshot: when ON CONFLICT skips the job, `j` is empty and so
+# is everything built from it. One round trip, and it joins the caller's transaction.
+_START = """
+WITH j AS (
+    INSERT INTO {job} (workflow_id, name, kind, queue, status, priority, input, search,
+                       deadline_at, created_at, updated_at)
+    VALUES (%(wid)s, %(name)s, %(kind)s, %(queue)s, 'READY', %(priority)s, %(input)s,
+            %(search)s,
+            now() + make_interval(secs => %(delay)s::float8 + %(timeout)s::float8),
+            now(), now())
+    ON CONFLICT (workflow_id) DO NOTHING
+    RETURNING id
+), a AS (
+    INSERT INTO {activity} (job_id, seq, kind, name, queue, status, attempts, input,
+                            created_at)
+    SELECT id, 1, 'ACTIVITY', %(name)s, %(queue)s, 'READY', 0, %(input)s, now()
+      FROM j WHERE %(kind)s = 'ACTIVITY'
+), s AS (
+    INSERT INTO {stream} (queue, kind, job_id, step, name, payload, priority, status,
+                          visible_at, attempts, created_at)
+    SELECT %(queue)s, %(skind)s, id, %(step)s::int, %(name)s, %(payload)s::jsonb,
+           %(priority)s::int, %(sstatus)s,
+           now() + make_interval(secs => %(delay)s::float8), 0, now()
+      FROM j
+    UNION ALL
+    -- The workflow's own timeout: a timer turn that fails the job if it still runs.
+    SELECT %(queue)s, 'TIMER', id, NULL::int, %(name)s, NULL::jsonb, %(priority)s::int,
+           'SCHEDULED',
+           now() + make_interval(secs => %(delay)s::float8 + %(timeout)s::float8), 0, now()
+      FROM j WHERE %(timeout)s::float8 IS NOT NULL
+    RETURNING id, status, visible_at
+), r AS (
+    INSERT INTO {journal} (job_id, event, name, data, created_at)
+    SELECT id, 'created', %(name)s, NULL, now() FROM j
+), n AS (
+    SELECT pg_notify(%(channel)s, CASE status WHEN 'READY' THEN 'q:' || %(queue)s
+                     ELSE 't:' || extract(epoch FROM visible_at)::text END)
+      FROM s
+)
+SELECT (SELECT id FROM j), (SELECT count(*) FROM n)
+"""
+
+
+def start_job(
+    definition: ActivityDefinition[Any, Any] | WorkflowDefinition[Any, Any],
+    args: tuple[Any, ...], kwargs: dict[str, Any], *, using: str = DEFAULT_DB_ALIAS,
+) -> JobHandle:
+    """Create a job for `definition` and return its handle.
+
+    Idempotent on workflow_id: if a job with that id exists, in any state, return a
+    handle to it and write nothing. Raise TypeError naming the argument that is not
+    JSON before anything is written.
+    """
+    options = definition.options
+    data = encode_call(args, kwargs)
+    search = to_json(dict(options.search or {}), what="search")
+    is_activity = isinstance(definition, ActivityDefinition)
+    workflow_id = options.workflow_id or str(uuid.uuid4())
+    queue = options.queue or definition.queue
+    priority = definition.priority if options.priority is None else options.priority
+    timeout = None if is_activity else definition.timeout
+    params = {
+        "wid": workflow_id, "name": definition.name,
+        "kind": "ACTIVITY" if is_activity else "WORKFLOW",
+        "queue": queue, "priority": priority, "input": Jsonb(data), "search": Jsonb(search),
+        "delay": float(options.delay), "timeout": timeout,
+        # A delayed workflow starts with a timer: at most one TURN may be READY per
+        # job, and a promoted TURN could collide with one queued by a signal.
+        "skind": "TASK" if is_activity else ("TIMER" if options.delay > 0 else "TURN"), "step": 1 if is_activity else None,
+        "payload": Jsonb(data) if is_activity else None,
+        "sstatus": "SCHEDULED" if options.delay > 0 else "READY",
+        "channel": WORK_CHANNEL,
+    }
+    sql = _START.format(**tables())
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql, params)
+    return JobHandle(workflow_id, using=using)

@@ -1,0 +1,264 @@
+"""A workflow turn: replay the workflow function and write what it asked for.
+
+The whole turn is one transaction: drop the claimed message, lock the job, replay,
+record new steps, queue their messages and set the job's status. A crash anywhere
+rolls all of it back; the message's lease then expires and another worker replays
+the same turn. `FOR NO KEY UPDATE` on the job serialises turns of one job without
+blocking the key-share locks that inserting its steps' messages takes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+import uuid
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models.functions import Now
+
+from hotmesh_django import registry
+from hotmesh_django.context import WorkflowContext, activate
+from hotmesh_django.engine.claim import Claimed
+from hotmesh_django.engine.complete import error_dict, finish_job
+from hotmesh_django.engine.notify import WORK_CHANNEL
+from hotmesh_django.exceptions import Suspend, UnknownDefinition
+from hotmesh_django.models import (
+    FINISHED_STATUSES,
+    Activity,
+    Job,
+    JobKind,
+    JobStatus,
+    Journal,
+    JournalEvent,
+    Signal,
+    StepKind,
+    Stream,
+    StreamKind,
+    StreamStatus,
+)
+from hotmesh_django.serialization import decode_call, encode_value
+
+logger = logging.getLogger(__name__)
+
+# How long a job whose workflow code this worker lacks waits before another look.
+PARK_SECONDS = 30.0
+
+
+def run_turn(message: Claimed, worker_id: uuid.UUID) -> None:
+    """Run one turn of the job in `message`; drop it if the lease was lost."""
+    with transaction.atomic():
+        mine = Stream.objects.filter(id=message.id, worker=worker_id, status=StreamStatus.RUNNING)
+        if not mine.delete()[0]:
+            logger.warning("lease lost, turn dropped job=%s", message.job_id)
+            return
+        job = Job.objects.select_for_update(no_key=True).filter(pk=message.job_id).first()
+        if job is None or job.status in FINISHED_STATUSES:
+            return
+        if job.kind != JobKind.WORKFLOW:
+            return
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT now()")
+            db_now = cursor.fetchone()[0]  # type: ignore[index]
+        if job.deadline_at is not None and job.deadline_at <= db_now:
+            finish_job(job.id, JobStatus.FAILED, error={
+                "type": "WorkflowTimeout",
+                "message": f"The workflow did not finish before its deadline {job.deadline_at}.",
+            })
+            return
+        try:
+            definition = registry.get_workflow(job.name)
+        except UnknownDefinition as exc:
+            _park(job, str(exc))
+            return
+        try:
+            args, kwargs = decode_call(job.input)
+        except ValueError as exc:
+            finish_job(job.id, JobStatus.FAILED, error=error_dict(exc, with_traceback=False))
+            return
+        steps = {step.seq: step for step in Activity.objects.filter(job=job)}
+        signals = list(Signal.objects.filter(job=job, step__isnull=True).order_by("id"))
+        ctx = WorkflowContext(job=job, steps=steps, signals=signals, db_now=db_now)
+        result, error, returned = _replay(ctx, definition.func, args, kwargs)
+        _write(ctx)
+        if job.started_at is None:
+            Journal.objects.create(job=job, event=JournalEvent.STARTED, name=job.name)
+        if error is not None:
+            logger.info("workflow failed job=%s error=%s", job.workflow_id, type(error).__name__)
+            finish_job(job.id, JobStatus.FAILED, error=error_dict(error))
+        elif returned:
+            try:
+                output = encode_value(result, what="the workflow's result")
+            except (TypeError, ValueError) as exc:
+                finish_job(job.id, JobStatus.FAILED, error=error_dict(exc, with_traceback=False))
+            else:
+                finish_job(job.id, JobStatus.SUCCESSFUL, output=output)
+        else:
+            _suspend(job, ctx)
+
+
+def _replay(ctx: WorkflowContext, func: Any, args: list[Any],
+            kwargs: dict[str, Any]) -> tuple[Any, BaseException | None, bool]:
+    """Run the workflow function; return (result, error, returned)."""
+    result: Any = None
+    error: BaseException | None = None
+    returned = False
+    with activate(ctx):
+        try:
+            result = func(*args, **kwargs)
+            returned = True
+        except Suspend:
+            pass
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            error = exc
+    # Checked after the call, so a user's broad `except` cannot hide either.
+    if ctx.nondeterminism is not None:
+        return None, ctx.nondeterminism, False
+    if returned and ctx.suspended:
+        return None, None, False
+    return result, error, returned
+
+
+def _suspend(job: Job, ctx: WorkflowContext) -> None:
+    pending_work = any(
+        step.kind == StepKind.ACTIVITY and step.status in (JobStatus.READY, JobStatus.RUNNING)
+        for step in ctx.steps.values()
+    )
+    status = JobStatus.RUNNING if pending_work else JobStatus.WAITING
+    Job.objects.filter(pk=job.pk).transition(status, error=None)
+
+
+def _job_fields(job: Job, ctx: WorkflowContext) -> None:
+    """Stamp the first start and merge new search attributes."""
+    fields: dict[str, Any] = {}
+    if job.started_at is None:
+        fields["started_at"] = Now()
+    if ctx.search:
+        fields["search"] = {**job.search, **ctx.search}
+    if fields:
+        Job.objects.filter(pk=job.pk).update(**fields)
+
+
+def _write(ctx: WorkflowContext) -> None:
+    """Write the steps, messages and journal entries the turn produced."""
+    job = ctx.job
+    _job_fields(job, ctx)
+    journal: list[Journal] = []
+    messages: list[Stream] = []
+    if ctx.new_steps:
+        Activity.objects.bulk_create(ctx.new_steps)
+    if ctx.changed_steps:
+        Activity.objects.bulk_update(ctx.changed_steps, ["status", "output", "error", "finished_at"])
+        for step in ctx.changed_steps:
+            if step.kind == StepKind.SLEEP:
+                journal.append(Journal(job=job, step=step.seq, event=JournalEvent.TIMER_FIRED,
+                                       name=step.name))
+            elif step.kind == StepKind.SIGNAL and step.status == JobStatus.FAILED:
+                journal.append(Journal(job=job, step=step.seq,
+                                       event=JournalEvent.SIGNAL_TIMED_OUT, name=step.name))
+    for step, definition in ctx.new_activity_calls:
+        priority = definition.priority if definition.options.priority is None else (
+            definition.options.priority)
+        messages.append(Stream(
+            queue=step.queue, kind=StreamKind.STEP, job=job, step=step.seq,
+            name=step.name, payload=step.input, priority=priority,
+            status=StreamStatus.READY,
+        ))
+        journal.append(Journal(job=job, step=step.seq, event=JournalEvent.STEP_SCHEDULED,
+                               name=step.name, data={"queue": step.queue}))
+    for step in ctx.new_timers:
+        messages.append(Stream(
+            queue=job.queue, kind=StreamKind.TIMER, job=job, step=step.seq, name=job.name,
+            priority=job.priority, status=StreamStatus.SCHEDULED, visible_at=step.wake_at,
+        ))
+        journal.append(Journal(job=job, step=step.seq, event=JournalEvent.TIMER_SET,
+                               name=step.name, data={"until": step.wake_at.isoformat()}
+                               if step.wake_at else None))
+    if ctx.new_children:
+        messages.extend(_start_children(ctx, journal))
+    if ctx.consumed_signals:
+        Signal.objects.bulk_update(ctx.consumed_signals, ["step"])
+    if ctx.cancelled_timers:
+        Stream.objects.filter(
+            job=job, kind=StreamKind.TIMER, step__in=ctx.cancelled_timers,
+            status=StreamStatus.SCHEDULED,
+        ).delete()
+    if messages:
+        Stream.objects.bulk_create(messages)
+    if journal:
+        Journal.objects.bulk_create(journal)
+    _notify(messages)
+
+
+def _start_children(ctx: WorkflowContext, journal: list[Journal]) -> list[Stream]:
+    job = ctx.job
+    wanted: dict[str, tuple[Activity, Any, Any]] = {}
+    for step, definition, data in ctx.new_children:
+        workflow_id = definition.options.workflow_id or f"{job.workflow_id}/{step.seq}"
+        wanted[workflow_id] = (step, definition, data)
+    existing = {j.workflow_id: j for j in Job.objects.filter(workflow_id__in=list(wanted))}
+    children: list[Job] = []
+    for workflow_id, (step, definition, data) in wanted.items():
+        if workflow_id in existing:
+            continue
+        priority = definition.priority if definition.options.priority is None else (
+            definition.options.priority)
+        children.append(Job(
+            workflow_id=workflow_id, name=definition.name, kind=JobKind.WORKFLOW,
+            queue=definition.options.queue or definition.queue, priority=priority,
+            input=data, search=dict(definition.options.search or {}), parent=job,
+            parent_step=step.seq,
+        ))
+    Job.objects.bulk_create(children)
+    messages = [
+        Stream(queue=c.queue, kind=StreamKind.TURN, job=c, name=c.name, priority=c.priority,
+               status=StreamStatus.READY)
+        for c in children
+    ]
+    created = {c.workflow_id: c for c in children}
+    linked: list[Activity] = []
+    for workflow_id, (step, _definition, _data) in wanted.items():
+        child = created.get(workflow_id) or existing[workflow_id]
+        step.child = child
+        linked.append(step)
+        journal.append(Journal(job=job, step=step.seq, event=JournalEvent.CHILD_STARTED,
+                               name=step.name, data={"workflow_id": workflow_id}))
+        if workflow_id in created:
+            journal.append(Journal(job=child, event=JournalEvent.CREATED, name=child.name,
+                                   data={"parent": job.workflow_id, "step": step.seq}))
+        elif child.status in FINISHED_STATUSES:
+            # Started before under this id and already done: take its outcome now.
+            step.status = (JobStatus.SUCCESSFUL if child.status == JobStatus.SUCCESSFUL
+                           else JobStatus.FAILED)
+            step.output, step.error = child.output, child.error
+    Activity.objects.bulk_update(linked, ["child", "status", "output", "error"])
+    return messages
+
+
+def _notify(messages: list[Stream]) -> None:
+    payloads = {f"q:{m.queue}" for m in messages if m.status == StreamStatus.READY}
+    timers = [m.visible_at for m in messages if m.status == StreamStatus.SCHEDULED]
+    if timers:
+        payloads.add(f"t:{min(t.timestamp() for t in timers)}")
+    if payloads:
+        with connection.cursor() as cursor:
+            for payload in sorted(payloads):
+                cursor.execute("SELECT pg_notify(%s, %s)", [WORK_CHANNEL, payload])
+
+
+def _park(job: Job, message: str) -> None:
+    """Keep a job whose workflow code is missing, and look again later."""
+    logger.error("workflow code missing job=%s name=%s", job.workflow_id, job.name)
+    error = {"type": "UnknownWorkflow", "message": message}
+    if job.error != error:
+        Journal.objects.create(job=job, event=JournalEvent.PARKED, name=job.name, data=error)
+    Job.objects.filter(pk=job.pk).transition(JobStatus.WAITING, error=error)
+    Stream.objects.create(
+        queue=job.queue, kind=StreamKind.TIMER, job=job, name=job.name, priority=job.priority,
+        status=StreamStatus.SCHEDULED,
+        visible_at=Now() + datetime.timedelta(seconds=PARK_SECONDS),
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_notify(%s, %s)",
+                       [WORK_CHANNEL, f"t:{time.time() + PARK_SECONDS}"])

@@ -1,0 +1,71 @@
+"""Exceptions raised by hotmesh_django.
+
+Failures derive from `HotmeshError`. Control flow inside a workflow (suspending for a
+step, a timer or a signal) derives from `BaseException`, so a user's broad
+`except Exception:` cannot swallow it and corrupt a replay.
+"""
+
+from __future__ import annotations
+
+
+class HotmeshError(Exception):
+    """Base class of every error hotmesh_django raises on purpose."""
+
+
+class NonRetryableError(HotmeshError):
+    """Raise inside an activity to fail it at once, whatever its retry policy."""
+
+
+class JobNotFound(HotmeshError, LookupError):
+    """No job has the given workflow_id."""
+
+
+class JobFinishedError(HotmeshError):
+    """The job has already finished, so it cannot take this action."""
+
+
+class PayloadTooLarge(HotmeshError, ValueError):
+    """A serialized value is larger than HOTMESH_MAX_PAYLOAD_BYTES."""
+
+
+class UnknownDefinition(HotmeshError, LookupError):
+    """No activity or workflow is registered under this name in this process."""
+
+
+class RemoteError(HotmeshError):
+    """An error recorded by a worker, carried back with its type and message."""
+
+    def __init__(self, message: str, *, error_type: str = "", error_message: str = "",
+                 traceback: str = "") -> None:
+        super().__init__(message)
+        self.type = error_type
+        self.message = error_message
+        self.traceback = traceback
+
+
+class ActivityFailed(RemoteError):
+    """A workflow step failed for good (its retries are exhausted).
+
+    Raised inside the workflow at the call site, so the workflow may catch it and
+    compensate.
+    """
+
+
+class WorkflowFailed(RemoteError):
+    """Raised by `JobHandle.result()` when the job failed or was cancelled."""
+
+
+class JobCancelled(WorkflowFailed):
+    """Raised by `JobHandle.result()` when the job was cancelled."""
+
+
+class SignalTimeout(HotmeshError, TimeoutError):
+    """Raised inside a workflow when `wait_for_signal` times out."""
+
+
+class NonDeterminismError(HotmeshError):
+    """A replay called a different step than the journal recorded at that position."""
+
+
+class Suspend(BaseException):  # noqa: N818 - control flow, not an error
+    """Stop the current workflow turn: it waits for a step, a timer or a signal."""

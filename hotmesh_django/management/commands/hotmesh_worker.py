@@ -1,0 +1,87 @@
+"""`manage.py hotmesh_worker`: run workers that claim and run durable work."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from hotmesh_django.conf import settings
+from hotmesh_django.pool import install_signal_handlers, run_pool
+from hotmesh_django.worker import Worker
+
+logger = logging.getLogger("hotmesh_django.worker")
+
+
+def positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
+
+
+def non_negative_seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"must be zero or more seconds, not {value}")
+    return number
+
+
+def queue_list(value: str) -> list[str]:
+    queues = [q.strip() for q in value.split(",") if q.strip()]
+    if not queues:
+        raise argparse.ArgumentTypeError("give at least one queue name, e.g. default,emails")
+    for queue in queues:
+        if len(queue) > 100:
+            raise argparse.ArgumentTypeError(f"queue name too long (max 100): {queue[:20]}...")
+    return queues
+
+
+def _run_worker(**kwargs: Any) -> None:
+    worker = Worker(**kwargs)
+    install_signal_handlers(worker.stop)
+    worker.run()
+
+
+class Command(BaseCommand):
+    help = "Run hotmesh workers: claim messages from queues and run activities and workflows."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--queues", type=queue_list, default=None,
+                            help="Comma-separated queues to work (default: all).")
+        parser.add_argument("--concurrency", type=positive_int, default=4,
+                            help="Runner threads per process (default 4).")
+        parser.add_argument("--processes", type=positive_int, default=1,
+                            help="Worker processes (default 1).")
+        parser.add_argument("--burst", action="store_true",
+                            help="Exit once the queues are empty.")
+        parser.add_argument("--import", dest="imports", action="append", default=[],
+                            metavar="MODULE", help="Module to import (repeatable).")
+        parser.add_argument("--graceful-timeout", type=non_negative_seconds, default=30.0,
+                            help="Seconds to let in-flight work finish on SIGTERM (default 30).")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        for module in [*settings.imports, *options["imports"]]:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise CommandError(f"Cannot import {module!r}: {exc}") from exc
+        kwargs = {
+            "queues": options["queues"], "concurrency": options["concurrency"],
+            "burst": options["burst"], "graceful_timeout": options["graceful_timeout"],
+        }
+        if options["processes"] == 1:
+            _run_worker(**kwargs)
+            return
+        code = run_pool(options["processes"], _run_worker, kwargs, options["graceful_timeout"])
+        if code:
+            raise CommandError("a worker process failed", returncode=code)

@@ -1,0 +1,301 @@
+"""The tables: Job, Activity (a job's durable steps), Stream (the work queue),
+Journal (each job's history), Signal (buffered signals), Worker and Schedule."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.contrib.postgres.indexes import GinIndex
+from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Now
+from django.utils.translation import gettext_lazy as _
+
+from hotmesh_django.choices import (
+    ACTIVE_STATUSES,
+    FINISHED_STATUSES,
+    TRANSITIONS,
+    JobKind,
+    JobStatus,
+    JournalEvent,
+    StepKind,
+    StreamKind,
+    StreamStatus,
+    sources_of,
+)
+
+__all__ = [
+    "ACTIVE_STATUSES", "FINISHED_STATUSES", "TRANSITIONS", "Activity", "Job", "JobKind",
+    "JobStatus", "Journal", "JournalEvent", "Schedule", "Signal", "StepKind", "Stream",
+    "StreamKind", "StreamStatus", "Worker", "sources_of",
+]
+
+
+def _max_len(choices: type[models.TextChoices]) -> int:
+    return max(len(v) for v in choices.values)
+
+
+def _status_check(model: str, field: str, choices: type[models.TextChoices]) -> Any:
+    return models.CheckConstraint(
+        condition=Q(**{f"{field}__in": choices.values}),
+        name=f"hotmesh_{model}_{field}_valid",
+    )
+
+
+class JobQuerySet(models.QuerySet["Job"]):
+    def transition(self, to: str, **fields: Any) -> int:
+        """Move the rows in this queryset to `to` where that move is allowed.
+
+        Return how many rows moved. Rows in any other status are left alone, so a
+        caller acting on stale data cannot overwrite newer state.
+        """
+        return self.filter(status__in=sources_of(to)).update(
+            status=to, updated_at=Now(), **fields
+        )
+
+    def active(self) -> JobQuerySet:
+        return self.filter(status__in=ACTIVE_STATUSES)
+
+
+class Job(models.Model):
+    workflow_id = models.CharField(_("workflow id"), max_length=255, unique=True)
+    name = models.CharField(_("name"), max_length=255, db_index=True)
+    kind = models.CharField(
+        _("kind"), max_length=_max_len(JobKind), choices=JobKind.choices,
+        default=JobKind.WORKFLOW,
+    )
+    queue = models.CharField(_("queue"), max_length=100, default="default", db_index=True)
+    status = models.CharField(
+        _("status"), max_length=_max_len(JobStatus), choices=JobStatus.choices,
+        default=JobStatus.READY,
+    )
+    priority = models.IntegerField(_("priority"), default=0)
+    input = models.JSONField(_("input"), default=dict)
+    output = models.JSONField(_("output"), null=True, blank=True)
+    error = models.JSONField(_("error"), null=True, blank=True)
+    search = models.JSONField(_("search attributes"), default=dict, blank=True)
+    parent = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True,
+        related_name="children", verbose_name=_("parent"),
+    )
+    # The parent's step this child answers, so its outcome lands in the right place.
+    parent_step = models.IntegerField(_("parent step"), null=True, blank=True)
+    deadline_at = models.DateTimeField(_("deadline"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+
+    objects = JobQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("job")
+        verbose_name_plural = _("jobs")
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["status", "-id"], name="hotmesh_job_status_idx"),
+            GinIndex(fields=["search"], name="hotmesh_job_search_gin"),
+        ]
+        constraints = [
+            _status_check("job", "status", JobStatus),
+            _status_check("job", "kind", JobKind),
+        ]
+
+    def __str__(self) -> str:
+        return self.workflow_id
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at or self.updated_at
+        return (end - self.started_at).total_seconds()
+
+
+class Activity(models.Model):
+    """One durable step of a job: an activity call, a timer, a signal wait, a child
+    workflow or a recorded value. `(job, seq)` is the step's identity in replay."""
+
+    job = models.ForeignKey(
+        Job, on_delete=models.CASCADE, related_name="activities", verbose_name=_("job"),
+        db_index=False,  # the (job, seq) unique index serves lookups by job
+    )
+    seq = models.IntegerField(_("step"))
+    kind = models.CharField(
+        _("kind"), max_length=_max_len(StepKind), choices=StepKind.choices,
+        default=StepKind.ACTIVITY,
+    )
+    name = models.CharField(_("name"), max_length=255)
+    queue = models.CharField(_("queue"), max_length=100, default="default")
+    status = models.CharField(
+        _("status"), max_length=_max_len(JobStatus), choices=JobStatus.choices,
+        default=JobStatus.READY,
+    )
+    attempts = models.IntegerField(_("attempts"), default=0)
+    input = models.JSONField(_("input"), null=True, blank=True)
+    output = models.JSONField(_("output"), null=True, blank=True)
+    error = models.JSONField(_("error"), null=True, blank=True)
+    # When a sleep ends or a signal wait times out.
+    wake_at = models.DateTimeField(_("wake at"), null=True, blank=True)
+    child = models.ForeignKey(
+        Job, on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
+        verbose_name=_("child job"),
+    )
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("activity")
+        verbose_name_plural = _("activities")
+        ordering = ["job", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "seq"], name="hotmesh_activity_job_seq"),
+            _status_check("activity", "status", JobStatus),
+            _status_check("activity", "kind", StepKind),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job_id}#{self.seq} {self.name}"
+
+
+class Stream(models.Model):
+    """A message on a topic queue: transient, deleted when acknowledged."""
+
+    queue = models.CharField(_("queue"), max_length=100)
+    kind = models.CharField(_("kind"), max_length=_max_len(StreamKind), choices=StreamKind.choices)
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="+", verbose_name=_("job"))
+    step = models.IntegerField(_("step"), null=True, blank=True)
+    name = models.CharField(_("name"), max_length=255, default="")
+    payload = models.JSONField(_("payload"), null=True, blank=True)
+    priority = models.IntegerField(_("priority"), default=0)
+    status = models.CharField(
+        _("status"), max_length=_max_len(StreamStatus), choices=StreamStatus.choices,
+        default=StreamStatus.READY,
+    )
+    visible_at = models.DateTimeField(_("visible at"), db_default=Now())
+    attempts = models.IntegerField(_("attempts"), default=0)
+    worker = models.UUIDField(_("worker"), null=True, blank=True)
+    lease_expires_at = models.DateTimeField(_("lease expires at"), null=True, blank=True)
+    claimed_at = models.DateTimeField(_("claimed at"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created at"), db_default=Now())
+
+    class Meta:
+        verbose_name = _("stream message")
+        verbose_name_plural = _("stream")
+        indexes = [
+            # The claim: ready rows of one queue, highest priority first, then FIFO.
+            models.Index(
+                "queue", models.F("priority").desc(), "id",
+                name="hotmesh_stream_ready_idx", condition=Q(status="READY"),
+            ),
+            # Promotion of due timers, retries and delayed starts.
+            models.Index(
+                fields=["visible_at"], name="hotmesh_stream_sched_idx",
+                condition=Q(status="SCHEDULED"),
+            ),
+            # Heartbeats extend, and rescue finds, leases of running messages.
+            models.Index(
+                fields=["worker", "lease_expires_at"], name="hotmesh_stream_running_idx",
+                condition=Q(status="RUNNING"),
+            ),
+        ]
+        constraints = [
+            # At most one ready turn per job: completions collapse into one replay.
+            models.UniqueConstraint(
+                fields=["job"], name="hotmesh_stream_one_ready_turn",
+                condition=Q(kind="TURN", status="READY"),
+            ),
+            _status_check("stream", "status", StreamStatus),
+            _status_check("stream", "kind", StreamKind),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name} ({self.status})"
+
+
+class Journal(models.Model):
+    """Append-only history of a job, in id order."""
+
+    job = models.ForeignKey(
+        Job, on_delete=models.CASCADE, related_name="journal", verbose_name=_("job"),
+        db_index=False,  # the (job, id) index serves it
+    )
+    step = models.IntegerField(_("step"), null=True, blank=True)
+    event = models.CharField(_("event"), max_length=32, choices=JournalEvent.choices)
+    name = models.CharField(_("name"), max_length=255, default="", blank=True)
+    attempt = models.IntegerField(_("attempt"), null=True, blank=True)
+    data = models.JSONField(_("data"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created at"), db_default=Now())
+
+    class Meta:
+        verbose_name = _("journal entry")
+        verbose_name_plural = _("journal")
+        ordering = ["job", "id"]
+        indexes = [models.Index(fields=["job", "id"], name="hotmesh_journal_job_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} {self.event} {self.name}"
+
+
+class Signal(models.Model):
+    """A signal sent to a job, buffered until a `wait_for_signal` step takes it."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="signals", db_index=False)
+    name = models.CharField(_("name"), max_length=255)
+    payload = models.JSONField(_("payload"), null=True, blank=True)
+    # The step that consumed it; NULL while buffered.
+    step = models.IntegerField(_("step"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created at"), db_default=Now())
+
+    class Meta:
+        verbose_name = _("signal")
+        verbose_name_plural = _("signals")
+        indexes = [models.Index(fields=["job", "name", "id"], name="hotmesh_signal_job_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} {self.name}"
+
+
+class Worker(models.Model):
+    """A worker process's roll-call entry, touched by its heartbeat."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    host = models.CharField(_("host"), max_length=255)
+    pid = models.IntegerField(_("pid"))
+    queues = models.JSONField(_("queues"), default=list)
+    concurrency = models.IntegerField(_("concurrency"), default=1)
+    in_flight = models.IntegerField(_("in flight"), default=0)
+    paused = models.BooleanField(_("paused"), default=False)
+    started_at = models.DateTimeField(_("started at"), db_default=Now())
+    last_seen = models.DateTimeField(_("last seen"), db_default=Now())
+
+    class Meta:
+        verbose_name = _("worker")
+        verbose_name_plural = _("workers")
+        ordering = ["host", "pid"]
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.pid}"
+
+
+class Schedule(models.Model):
+    """A cron start of a workflow, fired once per slot by whichever worker wins."""
+
+    name = models.CharField(_("name"), max_length=255, unique=True)
+    workflow = models.CharField(_("workflow"), max_length=255)
+    args = models.JSONField(_("arguments"), default=list, blank=True)
+    kwargs = models.JSONField(_("keyword arguments"), default=dict, blank=True)
+    cron = models.CharField(_("cron expression"), max_length=255)
+    timezone = models.CharField(_("timezone"), max_length=64, default="UTC")
+    enabled = models.BooleanField(_("enabled"), default=True)
+    next_run_at = models.DateTimeField(_("next run at"), null=True, blank=True)
+    last_run_at = models.DateTimeField(_("last run at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("schedule")
+        verbose_name_plural = _("schedules")
+
+    def __str__(self) -> str:
+        return self.name

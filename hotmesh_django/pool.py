@@ -1,0 +1,103 @@
+"""Run several worker processes and shut them down together.
+
+Each process runs one `Worker` with its own connections, so a stuck or crashing
+activity cannot take its siblings down. The parent only forks, forwards signals and
+restarts a child that died on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from django.db import connections
+
+logger = logging.getLogger(__name__)
+
+
+def install_signal_handlers(on_first: Callable[[], None]) -> None:
+    """First SIGTERM/SIGINT calls `on_first`; a second exits at once, non-zero."""
+    received = {"count": 0}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        received["count"] += 1
+        if received["count"] == 1:
+            logger.info("signal=%s: finishing in-flight work (again to exit now)", signum)
+            on_first()
+        else:
+            logger.warning("signal=%s again: exiting now", signum)
+            os._exit(1)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _child(target: Callable[..., None], kwargs: dict[str, Any]) -> None:
+    target(**kwargs)
+
+
+def run_pool(processes: int, target: Callable[..., None], kwargs: dict[str, Any],
+             graceful_timeout: float) -> int:
+    """Fork `processes` children running `target(**kwargs)`; return an exit code."""
+    # Children must not share the parent's sockets to Postgres.
+    connections.close_all()
+    ctx = multiprocessing.get_context("fork")
+    stopping = {"flag": False}
+    children: dict[int, multiprocessing.process.BaseProcess] = {}
+
+    def spawn(slot: int) -> None:
+        proc = ctx.Process(target=_child, args=(target, kwargs), name=f"hotmesh-worker-{slot}")
+        proc.start()
+        children[slot] = proc
+
+    def stop() -> None:
+        stopping["flag"] = True
+        for proc in children.values():
+            if proc.pid and proc.is_alive():
+                os.kill(proc.pid, signal.SIGTERM)
+
+    received = {"count": 0}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        received["count"] += 1
+        if received["count"] == 1:
+            stop()
+        else:
+            for proc in children.values():
+                if proc.pid and proc.is_alive():
+                    os.kill(proc.pid, signal.SIGKILL)
+            os._exit(1)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    for slot in range(processes):
+        spawn(slot)
+    restarts = 0
+    while True:
+        alive = False
+        for slot, proc in list(children.items()):
+            proc.join(timeout=0.2)
+            if proc.is_alive():
+                alive = True
+            elif not stopping["flag"] and proc.exitcode not in (0, None):
+                restarts += 1
+                logger.warning("worker process died exitcode=%s; restarting", proc.exitcode)
+                time.sleep(min(5.0, 0.5 * restarts))
+                spawn(slot)
+                alive = True
+        if not alive:
+            break
+    codes = [p.exitcode or 0 for p in children.values()]
+    return 0 if all(c == 0 for c in codes) else 1
+
+
+def exit_with(code: int) -> None:
+    sys.stdout.flush()
+    sys.exit(code)

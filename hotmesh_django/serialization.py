@@ -1,0 +1,165 @@
+"""Turn arguments, results and payloads into JSON and back.
+
+Values are stored as plain JSON in JSONB columns. Types JSON lacks but Django users
+pass every day (datetimes, dates, times, durations, decimals, UUIDs) are written as
+a small tagged object, so they come back as the same type: `{"__hm__": "date",
+"v": "2026-11-25"}`. Tuples come back as lists, as in any JSON round trip.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import json
+import math
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from django.utils.dateparse import parse_date, parse_datetime, parse_duration, parse_time
+from django.utils.duration import duration_iso_string
+
+from hotmesh_django.conf import settings
+from hotmesh_django.exceptions import PayloadTooLarge
+
+TAG = "__hm__"
+
+_ENCODERS: list[tuple[type, str, Callable[[Any], str]]] = [
+    # datetime before date: a datetime is a date too.
+    (datetime.datetime, "datetime", lambda v: v.isoformat()),
+    (datetime.date, "date", lambda v: v.isoformat()),
+    (datetime.time, "time", lambda v: v.isoformat()),
+    (datetime.timedelta, "timedelta", duration_iso_string),
+    (decimal.Decimal, "decimal", str),
+    (uuid.UUID, "uuid", str),
+]
+
+_DECODERS: dict[str, Callable[[str], Any]] = {
+    "datetime": parse_datetime,
+    "date": parse_date,
+    "time": parse_time,
+    "timedelta": parse_duration,
+    "decimal": decimal.Decimal,
+    "uuid": uuid.UUID,
+}
+
+_MAX_DEPTH = 200
+
+
+def to_json(value: Any, *, what: str = "value") -> Any:
+    """Return `value` as a JSON-safe structure, or raise TypeError naming `what`."""
+    return _encode(value, what, 0, set())
+
+
+def _encode(value: Any, where: str, depth: int, seen: set[int]) -> Any:
+    if value is None or isinstance(value, bool | int | str):
+        if isinstance(value, str):
+            _check_text(value, where)
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise TypeError(f"{where} is {value!r}, which JSON cannot represent.")
+        return value
+    if depth > _MAX_DEPTH:
+        raise TypeError(f"{where} is nested more than {_MAX_DEPTH} levels deep.")
+    for kind, tag, encode in _ENCODERS:
+        if isinstance(value, kind):
+            return {TAG: tag, "v": encode(value)}
+    if isinstance(value, list | tuple | Mapping):
+        if id(value) in seen:
+            raise TypeError(f"{where} contains a reference to itself.")
+        seen.add(id(value))
+        try:
+            if isinstance(value, Mapping):
+                out: dict[str, Any] = {}
+                for key, item in value.items():
+                    if not isinstance(key, str):
+                        raise TypeError(
+                            f"{where} has a key {key!r} of type {type(key).__name__}; "
+                            "JSON object keys must be strings."
+                        )
+                    _check_text(key, where)
+                    out[key] = _encode(item, f"{where}[{key!r}]", depth + 1, seen)
+                if TAG in out:
+                    raise TypeError(f"{where} uses the reserved key {TAG!r}.")
+                return out
+            return [
+                _encode(item, f"{where}[{i}]", depth + 1, seen)
+                for i, item in enumerate(value)
+            ]
+        finally:
+            seen.discard(id(value))
+    raise TypeError(
+        f"{where} is of type {type(value).__name__}, which is not JSON serializable. "
+        "Pass JSON values (str, int, float, bool, None, list, dict) or dates, "
+        "decimals and UUIDs."
+    )
+
+
+def _check_text(text: str, where: str) -> None:
+    # Postgres text cannot hold NUL, and lone surrogates are not valid UTF-8.
+    if "\x00" in text:
+        raise TypeError(f"{where} contains a NUL character, which Postgres cannot store.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise TypeError(f"{where} is not valid UTF-8 text: {exc.reason}.") from None
+
+
+def from_json(data: Any) -> Any:
+    """Return the Python value a `to_json` structure stands for."""
+    if isinstance(data, list):
+        return [from_json(item) for item in data]
+    if isinstance(data, dict):
+        tag = data.get(TAG)
+        if tag is not None and len(data) == 2 and "v" in data:
+            decoder = _DECODERS.get(tag)
+            if decoder is None:
+                raise ValueError(f"Unknown value tag {tag!r} in stored payload.")
+            return decoder(data["v"])
+        return {key: from_json(item) for key, item in data.items()}
+    return data
+
+
+def check_size(data: Any, *, what: str) -> None:
+    """Raise PayloadTooLarge when `data` serializes beyond HOTMESH_MAX_PAYLOAD_BYTES."""
+    limit = settings.max_payload_bytes
+    if limit <= 0:
+        return
+    size = len(json.dumps(data, separators=(",", ":")).encode())
+    if size > limit:
+        raise PayloadTooLarge(
+            f"{what} is {size} bytes serialized, over HOTMESH_MAX_PAYLOAD_BYTES={limit}."
+        )
+
+
+def encode_call(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Serialize call arguments as {"args": [...], "kwargs": {...}}.
+
+    Raise TypeError naming the first argument that is not JSON, so nothing is
+    enqueued with half its input.
+    """
+    data = {
+        "args": [to_json(a, what=f"argument {i}") for i, a in enumerate(args)],
+        "kwargs": {k: to_json(v, what=f"argument {k!r}") for k, v in kwargs.items()},
+    }
+    check_size(data, what="The arguments")
+    return data
+
+
+def decode_call(data: Any) -> tuple[list[Any], dict[str, Any]]:
+    """Return (args, kwargs) from an `encode_call` structure; ValueError if malformed."""
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("args", []), list)
+        or not isinstance(data.get("kwargs", {}), dict)
+    ):
+        raise ValueError(f"Malformed call payload: {str(data)[:200]!r}")
+    return from_json(data.get("args", [])), from_json(data.get("kwargs", {}))
+
+
+def encode_value(value: Any, *, what: str) -> Any:
+    """Serialize one value (a result or a signal payload) and check its size."""
+    data = to_json(value, what=what)
+    check_size(data, what=what[:1].upper() + what[1:])
+    return data

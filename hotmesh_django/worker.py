@@ -1,0 +1,318 @@
+"""The worker: claim messages from topic queues and run them, one process of a pool.
+
+Threads in a worker process:
+- the main loop promotes due timers and claims up to the free slots, in one short
+  statement per queue, rotating the queues so a busy one cannot starve the others;
+- `concurrency` runner threads execute claimed messages (each has its own database
+  connection, as Django keeps one per thread);
+- a listener holds a LISTEN connection and wakes the main loop on NOTIFY, so polling
+  (HOTMESH_POLL_INTERVAL_SECONDS) is only the floor;
+- a heartbeat touches the Worker row, extends this worker's leases and, as whichever
+  worker wins an advisory lock, requeues the messages of dead workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue as queue_mod
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+
+from django.db.models.functions import Now
+from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection
+
+from hotmesh_django import registry
+from hotmesh_django.conf import settings
+from hotmesh_django.engine import claim as claims
+from hotmesh_django.engine.execute import run_step
+from hotmesh_django.engine.notify import WORK_CHANNEL, connect_raw, tables
+from hotmesh_django.engine.turn import run_turn
+from hotmesh_django.models import Worker as WorkerRow
+
+logger = logging.getLogger(__name__)
+
+# Burst mode exits only when nothing scheduled is due sooner than this.
+BURST_HORIZON_SECONDS = 2.0
+
+
+def _jitter(seconds: float) -> float:
+    return seconds * random.uniform(0.9, 1.1)  # noqa: S311 - not for secrets
+
+
+def dispatch(message: claims.Claimed, worker_id: uuid.UUID) -> None:
+    """Run one claimed message of any kind."""
+    if message.kind in ("TURN", "TIMER"):
+        run_turn(message, worker_id)
+    else:
+        run_step(message, worker_id)
+
+
+class Worker:
+    """Run messages from `queues` (None: every queue) with `concurrency` threads."""
+
+    def __init__(
+        self, *, queues: Sequence[str] | None = None, concurrency: int = 1,
+        burst: bool = False, graceful_timeout: float = 30.0,
+        worker_id: uuid.UUID | None = None,
+    ) -> None:
+        self.id = worker_id or uuid.uuid4()
+        self.all_queues = not queues
+        self.queues: list[str] = list(queues or [])
+        self.concurrency = concurrency
+        self.burst = burst
+        self.graceful_timeout = graceful_timeout
+        self.processed = 0
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._inbox: queue_mod.Queue[claims.Claimed | None] = queue_mod.Queue()
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._idle = threading.Condition(self._lock)
+        self._next_due: float | None = 0.0  # monotonic time; 0 = look now
+        self._rotation = 0
+        self._threads: list[threading.Thread] = []
+
+    # -- control -----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop claiming; run() returns once in-flight messages finish."""
+        self._stopping.set()
+        self._wake.set()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    # -- main loop ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Work until stop() (or, with burst, until the queues are empty)."""
+        self._register()
+        threads = [
+            threading.Thread(target=self._listen, name="hotmesh-listen", daemon=True),
+            threading.Thread(target=self._heartbeat, name="hotmesh-heartbeat", daemon=True),
+        ]
+        threads += [
+            threading.Thread(target=self._runner, name=f"hotmesh-run-{i}", daemon=True)
+            for i in range(self.concurrency)
+        ]
+        self._threads = threads
+        for thread in threads:
+            thread.start()
+        logger.info("worker started id=%s queues=%s concurrency=%s", self.id,
+                    ",".join(self.queues) or "*", self.concurrency)
+        # A random start-up delay spreads a fleet restarted at once.
+        self._stopping.wait(random.uniform(0, 0.05))  # noqa: S311
+        failures = 0
+        try:
+            while not self._stopping.is_set():
+                try:
+                    claimed = self._tick()
+                    failures = 0
+                except (OperationalError, InterfaceError) as exc:
+                    failures += 1
+                    delay = min(30.0, 0.2 * 2 ** min(failures, 8))
+                    logger.warning("database unavailable error=%s retry_in=%.1f", exc, delay)
+                    self._reset_connection()
+                    self._stopping.wait(_jitter(delay))
+                    continue
+                if self.burst and claimed == 0 and self._drained():
+                    break
+                if claimed == 0 or self._free() == 0:
+                    self._wait()
+        finally:
+            self._shutdown()
+
+    def _tick(self) -> int:
+        """Promote due timers, then claim into free slots; return how many claimed."""
+        now = time.monotonic()
+        if self._next_due is not None and self._next_due <= now:
+            claims.promote_due()
+            self._refresh_next_due()
+        if self.all_queues:
+            self._discover_queues()
+        free = self._free()
+        claimed = 0
+        queues = self.queues
+        for i in range(len(queues)):
+            if free <= 0:
+                break
+            queue = queues[(self._rotation + i) % len(queues)]
+            batch = claims.claim(
+                queue=queue, worker_id=self.id, limit=free,
+                lease_seconds=settings.lease_seconds,
+            )
+            for message in batch:
+                with self._lock:
+                    self._in_flight += 1
+                self._inbox.put(message)
+            claimed += len(batch)
+            free -= len(batch)
+        self._rotation += 1
+        return claimed
+
+    def _free(self) -> int:
+        return self.concurrency - self._in_flight
+
+    def _wait(self) -> None:
+        timeout = settings.poll_interval_seconds
+        if self._next_due is not None:
+            timeout = min(timeout, max(0.0, self._next_due - time.monotonic()))
+        self._wake.wait(_jitter(timeout) if timeout > 0 else 0)
+        self._wake.clear()
+
+    def _refresh_next_due(self) -> None:
+        seconds = claims.seconds_until_next_due()
+        self._next_due = None if seconds is None else time.monotonic() + max(seconds, 0.0)
+
+    def _drained(self) -> bool:
+        if self._in_flight:
+            return False
+        self._refresh_next_due()
+        if self._next_due is not None and self._next_due - time.monotonic() < BURST_HORIZON_SECONDS:
+            return False
+        return self._in_flight == 0
+
+    _last_discovery = 0.0
+
+    def _discover_queues(self) -> None:
+        now = time.monotonic()
+        if now - self._last_discovery < 5.0 and self.queues:
+            return
+        self._last_discovery = now
+        # A loose index scan over the ready index: one probe per distinct queue.
+        sql = """
+        WITH RECURSIVE q AS (
+            (SELECT queue FROM {stream} WHERE status = 'READY' ORDER BY queue LIMIT 1)
+            UNION ALL
+            SELECT (SELECT queue FROM {stream}
+                     WHERE status = 'READY' AND queue > q.queue ORDER BY queue LIMIT 1)
+              FROM q WHERE q.queue IS NOT NULL
+        )
+        SELECT queue FROM q WHERE queue IS NOT NULL
+        """.format(**tables())
+        with connection.cursor() as cursor:
+            cursor.execute(sql)
+            found = {row[0] for row in cursor.fetchall()}
+        known = found | registry.queues() | set(settings.queues) | set(self.queues)
+        self.queues = sorted(known)
+
+    def _reset_connection(self) -> None:
+        try:
+            connection.close()
+        except DatabaseError:
+            pass
+
+    # -- runner threads ----------------------------------------------------------------
+
+    def _runner(self) -> None:
+        while True:
+            message = self._inbox.get()
+            if message is None:
+                connection.close()
+                return
+            try:
+                dispatch(message, self.id)
+            except (OperationalError, InterfaceError):
+                # The lease will expire and another worker will re-run it.
+                logger.exception("database error running message id=%s", message.id)
+                self._reset_connection()
+            except Exception:
+                logger.exception("engine error running message id=%s", message.id)
+                close_old_connections()
+            finally:
+                with self._lock:
+                    self._in_flight -= 1
+                    self.processed += 1
+                    self._idle.notify_all()
+                self._wake.set()
+
+    # -- listener ----------------------------------------------------------------------
+
+    def _listen(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                with connect_raw() as conn:
+                    conn.execute(f"LISTEN {WORK_CHANNEL}")
+                    failures = 0
+                    self._wake.set()  # look once: we may have missed something
+                    while not self._stopping.is_set():
+                        for note in conn.notifies(timeout=1.0):
+                            self._on_notify(note.payload)
+            except Exception as exc:  # noqa: BLE001 - reconnect on anything
+                failures += 1
+                if not self._stopping.is_set():
+                    logger.debug("listener reconnecting error=%s", exc)
+                self._stopping.wait(_jitter(min(10.0, 0.2 * 2 ** min(failures, 6))))
+        connection.close()
+
+    def _on_notify(self, payload: str) -> None:
+        kind, _, value = payload.partition(":")
+        if kind == "q":
+            if self.all_queues and value not in self.queues:
+                self.queues = sorted({*self.queues, value})
+            if value in self.queues:
+                self._wake.set()
+        elif kind == "t":
+            self._next_due = 0.0  # look again: a timer may be due sooner now
+            self._wake.set()
+
+    # -- heartbeat ---------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        while not self._stopping.wait(_jitter(settings.heartbeat_seconds)):
+            try:
+                self._beat()
+            except Exception as exc:  # noqa: BLE001 - keep beating through outages
+                logger.warning("heartbeat failed error=%s", exc)
+                self._reset_connection()
+        connection.close()
+
+    def _beat(self) -> None:
+        lease = settings.lease_seconds
+        fields = self._row_fields()
+        if not WorkerRow.objects.filter(id=self.id).update(last_seen=Now(), **fields):
+            self._register()  # another worker took us for dead; we are back
+        claims.extend_leases(worker_id=self.id, lease_seconds=lease)
+        claims.rescue(stale_seconds=max(lease, 3 * settings.heartbeat_seconds))
+
+    def _row_fields(self) -> dict[str, object]:
+        return {
+            "host": socket.gethostname(), "pid": os.getpid(),
+            "queues": self.queues if not self.all_queues else ["*"],
+            "concurrency": self.concurrency, "in_flight": self._in_flight,
+        }
+
+    def _register(self) -> None:
+        WorkerRow.objects.update_or_create(id=self.id, defaults=self._row_fields())
+
+    # -- shutdown ----------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        self._stopping.set()
+        deadline = time.monotonic() + self.graceful_timeout
+        with self._lock:
+            while self._in_flight and time.monotonic() < deadline:
+                self._idle.wait(timeout=max(0.0, deadline - time.monotonic()))
+            left = self._in_flight
+        for _ in range(self.concurrency):
+            self._inbox.put(None)
+        # Runners that finished exit at once; a stuck one stays behind (daemon).
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()) + 1.5)
+        try:
+            # Whatever did not finish goes back to the queue now, not after the lease.
+            moved = claims.requeue_expired(workers=[self.id])
+            WorkerRow.objects.filter(id=self.id).delete()
+            if left or moved:
+                logger.warning("released unfinished messages count=%s", moved)
+        except DatabaseError as exc:
+            logger.warning("could not release leases error=%s", exc)
+        logger.info("worker stopped id=%s processed=%s", self.id, self.processed)
+        close_old_connections()

@@ -1,0 +1,114 @@
+"""Activities the test suite runs, in-process and in worker subprocesses."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from django.db.models import F
+
+import hotmesh_django as hm
+from hotmesh_django import RetryPolicy, activity
+
+FAST = RetryPolicy(max_attempts=3, initial_interval=0.05, backoff=2.0, max_interval=0.2)
+
+
+def bump(key: str) -> int:
+    """Add one to the counter `key` and return the new value (process-safe)."""
+    from tests.models import Counter
+
+    Counter.objects.get_or_create(key=key)
+    Counter.objects.filter(key=key).update(value=F("value") + 1)
+    return Counter.objects.get(key=key).value
+
+
+@activity(name="t.noop")
+def noop() -> None:
+    return None
+
+
+@activity(name="t.add", retry=FAST)
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@activity(name="t.echo", retry=FAST)
+def echo(value: Any) -> Any:
+    return value
+
+
+@activity(name="t.fail_times", retry=RetryPolicy(max_attempts=4, initial_interval=0.05))
+def fail_times(key: str, times: int) -> int:
+    """Fail the first `times` calls for `key`, then return the call count."""
+    count = bump(key)
+    if count <= times:
+        raise ValueError(f"planned failure {count} of {times}")
+    return count
+
+
+@activity(name="t.always_fail", retry=FAST)
+def always_fail(message: str) -> None:
+    bump(f"always_fail:{message}")
+    raise ValueError(message)
+
+
+@activity(name="t.refuse", retry=FAST)
+def refuse() -> None:
+    bump("refuse")
+    raise hm.NonRetryableError("no point in retrying")
+
+
+@activity(name="t.lookup_fails", retry=RetryPolicy(max_attempts=5, non_retryable=(KeyError,)))
+def lookup_fails() -> None:
+    bump("lookup_fails")
+    raise KeyError("missing")
+
+
+@activity(name="t.bad_result", retry=FAST)
+def bad_result() -> object:
+    return object()
+
+
+@activity(name="t.exits", retry=RetryPolicy(max_attempts=2, initial_interval=0.05))
+def exits() -> None:
+    bump("exits")
+    raise SystemExit(3)
+
+
+@activity(name="t.sleepy", retry=RetryPolicy(max_attempts=2, initial_interval=0.05),
+          timeout=0.5)
+def sleepy(seconds: float, key: str) -> str:
+    """Sleep longer than the timeout on the first call only."""
+    count = bump(key)
+    if count == 1:
+        time.sleep(seconds)
+    return f"call {count}"
+
+
+@activity(name="t.slow", retry=RetryPolicy(max_attempts=5, initial_interval=0.05))
+def slow(seconds: float, key: str) -> int:
+    """Count the call, mark that it started, then sleep (a window for SIGKILL)."""
+    count = bump(key)
+    marker = os.environ.get("HOTMESH_TEST_MARKER_DIR")
+    if marker:
+        Path(marker, f"{key}.{os.getpid()}.{count}").touch()
+    time.sleep(seconds)
+    return count
+
+
+@activity(name="t.write_effect", atomic=True, retry=FAST)
+def write_effect(key: str) -> str:
+    from tests.models import Effect
+
+    Effect.objects.create(key=key)
+    return key
+
+
+@activity(name="t.effect_then_fail", atomic=True, retry=FAST)
+def effect_then_fail(key: str) -> None:
+    from tests.models import Effect
+
+    Effect.objects.create(key=key)
+    raise ValueError("after the write")

@@ -1,0 +1,186 @@
+"""Activity jobs end to end with an in-process worker on real Postgres."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import uuid
+from typing import Any
+
+import pytest
+from django.db import transaction
+
+import hotmesh_django as hm
+from hotmesh_django.models import Activity, Job, JobStatus, Journal, Stream
+from tests import activities as a
+from tests.conftest import InProcessWorker
+from tests.models import Counter
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_start_returns_a_handle_and_the_result(worker: InProcessWorker) -> None:
+    handle = a.add.start(2, 3)
+    assert isinstance(handle, hm.JobHandle)
+    assert handle.result(timeout=10) == 5
+    assert handle.status() == JobStatus.SUCCESSFUL
+    job = Job.objects.get(workflow_id=handle.id)
+    assert job.kind == "ACTIVITY" and job.started_at and job.finished_at
+    assert not Stream.objects.exists()
+    events = [e["event"] for e in handle.journal()]
+    assert events == ["created", "step_completed", "completed"]
+
+
+def test_rich_types_round_trip_through_a_worker(worker: InProcessWorker) -> None:
+    value: dict[str, Any] = {
+        "when": datetime.datetime(2026, 11, 25, 8, 0, tzinfo=datetime.UTC),
+        "day": datetime.date(2026, 1, 2), "price": decimal.Decimal("19.99"),
+        "id": uuid.UUID(int=7), "list": [1, "two", None],
+    }
+    assert a.echo.start(value).result(timeout=10) == value
+
+
+def test_start_joins_the_callers_transaction() -> None:
+    with pytest.raises(RuntimeError), transaction.atomic():
+        a.add.start(1, 1)
+        assert Job.objects.count() == 1
+        raise RuntimeError("roll back")
+    assert not Job.objects.exists()
+    assert not Stream.objects.exists()
+    assert not Journal.objects.exists()
+
+
+def test_same_workflow_id_returns_the_same_job() -> None:
+    first = a.add.using(workflow_id="order-1").start(1, 1)
+    second = a.add.using(workflow_id="order-1").start(5, 5)
+    assert first == second
+    assert Job.objects.filter(workflow_id="order-1").count() == 1
+    assert Stream.objects.count() == 1
+    assert Job.objects.get().input == {"args": [1, 1], "kwargs": {}}
+
+
+def test_non_json_argument_fails_at_start_and_enqueues_nothing() -> None:
+    with pytest.raises(TypeError, match="argument 1 is of type object"):
+        a.echo.start(1, object())  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="argument 'value'"):
+        a.echo.start(value={1, 2})
+    assert not Job.objects.exists()
+
+
+def test_get_handle_and_unknown_ids() -> None:
+    handle = a.add.start(1, 2)
+    assert hm.get_handle(handle.id).status() == JobStatus.READY
+    with pytest.raises(hm.JobNotFound):
+        hm.get_handle("nope")
+    with pytest.raises(hm.JobNotFound):
+        hm.JobHandle("nope").status()
+
+
+def test_retries_until_success_with_attempts_journaled(worker: InProcessWorker) -> None:
+    handle = a.fail_times.start("ft", 2)
+    assert handle.result(timeout=10) == 3
+    step = Activity.objects.get(job__workflow_id=handle.id)
+    assert step.attempts == 3
+    events = [(e["event"], e["attempt"]) for e in handle.journal()]
+    assert events == [
+        ("created", None), ("step_retried", 1), ("step_retried", 2), ("step_completed", 3),
+        ("completed", None),
+    ]
+
+
+def test_retry_is_row_state_with_backoff(worker: InProcessWorker) -> None:
+    handle = a.fail_times.using(workflow_id="backoff").start("bo", 1)
+    handle.result(timeout=10)
+    retried = Journal.objects.get(job__workflow_id="backoff", event="step_retried")
+    assert retried.data["delay"] == pytest.approx(0.05)
+    assert retried.data["error"]["type"] == "ValueError"
+
+
+def test_exhausted_retries_fail_the_job_with_error_and_traceback(worker: InProcessWorker) -> None:
+    handle = a.always_fail.start("boom")
+    with pytest.raises(hm.WorkflowFailed) as info:
+        handle.result(timeout=10)
+    assert info.value.type == "ValueError" and info.value.message == "boom"
+    job = Job.objects.get(workflow_id=handle.id)
+    assert job.status == JobStatus.FAILED
+    assert "Traceback" in job.error["traceback"] and "always_fail" in job.error["traceback"]
+    assert Counter.objects.get(key="always_fail:boom").value == 3
+
+
+@pytest.mark.parametrize(("definition", "key"), [(a.refuse, "refuse"), (a.lookup_fails, "lookup_fails")])
+def test_non_retryable_errors_fail_at_once(worker: InProcessWorker, definition: Any, key: str) -> None:
+    with pytest.raises(hm.WorkflowFailed):
+        definition.start().result(timeout=10)
+    assert Counter.objects.get(key=key).value == 1
+
+
+def test_result_that_is_not_json_fails_without_retry(worker: InProcessWorker) -> None:
+    with pytest.raises(hm.WorkflowFailed, match="not JSON serializable"):
+        a.bad_result.start().result(timeout=10)
+    assert Activity.objects.get().attempts == 1
+
+
+def test_system_exit_in_user_code_is_a_failure_not_a_dead_worker(worker: InProcessWorker) -> None:
+    with pytest.raises(hm.WorkflowFailed) as info:
+        a.exits.start().result(timeout=10)
+    assert info.value.type == "SystemExit"
+    assert a.add.start(1, 1).result(timeout=10) == 2  # the worker is still alive
+
+
+def test_timed_out_attempt_is_retried_and_its_late_result_dropped(worker: InProcessWorker) -> None:
+    handle = a.sleepy.start(1.5, "sl")
+    assert handle.result(timeout=10) == "call 2"
+    events = [(e["event"], e["attempt"]) for e in handle.journal()]
+    assert ("step_retried", 1) in events and ("step_completed", 2) in events
+    retried = Journal.objects.get(job__workflow_id=handle.id, event="step_retried")
+    assert retried.data["error"]["type"] == "ActivityTimeout"
+
+
+def test_unknown_activity_fails_the_job_and_the_worker_keeps_going(worker: InProcessWorker) -> None:
+    handle = a.add.start(1, 1)
+    handle.result(timeout=10)
+    job = Job.objects.create(workflow_id="ghost", name="gone.activity", kind="ACTIVITY")
+    Activity.objects.create(job=job, seq=1, name="gone.activity", input={"args": [], "kwargs": {}})
+    Stream.objects.create(queue="default", kind="TASK", job=job, step=1, name="gone.activity",
+                          payload={"args": [], "kwargs": {}})
+    with pytest.raises(hm.WorkflowFailed, match="Unknown activity 'gone.activity'"):
+        hm.get_handle("ghost").result(timeout=10)
+    assert a.add.start(2, 2).result(timeout=10) == 4
+
+
+def test_garbage_payload_fails_the_job_clearly(worker: InProcessWorker) -> None:
+    job = Job.objects.create(workflow_id="garbage", name="t.add", kind="ACTIVITY")
+    Activity.objects.create(job=job, seq=1, name="t.add")
+    Stream.objects.create(queue="default", kind="TASK", job=job, step=1, name="t.add",
+                          payload={"args": "not a list"})
+    with pytest.raises(hm.WorkflowFailed, match="Malformed call payload"):
+        hm.get_handle("garbage").result(timeout=10)
+
+
+def test_result_timeout_raises_timeout_error() -> None:
+    handle = a.add.start(1, 1)  # no worker
+    with pytest.raises(TimeoutError):
+        handle.result(timeout=0.3)
+
+
+def test_cancel_a_ready_job() -> None:
+    handle = a.add.start(1, 1)
+    assert handle.cancel() is True
+    assert handle.status() == JobStatus.CANCELLED
+    assert not Stream.objects.exists()
+    assert handle.cancel() is False
+    with pytest.raises(hm.JobCancelled):
+        handle.result(timeout=1)
+
+
+def test_delay_and_priority(start_worker: Any) -> None:
+    late = a.echo.using(delay=0.5).start("late")
+    low = a.echo.using(priority=-1).start("low")
+    high = a.echo.using(priority=10).start("high")
+    start_worker(concurrency=1)
+    assert high.result(timeout=10) == "high" and low.result(timeout=10) == "low"
+    assert late.result(timeout=10) == "late"
+    order = list(Job.objects.order_by("started_at").values_list("workflow_id", flat=True))
+    assert order == [high.id, low.id, late.id]
+    late_job = Job.objects.get(workflow_id=late.id)
+    assert (late_job.started_at - late_job.created_at).total_seconds() >= 0.45

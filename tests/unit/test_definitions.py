@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+import hotmesh_django as hm
+from hotmesh_django import registry
+from tests import activities, workflows
+
+
+def test_plain_call_outside_a_workflow_runs_the_function() -> None:
+    assert activities.add(2, 3) == 5
+
+
+def test_names_default_to_module_and_qualname() -> None:
+    def f() -> None: ...
+
+    f.__qualname__ = "module_level"
+    f.__module__ = "tests.unit.test_definitions"
+    definition = hm.activity(f)
+    assert definition.name == "tests.unit.test_definitions.module_level"
+    assert registry.get_activity(definition.name) is definition
+
+
+def test_nested_functions_are_refused() -> None:
+    with pytest.raises(TypeError, match="module-level"):
+
+        @hm.activity
+        def inner() -> None: ...
+
+
+def test_duplicate_names_are_refused() -> None:
+    def other() -> int:
+        return 1
+
+    other.__qualname__ = "somewhere_else"
+    with pytest.raises(ImproperlyConfigured, match="Two activitys are named 't.add'|Two activities"):
+        hm.activity(name="t.add")(other)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"queue": ""}, {"queue": "q" * 101}, {"timeout": -1}, {"timeout": 0}, {"name": ""}],
+)
+def test_bad_decorator_arguments(kwargs: dict[str, object]) -> None:
+    with pytest.raises((ValueError, TypeError)):
+        hm.activity(**kwargs)  # type: ignore[call-overload]
+
+
+def test_using_returns_a_copy_and_validates() -> None:
+    copy = activities.add.using(queue="other", priority=5, delay=datetime.timedelta(seconds=2))
+    assert copy.options.queue == "other"
+    assert copy.options.delay == 2.0
+    assert activities.add.options.queue is None
+    with pytest.raises(TypeError, match="unknown option"):
+        activities.add.using(colour="red")
+    with pytest.raises(ValueError, match="delay"):
+        activities.add.using(delay=-1)
+    with pytest.raises(ValueError, match="workflow_id"):
+        activities.add.using(workflow_id="x" * 256)
+
+
+def test_workflow_only_calls_refuse_outside_a_workflow() -> None:
+    with pytest.raises(hm.HotmeshError, match="inside a running workflow"):
+        hm.sleep(1)
+    with pytest.raises(hm.HotmeshError, match="inside a running workflow"):
+        hm.wait_for_signal("x")
+
+
+def test_deterministic_helpers_work_outside_a_workflow() -> None:
+    assert isinstance(hm.now(), datetime.datetime)
+    assert 0 <= hm.random() < 1
+    assert hm.uuid4() != hm.uuid4()
+    assert workflows.child.name == "t.child"
+
+
+def test_definitions_keep_the_function_name_and_doc() -> None:
+    assert activities.slow.__name__ == "slow"
+    assert "SIGKILL" in (activities.slow.__doc__ or "")

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import datetime
+import decimal
+import json
+import uuid
+from typing import Any
+
+import pytest
+from django.test import override_settings
+
+from hotmesh_django import PayloadTooLarge
+from hotmesh_django.serialization import decode_call, encode_call, from_json, to_json
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None, True, 0, -5, 1.5, "text", "ünïcødé ✓", [], {}, [1, [2, [3]]],
+        {"nested": {"list": [1, "a", None]}},
+        datetime.datetime(2026, 11, 25, 8, 30, tzinfo=datetime.UTC),
+        datetime.date(2026, 11, 25), datetime.time(8, 30, 15),
+        datetime.timedelta(days=1, seconds=5), decimal.Decimal("19.99"),
+        uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        {"when": datetime.date(2026, 1, 1), "amount": decimal.Decimal("0.10")},
+    ],
+)
+def test_round_trip(value: Any) -> None:
+    stored = json.loads(json.dumps(to_json(value)))  # what a JSONB column gives back
+    assert from_json(stored) == value
+
+
+def test_tuples_come_back_as_lists() -> None:
+    assert from_json(to_json((1, 2))) == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        (object(), "argument 1 is of type object"),
+        ({1, 2}, "of type set"),
+        (float("nan"), "JSON cannot represent"),
+        (float("inf"), "JSON cannot represent"),
+        ("a\x00b", "NUL"),
+        ("\ud800", "not valid UTF-8"),
+        ({1: "a"}, "keys must be strings"),
+        ({"__hm__": "date"}, "reserved key"),
+    ],
+)
+def test_bad_values_raise_type_error_naming_the_argument(value: Any, fragment: str) -> None:
+    with pytest.raises(TypeError, match=fragment):
+        encode_call(("fine", value), {})
+
+
+def test_bad_keyword_argument_is_named() -> None:
+    with pytest.raises(TypeError, match="argument 'when'"):
+        encode_call((), {"when": object()})
+
+
+def test_circular_structures_are_refused() -> None:
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(TypeError, match="reference to itself"):
+        to_json(loop)
+
+
+def test_deep_nesting_is_refused() -> None:
+    deep: Any = []
+    for _ in range(500):
+        deep = [deep]
+    with pytest.raises(TypeError, match="nested more than"):
+        to_json(deep)
+
+
+@override_settings(HOTMESH_MAX_PAYLOAD_BYTES=100)
+def test_oversized_arguments_are_refused() -> None:
+    with pytest.raises(PayloadTooLarge, match="HOTMESH_MAX_PAYLOAD_BYTES=100"):
+        encode_call(("x" * 200,), {})
+
+
+@pytest.mark.parametrize("garbage", [None, "text", [1], {"args": "nope"}, {"kwargs": []}])
+def test_malformed_call_payloads_raise_value_error(garbage: Any) -> None:
+    with pytest.raises(ValueError, match="Malformed call payload"):
+        decode_call(garbage)
+
+
+def test_unknown_tag_raises_value_error() -> None:
+    with pytest.raises(ValueError, match="Unknown value tag"):
+        from_json({"__hm__": "pickle", "v": "x"})

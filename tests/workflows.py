@@ -1,0 +1,146 @@
+"""Workflows the test suite runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hotmesh_django as hm
+from tests import activities as a
+
+# Flipped by tests to change a workflow's code between turns (in-process workers).
+FLAGS: dict[str, Any] = {"changed": False, "patched": False}
+
+
+@hm.workflow(name="t.three_steps")
+def three_steps(n: int) -> int:
+    x = a.add(n, 1)
+    y = a.add(x, 1)
+    return a.add(y, 1)
+
+
+@hm.workflow(name="t.sleeper")
+def sleeper(seconds: float) -> str:
+    before = hm.now()
+    hm.sleep(seconds)
+    after = hm.now()
+    return f"{(after - before).total_seconds():.3f}"
+
+
+@hm.workflow(name="t.waiter")
+def waiter(name: str, timeout: float | None = None) -> Any:
+    try:
+        return hm.wait_for_signal(name, timeout=timeout)
+    except hm.SignalTimeout:
+        return "timed out"
+
+
+@hm.workflow(name="t.two_signals")
+def two_signals() -> list[Any]:
+    return [hm.wait_for_signal("go"), hm.wait_for_signal("go")]
+
+
+@hm.workflow(name="t.child")
+def child(n: int) -> int:
+    return a.add(n, 100)
+
+
+@hm.workflow(name="t.parent")
+def parent(n: int) -> list[int]:
+    first = child(n)
+    handles = [child.start(i) for i in range(3)]
+    return [first, *hm.gather(*handles)]
+
+
+@hm.workflow(name="t.fanout")
+def fanout(n: int) -> int:
+    return sum(hm.gather(*[a.add.start(i, 0) for i in range(n)]))
+
+
+@hm.workflow(name="t.child_fanout")
+def child_fanout(n: int) -> int:
+    return sum(hm.gather(*[child.start(i) for i in range(n)]))
+
+
+@hm.workflow(name="t.compensates")
+def compensates() -> str:
+    try:
+        a.always_fail("charge declined")
+    except hm.ActivityFailed as exc:
+        return f"compensated after {exc.type}: {exc.message}"
+    return "not reached"
+
+
+@hm.workflow(name="t.step_fails")
+def step_fails() -> None:
+    a.always_fail("uncaught")
+
+
+@hm.workflow(name="t.raises")
+def raises() -> None:
+    raise RuntimeError("workflow bug")
+
+
+@hm.workflow(name="t.deterministic")
+def deterministic() -> dict[str, Any]:
+    first = {"now": hm.now(), "uuid": hm.uuid4(), "random": hm.random()}
+    hm.wait_for_signal("continue")
+    again = {"now": hm.now(), "uuid": hm.uuid4(), "random": hm.random()}
+    return {"first": first, "again": again}
+
+
+@hm.workflow(name="t.changes")
+def changes() -> str:
+    a.add(1, 1)
+    hm.wait_for_signal("continue")
+    if FLAGS["changed"]:
+        a.echo("new path")  # step 2 used to be a signal wait
+    return "done"
+
+
+@hm.workflow(name="t.versioned")
+def versioned() -> str:
+    a.add(1, 1)
+    hm.wait_for_signal("continue")
+    if hm.patched("use-echo"):
+        return str(a.echo("new"))
+    return str(a.add(2, 2))
+
+
+@hm.workflow(name="t.versioned_after")
+def versioned_after() -> str:
+    """The same workflow after its deploy: the patch wraps the changed call."""
+    if FLAGS["patched"] and hm.patched("extra-step"):
+        a.echo("extra")
+    a.add(1, 1)
+    return "ok"
+
+
+@hm.workflow(name="t.atomic_steps")
+def atomic_steps(key: str, n: int) -> int:
+    for i in range(n):
+        a.write_effect(f"{key}:{i}")
+    return n
+
+
+@hm.workflow(name="t.slow_steps")
+def slow_steps(key: str, n: int, seconds: float) -> int:
+    total = 0
+    for i in range(n):
+        total += a.slow(seconds, f"{key}:{i}")
+    return total
+
+
+@hm.workflow(name="t.timeout", timeout=0.5)
+def times_out() -> None:
+    hm.wait_for_signal("never")
+
+
+@hm.workflow(name="t.searchable")
+def searchable(customer: str) -> str:
+    hm.set_search(customer=customer, tier="gold")
+    return customer
+
+
+@hm.workflow(name="t.returns_bad")
+def returns_bad() -> object:
+    return {1, 2}
