@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from demo_project.settings import *  # noqa: F403
 from demo_project.settings import INSTALLED_APPS, env
 
@@ -12,4 +14,9 @@ HOTMESH_IMPORTS = ["tests.activities", "tests.workflows"]
 HOTMESH_LEASE_SECONDS = env.float("HOTMESH_LEASE_SECONDS", default=2.0)
 HOTMESH_HEARTBEAT_SECONDS = env.float("HOTMESH_HEARTBEAT_SECONDS", default=0.5)
 HOTMESH_POLL_INTERVAL_SECONDS = env.float("HOTMESH_POLL_INTERVAL_SECONDS", default=0.2)
-LOGGING = {"version": 1, "disable_existing_loggers": False}
+
+# A test database of its own per test run, so parallel runs on one server (the
+# embedded one is shared by every checkout process) cannot drop each other's.
+DATABASES["default"]["TEST"] = {  # noqa: F405
+    "NAME": env.str("HOTMESH_TEST_DATABASE", default=f"test_hotmesh_{os.getpid()}")
+}

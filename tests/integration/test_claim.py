@@ -1,0 +1,145 @@
+"""The claim: SKIP LOCKED from many connections, lock semantics, index use, rescue."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+from django.db import connection, connections, transaction
+
+from hotmesh_django.engine.claim import claim, requeue_expired, rescue
+from hotmesh_django.engine.notify import connect_raw
+from hotmesh_django.models import Activity, Job, JobStatus, Journal, Stream, Worker
+from tests.factories import JobFactory, StreamFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _messages(count: int, queue: str = "default") -> list[Stream]:
+    jobs = Job.objects.bulk_create(
+        [Job(workflow_id=f"{queue}-{i}", name="t.add", kind="ACTIVITY") for i in range(count)]
+    )
+    return Stream.objects.bulk_create(
+        [Stream(queue=queue, kind="TASK", job=j, step=1, name="t.add") for j in jobs]
+    )
+
+
+def test_concurrent_claimers_never_share_a_message() -> None:
+    _messages(300)
+    barrier = threading.Barrier(8)
+    seen: list[list[int]] = [[] for _ in range(8)]
+
+    def claimer(slot: int) -> None:
+        try:
+            barrier.wait()
+            worker_id = uuid.uuid4()
+            while batch := claim(queue="default", worker_id=worker_id, limit=7, lease_seconds=60):
+                seen[slot].extend(m.id for m in batch)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=claimer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    claimed = [i for ids in seen for i in ids]
+    assert len(claimed) == len(set(claimed)) == 300
+    assert Stream.objects.filter(status="RUNNING", attempts=1).count() == 300
+    assert sum(1 for ids in seen if ids) > 1  # the work really was shared
+
+
+def test_claim_skips_rows_locked_by_another_connection() -> None:
+    first, second = _messages(2)
+    with connect_raw() as other:
+        other.execute("BEGIN")
+        other.execute(f"SELECT id FROM {Stream._meta.db_table} WHERE id = %s FOR UPDATE", [first.id])
+        got = claim(queue="default", worker_id=uuid.uuid4(), limit=5, lease_seconds=60)
+        other.execute("ROLLBACK")
+    assert [m.id for m in got] == [second.id]
+
+
+def test_claim_orders_by_priority_then_fifo_and_respects_queue() -> None:
+    jobs = JobFactory.create_batch(4)
+    low = StreamFactory(job=jobs[0], priority=0)
+    high = StreamFactory(job=jobs[1], priority=5)
+    low2 = StreamFactory(job=jobs[2], priority=0)
+    StreamFactory(job=jobs[3], queue="elsewhere", priority=99)
+    got = claim(queue="default", worker_id=uuid.uuid4(), limit=10, lease_seconds=60)
+    assert sorted(m.id for m in got) == sorted([high.id, low.id, low2.id])
+    ordered = list(Stream.objects.filter(queue="default").order_by("-priority", "id"))
+    assert [m.id for m in ordered] == [high.id, low.id, low2.id]
+
+
+def test_claim_marks_the_activity_job_running() -> None:
+    job = Job.objects.create(workflow_id="x", name="t.add", kind="ACTIVITY")
+    Activity.objects.create(job=job, seq=1, name="t.add")
+    Stream.objects.create(queue="default", kind="TASK", job=job, step=1, name="t.add")
+    claim(queue="default", worker_id=uuid.uuid4(), limit=1, lease_seconds=60)
+    job.refresh_from_db()
+    assert job.status == JobStatus.RUNNING and job.started_at
+    assert Activity.objects.get().status == JobStatus.RUNNING
+
+
+def test_claim_uses_the_partial_ready_index() -> None:
+    _messages(3000)
+    _messages(2000, queue="other")
+    Stream.objects.filter(id__in=Stream.objects.values("id")[:1500]).update(status="RUNNING")
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {Stream._meta.db_table}")
+        cursor.execute(
+            f"EXPLAIN SELECT id FROM {Stream._meta.db_table} "
+            "WHERE queue = %s AND status = 'READY' ORDER BY priority DESC, id LIMIT 10 "
+            "FOR UPDATE SKIP LOCKED",
+            ["default"],
+        )
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "hotmesh_stream_ready_idx" in plan, plan
+    assert "Sort" not in plan, plan
+
+
+def test_expired_leases_are_requeued_with_the_attempt_counted() -> None:
+    job = Job.objects.create(workflow_id="x", name="t.add", kind="ACTIVITY")
+    Activity.objects.create(job=job, seq=1, name="t.add")
+    Stream.objects.create(queue="default", kind="TASK", job=job, step=1, name="t.add")
+    (message,) = claim(queue="default", worker_id=uuid.uuid4(), limit=1, lease_seconds=0.01)
+    assert message.attempts == 1
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_sleep(0.05)")
+    assert rescue(stale_seconds=60) == 1
+    row = Stream.objects.get()
+    assert (row.status, row.worker, row.attempts) == ("READY", None, 1)
+    assert Job.objects.get().status == JobStatus.READY
+    assert Journal.objects.get().event == "lease_expired"
+    (again,) = claim(queue="default", worker_id=uuid.uuid4(), limit=1, lease_seconds=60)
+    assert again.attempts == 2
+
+
+def test_rescue_forgets_silent_workers_and_frees_their_turns() -> None:
+    dead = Worker.objects.create(host="h", pid=1)
+    Worker.objects.filter(pk=dead.pk).update(last_seen="2000-01-01T00:00:00Z")
+    job = Job.objects.create(workflow_id="wf", name="t.three_steps")
+    Stream.objects.create(queue="default", kind="TURN", job=job, status="RUNNING", worker=dead.id,
+                          lease_expires_at="2999-01-01T00:00:00Z")
+    assert rescue(stale_seconds=30) == 1
+    assert not Worker.objects.exists()
+    turn = Stream.objects.get()
+    assert (turn.kind, turn.status, turn.worker) == ("TURN", "READY", None)
+
+
+def test_rescue_runs_in_one_worker_at_a_time() -> None:
+    with connect_raw() as other:
+        other.execute("BEGIN")
+        other.execute("SELECT pg_advisory_xact_lock(%s)", [0x686F746D657368])
+        assert rescue(stale_seconds=30) == 0
+        other.execute("ROLLBACK")
+
+
+def test_releasing_my_leases_on_shutdown() -> None:
+    _messages(3)
+    me = uuid.uuid4()
+    claim(queue="default", worker_id=me, limit=3, lease_seconds=600)
+    with transaction.atomic():
+        assert requeue_expired(workers=[me]) == 3
+    assert Stream.objects.filter(status="READY").count() == 3

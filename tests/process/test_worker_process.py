@@ -1,0 +1,170 @@
+"""Real worker subprocesses: signals, SIGKILL rescue, many workers, bad flags."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter as Tally
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from django.db.models import Count
+
+import hotmesh_django as hm
+from hotmesh_django.models import Activity, Job, JobStatus, Journal, Stream, Worker
+from tests import activities as a
+from tests import workflows as w
+from tests.conftest import ROOT, WorkerProcess, wait_until
+from tests.models import Counter
+
+pytestmark = [pytest.mark.process, pytest.mark.django_db(transaction=True)]
+
+Spawn = Callable[..., WorkerProcess]
+
+
+def _running(key: str) -> bool:
+    return Activity.objects.filter(status="RUNNING", input__args__1=key).exists()
+
+
+def test_burst_worker_drains_and_exits(spawn_worker: Spawn) -> None:
+    handles = [a.add.start(i, i) for i in range(20)]
+    proc = spawn_worker("--burst", "--concurrency", "4")
+    assert proc.wait(timeout=60) == 0, proc.log()
+    assert [h.result(timeout=1) for h in handles] == [i * 2 for i in range(20)]
+    assert not Worker.objects.exists()
+
+
+def test_first_sigterm_lets_the_running_activity_finish(spawn_worker: Spawn) -> None:
+    handle = a.slow.start(1.5, "graceful")
+    proc = spawn_worker("--concurrency", "2")
+    wait_until(lambda: _running("graceful"), timeout=20)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0, proc.log()
+    assert handle.result(timeout=1) == 1
+    assert Counter.objects.get(key="graceful").value == 1
+    assert not Stream.objects.exists() and not Worker.objects.exists()
+
+
+def test_second_sigterm_exits_at_once(spawn_worker: Spawn) -> None:
+    handle = a.slow.start(30, "impatient")
+    proc = spawn_worker()
+    wait_until(lambda: _running("impatient"), timeout=20)
+    proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: "finishing in-flight work" in proc.log(), timeout=10)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=5) != 0
+    assert handle.status() == JobStatus.RUNNING  # its lease will expire; rescued below
+
+
+def test_graceful_timeout_releases_unfinished_work(spawn_worker: Spawn) -> None:
+    handle = a.slow.start(30, "released")
+    proc = spawn_worker("--graceful-timeout", "0.5")
+    wait_until(lambda: _running("released"), timeout=20)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0, proc.log()
+    stream = Stream.objects.get()
+    assert (stream.status, stream.worker) == ("READY", None)
+    assert handle.status() == JobStatus.READY
+
+
+def test_sigkill_mid_activity_is_rescued_by_another_worker(spawn_worker: Spawn) -> None:
+    handle = a.slow.start(3, "killed")
+    victim = spawn_worker()
+    wait_until(lambda: _running("killed"), timeout=20)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=5)
+    spawn_worker()
+    assert handle.result(timeout=40) == 2  # the second call's count
+    step = Activity.objects.get(job__workflow_id=handle.id)
+    assert (step.status, step.attempts) == ("SUCCESSFUL", 2)
+    events = [e["event"] for e in handle.journal()]
+    assert "lease_expired" in events
+    assert not Stream.objects.exists()
+    assert not Job.objects.filter(status="RUNNING").exists()
+
+
+def test_sigkill_during_a_workflow_keeps_each_step_once(spawn_worker: Spawn) -> None:
+    handle = w.slow_steps.start("wfkill", 3, 1.0)
+    victim = spawn_worker()
+    wait_until(lambda: _running("wfkill:1"), timeout=30)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=5)
+    spawn_worker()
+    handle.result(timeout=60)
+    completed = Journal.objects.filter(job__workflow_id=handle.id, event="step_completed")
+    assert sorted(completed.values_list("step", flat=True)) == [1, 2, 3]
+    counts = dict(Counter.objects.values_list("key", "value"))
+    assert counts == {"wfkill:0": 1, "wfkill:1": 2, "wfkill:2": 1}
+
+
+def test_many_workers_run_every_job_exactly_once(spawn_worker: Spawn) -> None:
+    jobs = [a.slow.start(0, f"once:{i}") for i in range(300)]
+    flows = [w.three_steps.start(i) for i in range(60)]
+    procs = [spawn_worker("--concurrency", "4") for _ in range(3)]
+    assert [f.result(timeout=120) for f in flows] == [i + 3 for i in range(60)]
+    for job in jobs:
+        assert job.result(timeout=120) == 1
+    assert set(Counter.objects.values_list("value", flat=True)) == {1}
+    per_step = Tally(
+        Journal.objects.filter(event="step_completed").values_list("job_id", "step")
+    )
+    assert len(per_step) == 300 + 60 * 3 and set(per_step.values()) == {1}
+    busy = Activity.objects.values("job__queue").annotate(n=Count("id"))
+    assert busy
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        assert proc.wait(timeout=30) == 0, proc.log()
+
+
+def test_process_pool_runs_and_stops_together(spawn_worker: Spawn) -> None:
+    handles = [a.add.start(i, 1) for i in range(40)]
+    proc = spawn_worker("--processes", "2", "--concurrency", "2")
+    assert [h.result(timeout=60) for h in handles] == [i + 1 for i in range(40)]
+    wait_until(lambda: Worker.objects.count() == 2, timeout=20)
+    assert len(set(Worker.objects.values_list("pid", flat=True))) == 2
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0, proc.log()
+    assert not Worker.objects.exists()
+
+
+def test_durable_sleep_spans_a_worker_restart(spawn_worker: Spawn) -> None:
+    handle = w.sleeper.start(2.0)
+    first = spawn_worker()
+    wait_until(lambda: Stream.objects.filter(kind="TIMER").exists(), timeout=20)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=20) == 0
+    spawn_worker()
+    assert float(handle.result(timeout=30)) >= 2.0
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--concurrency", "0"], "must be at least 1"),
+        (["--concurrency", "many"], "is not an integer"),
+        (["--processes", "-2"], "must be at least 1"),
+        (["--graceful-timeout", "soon"], "is not a number of seconds"),
+        (["--queues", ","], "give at least one queue name"),
+        (["--import", "no.such.module"], "Cannot import 'no.such.module'"),
+        (["--colour", "blue"], "unrecognized arguments"),
+    ],
+)
+def test_bad_flags_give_a_usage_error(worker_env: dict[str, str], flags: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(Path(ROOT, "manage.py")), "hotmesh_worker", *flags],
+        env=worker_env, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_only_listed_queues_are_served(spawn_worker: Spawn) -> None:
+    other = a.add.using(queue="other").start(1, 1)
+    mine = a.add.using(queue="mine").start(2, 2)
+    spawn_worker("--queues", "mine")
+    assert mine.result(timeout=30) == 4
+    assert hm.get_handle(other.id).status() == JobStatus.READY
