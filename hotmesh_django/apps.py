@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import importlib
 
 from django.apps import AppConfig
@@ -20,7 +21,6 @@ class HotmeshConfig(AppConfig):
         # start or run them (web, shell, worker) sees the same registry.
         autodiscover_modules("activities", "workflows")
         for module in settings.imports:
-            try:
+            # A module that fails to import is reported by the hotmesh.E005 check.
+            with contextlib.suppress(ImportError):
                 importlib.import_module(module)
-            except ImportError:
-                pass  # reported by the hotmesh.E005 system check

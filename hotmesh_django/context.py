@@ -29,7 +29,7 @@ from hotmesh_django.exceptions import (
 
 if TYPE_CHECKING:
     from hotmesh_django.definitions import ActivityDefinition, WorkflowDefinition
-    from hotmesh_django.handles import StepHandle
+    from hotmesh_django.handles import JobHandle, StepHandle
     from hotmesh_django.models import Activity, Job, Signal
 
 _local = threading.local()
@@ -61,7 +61,11 @@ class WorkflowContext:
     """State of one workflow turn: the recorded steps and the new ones."""
 
     def __init__(
-        self, *, job: Job, steps: dict[int, Activity], signals: list[Signal],
+        self,
+        *,
+        job: Job,
+        steps: dict[int, Activity],
+        signals: list[Signal],
         db_now: datetime.datetime,
     ) -> None:
         self.job = job
@@ -73,7 +77,7 @@ class WorkflowContext:
         self.new_steps: list[Activity] = []
         self.changed_steps: list[Activity] = []
         self.new_activity_calls: list[tuple[Activity, ActivityDefinition[Any, Any]]] = []
-        self.new_children: list[tuple[Activity, WorkflowDefinition[Any, Any], dict[str, Any]]] = []
+        self.new_children: list[tuple[Activity, WorkflowDefinition[Any, Any], Any]] = []
         self.new_timers: list[Activity] = []
         self.consumed_signals: list[Signal] = []
         self.cancelled_timers: list[int] = []
@@ -133,7 +137,8 @@ class WorkflowContext:
             raise ActivityFailed(
                 f"Step {seq} ({step.name}) failed: {error.get('type', 'Error')}: "
                 f"{error.get('message', '')}",
-                error_type=error.get("type", ""), error_message=error.get("message", ""),
+                error_type=error.get("type", ""),
+                error_message=error.get("message", ""),
                 traceback=error.get("traceback", ""),
             )
         raise self.suspend()
@@ -181,7 +186,9 @@ class WorkflowContext:
     # -- durable calls -----------------------------------------------------------------
 
     def call_activity(
-        self, definition: ActivityDefinition[Any, Any], args: tuple[Any, ...],
+        self,
+        definition: ActivityDefinition[Any, Any],
+        args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> StepHandle:
         from hotmesh_django.handles import StepHandle
@@ -191,15 +198,19 @@ class WorkflowContext:
         seq, existing = self._next(StepKind.ACTIVITY, definition.name)
         if existing is None:
             step = self._add(
-                kind=StepKind.ACTIVITY, name=definition.name,
+                kind=StepKind.ACTIVITY,
+                name=definition.name,
                 queue=definition.options.queue or definition.queue,
-                status=JobStatus.READY, input=encode_call(args, kwargs),
+                status=JobStatus.READY,
+                input=encode_call(args, kwargs),
             )
             self.new_activity_calls.append((step, definition))
         return StepHandle(self, seq)
 
     def call_child(
-        self, definition: WorkflowDefinition[Any, Any], args: tuple[Any, ...],
+        self,
+        definition: WorkflowDefinition[Any, Any],
+        args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> StepHandle:
         from hotmesh_django.handles import StepHandle
@@ -209,9 +220,11 @@ class WorkflowContext:
         seq, existing = self._next(StepKind.CHILD, definition.name)
         if existing is None:
             step = self._add(
-                kind=StepKind.CHILD, name=definition.name,
+                kind=StepKind.CHILD,
+                name=definition.name,
                 queue=definition.options.queue or definition.queue,
-                status=JobStatus.RUNNING, input=encode_call(args, kwargs),
+                status=JobStatus.RUNNING,
+                input=encode_call(args, kwargs),
             )
             self.new_children.append((step, definition, step.input))
         return StepHandle(self, seq)
@@ -222,7 +235,9 @@ class WorkflowContext:
         seq, existing = self._next(StepKind.SLEEP, "sleep")
         if existing is None:
             step = self._add(
-                kind=StepKind.SLEEP, name="sleep", input={"seconds": seconds},
+                kind=StepKind.SLEEP,
+                name="sleep",
+                input={"seconds": seconds},
                 wake_at=self.db_now + datetime.timedelta(seconds=seconds),
             )
             self._try_wake(step)
@@ -239,7 +254,9 @@ class WorkflowContext:
             if timeout is not None:
                 wake_at = self.db_now + datetime.timedelta(seconds=timeout)
             step = self._add(
-                kind=StepKind.SIGNAL, name=name, input={"timeout": timeout},
+                kind=StepKind.SIGNAL,
+                name=name,
+                input={"timeout": timeout},
                 wake_at=wake_at,
             )
             self._try_signal(step)
@@ -257,8 +274,11 @@ class WorkflowContext:
             return from_json(existing.output)
         value = make()
         self._add(
-            kind=StepKind.VALUE, name=name, status=JobStatus.SUCCESSFUL,
-            output=to_json(value, what=f"the value of {name}"), finished_at=self.db_now,
+            kind=StepKind.VALUE,
+            name=name,
+            status=JobStatus.SUCCESSFUL,
+            output=to_json(value, what=f"the value of {name}"),
+            finished_at=self.db_now,
         )
         return value
 
@@ -270,7 +290,10 @@ class WorkflowContext:
         if upcoming is None:
             self.seq += 1
             self._add(
-                kind=StepKind.VALUE, name=name, status=JobStatus.SUCCESSFUL, output=True,
+                kind=StepKind.VALUE,
+                name=name,
+                status=JobStatus.SUCCESSFUL,
+                output=True,
                 finished_at=self.db_now,
             )
             return True
@@ -308,7 +331,7 @@ def wait_for_signal(name: str, timeout: float | datetime.timedelta | None = None
     return ctx.wait_for_signal(name, None if timeout is None else _seconds(timeout))
 
 
-def gather(*handles: StepHandle) -> list[Any]:
+def gather(*handles: StepHandle | JobHandle) -> list[Any]:
     """Wait for every handle and return their results in order.
 
     Raise the first failure (in argument order) once all have finished.
@@ -322,9 +345,10 @@ def gather(*handles: StepHandle) -> list[Any]:
                 "hm.gather() takes handles from .start() inside a workflow, "
                 f"not {type(handle).__name__}."
             )
-    if not all(ctx.is_done(h.seq) for h in handles):
+    steps = [h for h in handles if isinstance(h, StepHandle)]
+    if not all(ctx.is_done(h.seq) for h in steps):
         raise ctx.suspend()
-    return [ctx.resolve(h.seq) for h in handles]
+    return [ctx.resolve(h.seq) for h in steps]
 
 
 def now() -> datetime.datetime:

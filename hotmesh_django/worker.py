@@ -13,6 +13,7 @@ Threads in a worker process:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue as queue_mod
@@ -23,8 +24,14 @@ import time
 import uuid
 from collections.abc import Sequence
 
+from django.db import (
+    DatabaseError,
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+)
 from django.db.models.functions import Now
-from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection
 
 from hotmesh_django import registry
 from hotmesh_django.conf import settings
@@ -56,8 +63,12 @@ class Worker:
     """Run messages from `queues` (None: every queue) with `concurrency` threads."""
 
     def __init__(
-        self, *, queues: Sequence[str] | None = None, concurrency: int = 1,
-        burst: bool = False, graceful_timeout: float = 30.0,
+        self,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int = 1,
+        burst: bool = False,
+        graceful_timeout: float = 30.0,
         worker_id: uuid.UUID | None = None,
     ) -> None:
         self.id = worker_id or uuid.uuid4()
@@ -104,8 +115,12 @@ class Worker:
         self._threads = threads
         for thread in threads:
             thread.start()
-        logger.info("worker started id=%s queues=%s concurrency=%s", self.id,
-                    ",".join(self.queues) or "*", self.concurrency)
+        logger.info(
+            "worker started id=%s queues=%s concurrency=%s",
+            self.id,
+            ",".join(self.queues) or "*",
+            self.concurrency,
+        )
         # A random start-up delay spreads a fleet restarted at once.
         self._stopping.wait(random.uniform(0, 0.05))  # noqa: S311
         failures = 0
@@ -144,7 +159,9 @@ class Worker:
                 break
             queue = queues[(self._rotation + i) % len(queues)]
             batch = claims.claim(
-                queue=queue, worker_id=self.id, limit=free,
+                queue=queue,
+                worker_id=self.id,
+                limit=free,
                 lease_seconds=settings.lease_seconds,
             )
             for message in batch:
@@ -195,7 +212,7 @@ class Worker:
               FROM q WHERE q.queue IS NOT NULL
         )
         SELECT queue FROM q WHERE queue IS NOT NULL
-        """.format(**tables())
+        """.format(**tables())  # noqa: S608 - table names from _meta
         with connection.cursor() as cursor:
             cursor.execute(sql)
             found = {row[0] for row in cursor.fetchall()}
@@ -203,10 +220,8 @@ class Worker:
         self.queues = sorted(known)
 
     def _reset_connection(self) -> None:
-        try:
+        with contextlib.suppress(DatabaseError):
             connection.close()
-        except DatabaseError:
-            pass
 
     # -- runner threads ----------------------------------------------------------------
 
@@ -284,9 +299,11 @@ class Worker:
 
     def _row_fields(self) -> dict[str, object]:
         return {
-            "host": socket.gethostname(), "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
             "queues": self.queues if not self.all_queues else ["*"],
-            "concurrency": self.concurrency, "in_flight": self._in_flight,
+            "concurrency": self.concurrency,
+            "in_flight": self._in_flight,
         }
 
     def _register(self) -> None:

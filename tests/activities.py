@@ -77,8 +77,7 @@ def exits() -> None:
     raise SystemExit(3)
 
 
-@activity(name="t.sleepy", retry=RetryPolicy(max_attempts=2, initial_interval=0.05),
-          timeout=0.5)
+@activity(name="t.sleepy", retry=RetryPolicy(max_attempts=2, initial_interval=0.05), timeout=0.5)
 def sleepy(seconds: float, key: str) -> str:
     """Sleep longer than the timeout on the first call only."""
     count = bump(key)

@@ -92,7 +92,9 @@ class WorkerProcess(subprocess.Popen[bytes]):
 
 
 @pytest.fixture
-def spawn_worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+def spawn_worker(
+    worker_env: dict[str, str], tmp_path: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
     """Return a function that starts `manage.py hotmesh_worker ARGS` as a subprocess."""
     procs: list[WorkerProcess] = []
 
@@ -101,8 +103,11 @@ def spawn_worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Callabl
         with log_path.open("wb") as log:
             proc = WorkerProcess(
                 [sys.executable, str(ROOT / "manage.py"), "hotmesh_worker", *args],
-                env={**worker_env, **(env_extra or {})}, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT,
+                env={**worker_env, **(env_extra or {})},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=ROOT,
             )
         proc.log_path = log_path
         procs.append(proc)

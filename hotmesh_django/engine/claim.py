@@ -134,7 +134,7 @@ def claim(*, queue: str, worker_id: uuid.UUID, limit: int, lease_seconds: float)
     locks last only as long as the statement.
     """
     sql = _CLAIM.format(**tables())
-    params = {"queue": queue, "limit": limit, "worker": worker_id, "lease": lease_seconds}
+    params: dict[str, Any] = {"queue": queue, "limit": limit, "worker": worker_id, "lease": lease_seconds}
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
@@ -169,7 +169,7 @@ def seconds_until_next_due() -> float | None:
 def extend_leases(*, worker_id: uuid.UUID, lease_seconds: float) -> int:
     with connection.cursor() as cursor:
         cursor.execute(_EXTEND.format(**tables()), {"worker": worker_id, "lease": lease_seconds})
-        return cursor.rowcount
+        return int(cursor.rowcount)
 
 
 def requeue_expired(*, workers: list[uuid.UUID]) -> int:
@@ -180,14 +180,14 @@ def requeue_expired(*, workers: list[uuid.UUID]) -> int:
     queued instead, since a turn is idempotent and at most one may be ready per job.
     """
     t = tables()
-    params = {"workers": workers}
+    params: dict[str, Any] = {"workers": workers}
     with transaction.atomic(), connection.cursor() as cursor:
-        step_kinds = {"kinds": ("STEP", "TASK"), **params}
+        step_kinds: dict[str, Any] = {"kinds": ("STEP", "TASK"), **params}
         expired = _EXPIRED.format(**t).replace("%(kinds)s", "('STEP', 'TASK')")
         cursor.execute(_REQUEUE_STEPS.format(expired=expired, **t), step_kinds)
         rows = cursor.fetchall()
         queues = [row[0] for row in rows]
-        moved = sum(row[1] for row in rows)
+        moved = int(sum(row[1] for row in rows))
         expired = _EXPIRED.format(**t).replace("%(kinds)s", "('TURN', 'TIMER')")
         cursor.execute(_DROP_TURNS.format(expired=expired, **t), params)
         jobs = {row[0] for row in cursor.fetchall()}
@@ -206,7 +206,8 @@ def rescue(*, stale_seconds: float) -> int:
     t = tables()
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [RESCUE_LOCK_KEY])
-        if not cursor.fetchone()[0]:  # type: ignore[index]
+        won = cursor.fetchone()
+        if not won or not won[0]:
             return 0
         cursor.execute(
             f"DELETE FROM {t['worker']} "  # noqa: S608 - table name from _meta

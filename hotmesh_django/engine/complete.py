@@ -69,8 +69,12 @@ _FINAL_EVENTS = {
 
 
 def finish_job(
-    job_id: int, status: JobStatus, *, output: Any = None,
-    error: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
+    job_id: int,
+    status: JobStatus,
+    *,
+    output: Any = None,
+    error: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
 ) -> bool:
     """Move job `job_id` to a final status, drop its queued messages, tell its parent.
 
@@ -88,9 +92,7 @@ def finish_job(
     Activity.objects.filter(job_id=job_id, status__in=ACTIVE_STATUSES).update(
         status=JobStatus.CANCELLED, finished_at=Now()
     )
-    Journal.objects.create(
-        job_id=job_id, event=_FINAL_EVENTS[status], data=data or error or None
-    )
+    Journal.objects.create(job_id=job_id, event=_FINAL_EVENTS[status], data=data or error or None)
     notify_done(job_id)
     parent = Job.objects.filter(pk=job_id).values_list("parent_id", "parent_step", "name").get()
     if parent[0] is not None and parent[1] is not None:
@@ -99,18 +101,25 @@ def finish_job(
 
 
 def _wake_parent(
-    parent_id: int, step: int, name: str, status: JobStatus, output: Any,
+    parent_id: int,
+    step: int,
+    name: str,
+    status: JobStatus,
+    output: Any,
     error: dict[str, Any] | None,
 ) -> None:
     step_status = JobStatus.SUCCESSFUL if status == JobStatus.SUCCESSFUL else JobStatus.FAILED
     if status == JobStatus.CANCELLED and error is None:
         error = {"type": "JobCancelled", "message": "The child workflow was cancelled."}
-    moved = Activity.objects.filter(
-        job_id=parent_id, seq=step, status__in=ACTIVE_STATUSES
-    ).update(status=step_status, output=output, error=error, finished_at=Now())
+    moved = Activity.objects.filter(job_id=parent_id, seq=step, status__in=ACTIVE_STATUSES).update(
+        status=step_status, output=output, error=error, finished_at=Now()
+    )
     if moved:
         Journal.objects.create(
-            job_id=parent_id, step=step, event=JournalEvent.CHILD_FINISHED, name=name,
+            job_id=parent_id,
+            step=step,
+            event=JournalEvent.CHILD_FINISHED,
+            name=name,
             data={"status": status},
         )
         enqueue_turn(parent_id)

@@ -41,8 +41,14 @@ def _get(workflow_id: str, using: str) -> Job:
     return job
 
 
-def send_signal(workflow_id: str, name: str, payload: Any = None, *,
-                using: str = DEFAULT_DB_ALIAS, actor: str = "") -> None:
+def send_signal(
+    workflow_id: str,
+    name: str,
+    payload: Any = None,
+    *,
+    using: str = DEFAULT_DB_ALIAS,
+    actor: str = "",
+) -> None:
     """Buffer signal `name` for the job and queue a turn to deliver it.
 
     Raise JobNotFound for an unknown job, JobFinishedError for a finished one,
@@ -59,7 +65,9 @@ def send_signal(workflow_id: str, name: str, payload: Any = None, *,
             )
         Signal.objects.using(using).create(job=job, name=name, payload=data)
         Journal.objects.using(using).create(
-            job=job, event=JournalEvent.SIGNAL_RECEIVED, name=name,
+            job=job,
+            event=JournalEvent.SIGNAL_RECEIVED,
+            name=name,
             data={"payload": data, **({"by": actor} if actor else {})},
         )
         if job.kind == JobKind.WORKFLOW:
@@ -113,25 +121,40 @@ def retry_job(workflow_id: str, *, using: str = DEFAULT_DB_ALIAS, actor: str = "
 def _revive_steps(job: Job) -> None:
     """Re-queue the steps that failed, or were cut off when the job failed."""
     revived = Activity.objects.filter(
-        job=job, status__in=[JobStatus.FAILED, JobStatus.CANCELLED],
+        job=job,
+        status__in=[JobStatus.FAILED, JobStatus.CANCELLED],
         kind__in=[StepKind.ACTIVITY, StepKind.SLEEP],
     ).order_by("seq")
     messages = []
     for step in revived:
         if step.kind == StepKind.ACTIVITY:
             step.status = JobStatus.READY
-            messages.append(Stream(
-                queue=step.queue, job=job, step=step.seq, name=step.name,
-                kind=StreamKind.TASK if job.kind == JobKind.ACTIVITY else StreamKind.STEP,
-                payload=step.input, priority=job.priority, status=StreamStatus.READY,
-            ))
+            messages.append(
+                Stream(
+                    queue=step.queue,
+                    job=job,
+                    step=step.seq,
+                    name=step.name,
+                    kind=StreamKind.TASK if job.kind == JobKind.ACTIVITY else StreamKind.STEP,
+                    payload=step.input,
+                    priority=job.priority,
+                    status=StreamStatus.READY,
+                )
+            )
         else:
             step.status = JobStatus.WAITING
-            messages.append(Stream(
-                queue=job.queue, kind=StreamKind.TIMER, job=job, step=step.seq,
-                name=job.name, priority=job.priority, status=StreamStatus.SCHEDULED,
-                visible_at=step.wake_at or Now(),
-            ))
+            messages.append(
+                Stream(
+                    queue=job.queue,
+                    kind=StreamKind.TIMER,
+                    job=job,
+                    step=step.seq,
+                    name=job.name,
+                    priority=job.priority,
+                    status=StreamStatus.SCHEDULED,
+                    visible_at=step.wake_at or Now(),
+                )
+            )
         step.error = None
         step.finished_at = None
     Activity.objects.bulk_update(list(revived), ["status", "error", "finished_at"])
@@ -146,8 +169,9 @@ def _revive_steps(job: Job) -> None:
         Activity.objects.filter(job=job, child=child).update(status=JobStatus.RUNNING, error=None)
 
 
-def rerun_from_step(workflow_id: str, seq: int, *, using: str = DEFAULT_DB_ALIAS,
-                    actor: str = "") -> bool:
+def rerun_from_step(
+    workflow_id: str, seq: int, *, using: str = DEFAULT_DB_ALIAS, actor: str = ""
+) -> bool:
     """Re-run a job from step `seq`: forget that step and every later one, then replay.
 
     Steps before `seq` keep their recorded outcomes; the ones the job's failure cut
@@ -165,8 +189,10 @@ def rerun_from_step(workflow_id: str, seq: int, *, using: str = DEFAULT_DB_ALIAS
 
     with transaction.atomic(using=using):
         job = (
-            Job.objects.using(using).select_for_update(no_key=True)
-            .filter(workflow_id=workflow_id).first()
+            Job.objects.using(using)
+            .select_for_update(no_key=True)
+            .filter(workflow_id=workflow_id)
+            .first()
         )
         if job is None:
             raise JobNotFound(f"No job has workflow_id {workflow_id!r}.")
@@ -175,8 +201,10 @@ def rerun_from_step(workflow_id: str, seq: int, *, using: str = DEFAULT_DB_ALIAS
         if not Activity.objects.using(using).filter(job=job, seq=seq).exists():
             raise ValueError(f"Job {workflow_id!r} has no step {seq}.")
         queues = _forget_steps(job, seq, using)
-        moved = Job.objects.using(using).filter(pk=job.pk).transition(
-            JobStatus.READY, error=None, output=None, finished_at=None
+        moved = (
+            Job.objects.using(using)
+            .filter(pk=job.pk)
+            .transition(JobStatus.READY, error=None, output=None, finished_at=None)
         )
         if not moved:  # the row lock makes this unreachable; never overwrite anyway
             transaction.set_rollback(True, using=using)
@@ -202,12 +230,22 @@ def _forget_steps(job: Job, seq: int, using: str) -> set[str]:
     if job.kind == JobKind.ACTIVITY:
         # An activity job has one step: run it again with a fresh retry budget.
         steps.filter(seq__gte=seq).update(
-            status=JobStatus.READY, attempts=0, output=None, error=None,
-            started_at=None, finished_at=None,
+            status=JobStatus.READY,
+            attempts=0,
+            output=None,
+            error=None,
+            started_at=None,
+            finished_at=None,
         )
         Stream.objects.using(using).create(
-            queue=job.queue, kind=StreamKind.TASK, job=job, step=1, name=job.name,
-            payload=job.input, priority=job.priority, status=StreamStatus.READY,
+            queue=job.queue,
+            kind=StreamKind.TASK,
+            job=job,
+            step=1,
+            name=job.name,
+            payload=job.input,
+            priority=job.priority,
+            status=StreamStatus.READY,
         )
         return {job.queue}
     steps.filter(seq__gte=seq).delete()
@@ -217,18 +255,32 @@ def _forget_steps(job: Job, seq: int, using: str) -> set[str]:
         if step.kind == StepKind.ACTIVITY:
             step.status = JobStatus.READY
             queues.add(step.queue)
-            messages.append(Stream(
-                queue=step.queue, kind=StreamKind.STEP, job=job, step=step.seq,
-                name=step.name, payload=step.input, priority=job.priority,
-                status=StreamStatus.READY,
-            ))
+            messages.append(
+                Stream(
+                    queue=step.queue,
+                    kind=StreamKind.STEP,
+                    job=job,
+                    step=step.seq,
+                    name=step.name,
+                    payload=step.input,
+                    priority=job.priority,
+                    status=StreamStatus.READY,
+                )
+            )
         elif step.kind == StepKind.SLEEP:
             step.status = JobStatus.WAITING
-            messages.append(Stream(
-                queue=job.queue, kind=StreamKind.TIMER, job=job, step=step.seq,
-                name=job.name, priority=job.priority, status=StreamStatus.SCHEDULED,
-                visible_at=step.wake_at or Now(),
-            ))
+            messages.append(
+                Stream(
+                    queue=job.queue,
+                    kind=StreamKind.TIMER,
+                    job=job,
+                    step=step.seq,
+                    name=job.name,
+                    priority=job.priority,
+                    status=StreamStatus.SCHEDULED,
+                    visible_at=step.wake_at or Now(),
+                )
+            )
         else:
             step.status = JobStatus.WAITING
         Activity.objects.using(using).filter(pk=step.pk).update(

@@ -24,7 +24,15 @@ from hotmesh_django.engine.claim import Claimed
 from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job
 from hotmesh_django.engine.notify import WORK_CHANNEL
 from hotmesh_django.exceptions import HotmeshError, NonRetryableError, UnknownDefinition
-from hotmesh_django.models import Activity, Job, JobStatus, Journal, JournalEvent, Stream, StreamStatus
+from hotmesh_django.models import (
+    Activity,
+    Job,
+    JobStatus,
+    Journal,
+    JournalEvent,
+    Stream,
+    StreamStatus,
+)
 from hotmesh_django.serialization import decode_call, encode_value
 
 logger = logging.getLogger(__name__)
@@ -49,10 +57,12 @@ def _encode_result(result: Any) -> Any:
         raise BadResult(str(exc)) from exc
 
 
+def _step(message: Claimed) -> Any:
+    return Activity.objects.filter(job_id=message.job_id, seq=message.step or 0)
+
+
 def _mine(message: Claimed, worker_id: uuid.UUID) -> Any:
-    return Stream.objects.filter(
-        id=message.id, worker=worker_id, status=StreamStatus.RUNNING
-    )
+    return Stream.objects.filter(id=message.id, worker=worker_id, status=StreamStatus.RUNNING)
 
 
 def ack_success(message: Claimed, worker_id: uuid.UUID, output: Any) -> bool:
@@ -60,13 +70,19 @@ def ack_success(message: Claimed, worker_id: uuid.UUID, output: Any) -> bool:
     with transaction.atomic():
         if not _mine(message, worker_id).delete()[0]:
             return False
-        Activity.objects.filter(job_id=message.job_id, seq=message.step).update(
-            status=JobStatus.SUCCESSFUL, output=output, error=None,
-            attempts=message.attempts, finished_at=Now(),
+        _step(message).update(
+            status=JobStatus.SUCCESSFUL,
+            output=output,
+            error=None,
+            attempts=message.attempts,
+            finished_at=Now(),
         )
         Journal.objects.create(
-            job_id=message.job_id, step=message.step, event=JournalEvent.STEP_COMPLETED,
-            name=message.name, attempt=message.attempts,
+            job_id=message.job_id,
+            step=message.step,
+            event=JournalEvent.STEP_COMPLETED,
+            name=message.name,
+            attempt=message.attempts,
         )
         if message.kind == "TASK":
             finish_job(message.job_id, JobStatus.SUCCESSFUL, output=output)
@@ -79,19 +95,27 @@ def ack_retry(message: Claimed, worker_id: uuid.UUID, error: dict[str, Any], del
     """Record a failed attempt and schedule the next one `delay` seconds from now."""
     with transaction.atomic():
         moved = _mine(message, worker_id).update(
-            status=StreamStatus.SCHEDULED, worker=None, lease_expires_at=None,
+            status=StreamStatus.SCHEDULED,
+            worker=None,
+            lease_expires_at=None,
             visible_at=Now() + datetime.timedelta(seconds=delay),
         )
         if not moved:
             return False
-        Activity.objects.filter(job_id=message.job_id, seq=message.step).update(
-            status=JobStatus.READY, error=error, attempts=message.attempts,
+        _step(message).update(
+            status=JobStatus.READY,
+            error=error,
+            attempts=message.attempts,
         )
         if message.kind == "TASK":
             Job.objects.filter(pk=message.job_id).transition(JobStatus.READY)
         Journal.objects.create(
-            job_id=message.job_id, step=message.step, event=JournalEvent.STEP_RETRIED,
-            name=message.name, attempt=message.attempts, data={"error": error, "delay": delay},
+            job_id=message.job_id,
+            step=message.step,
+            event=JournalEvent.STEP_RETRIED,
+            name=message.name,
+            attempt=message.attempts,
+            data={"error": error, "delay": delay},
         )
         with connections["default"].cursor() as cursor:
             cursor.execute("SELECT pg_notify(%s, %s)", [WORK_CHANNEL, f"t:{time.time() + delay}"])
@@ -103,13 +127,19 @@ def ack_failure(message: Claimed, worker_id: uuid.UUID, error: dict[str, Any]) -
     with transaction.atomic():
         if not _mine(message, worker_id).delete()[0]:
             return False
-        Activity.objects.filter(job_id=message.job_id, seq=message.step).update(
-            status=JobStatus.FAILED, error=error, attempts=message.attempts,
+        _step(message).update(
+            status=JobStatus.FAILED,
+            error=error,
+            attempts=message.attempts,
             finished_at=Now(),
         )
         Journal.objects.create(
-            job_id=message.job_id, step=message.step, event=JournalEvent.STEP_FAILED,
-            name=message.name, attempt=message.attempts, data={"error": error},
+            job_id=message.job_id,
+            step=message.step,
+            event=JournalEvent.STEP_FAILED,
+            name=message.name,
+            attempt=message.attempts,
+            data={"error": error},
         )
         if message.kind == "TASK":
             finish_job(message.job_id, JobStatus.FAILED, error=error)
@@ -118,8 +148,7 @@ def ack_failure(message: Claimed, worker_id: uuid.UUID, error: dict[str, Any]) -
     return True
 
 
-def _call_with_timeout(func: Any, args: list[Any], kwargs: dict[str, Any],
-                       timeout: float) -> Any:
+def _call_with_timeout(func: Any, args: list[Any], kwargs: dict[str, Any], timeout: float) -> Any:
     """Run `func` in a helper thread and give up waiting after `timeout` seconds.
 
     Python cannot kill a thread: a timed-out call keeps running in the background,
@@ -151,18 +180,23 @@ def run_step(message: Claimed, worker_id: uuid.UUID) -> None:
     try:
         definition = registry.get_activity(message.name)
     except UnknownDefinition as exc:
-        logger.error("unknown activity job=%s step=%s name=%s", message.job_id,
-                     message.step, message.name)
+        logger.error(
+            "unknown activity job=%s step=%s name=%s", message.job_id, message.step, message.name
+        )
         ack_failure(message, worker_id, error_dict(exc, with_traceback=False))
         return
     policy = definition.retry
     if message.attempts > policy.max_attempts:
-        ack_failure(message, worker_id, {
-            "type": "AttemptsExhausted",
-            "message": f"Attempt {message.attempts} exceeds max_attempts="
-                       f"{policy.max_attempts}: earlier attempts' workers stopped "
-                       "before finishing.",
-        })
+        ack_failure(
+            message,
+            worker_id,
+            {
+                "type": "AttemptsExhausted",
+                "message": f"Attempt {message.attempts} exceeds max_attempts="
+                f"{policy.max_attempts}: earlier attempts' workers stopped "
+                "before finishing.",
+            },
+        )
         return
     try:
         args, kwargs = decode_call(message.payload)
@@ -170,8 +204,13 @@ def run_step(message: Claimed, worker_id: uuid.UUID) -> None:
         ack_failure(message, worker_id, error_dict(exc, with_traceback=False))
         return
 
-    logger.debug("activity start job=%s step=%s name=%s attempt=%s", message.job_id,
-                 message.step, message.name, message.attempts)
+    logger.debug(
+        "activity start job=%s step=%s name=%s attempt=%s",
+        message.job_id,
+        message.step,
+        message.name,
+        message.attempts,
+    )
     try:
         if definition.atomic:
             with transaction.atomic():
@@ -198,14 +237,21 @@ def run_step(message: Claimed, worker_id: uuid.UUID) -> None:
         logger.warning("lease lost, result dropped job=%s step=%s", message.job_id, message.step)
 
 
-def _record_failure(message: Claimed, worker_id: uuid.UUID, policy: Any,
-                    exc: BaseException) -> None:
+def _record_failure(
+    message: Claimed, worker_id: uuid.UUID, policy: Any, exc: BaseException
+) -> None:
     error = error_dict(exc)
     retryable = policy.is_retryable(exc) and not isinstance(exc, BadResult)
     delay = policy.delay_after(message.attempts) if retryable else None
-    logger.info("activity failed job=%s step=%s name=%s attempt=%s error=%s retry_in=%s",
-                message.job_id, message.step, message.name, message.attempts,
-                error["type"], delay)
+    logger.info(
+        "activity failed job=%s step=%s name=%s attempt=%s error=%s retry_in=%s",
+        message.job_id,
+        message.step,
+        message.name,
+        message.attempts,
+        error["type"],
+        delay,
+    )
     if delay is None:
         acked = ack_failure(message, worker_id, error)
     else:

@@ -37,8 +37,12 @@ def tables() -> dict[str, str]:
     return {
         name: quote(model._meta.db_table)
         for name, model in {
-            "job": models.Job, "activity": models.Activity, "stream": models.Stream,
-            "journal": models.Journal, "signal": models.Signal, "worker": models.Worker,
+            "job": models.Job,
+            "activity": models.Activity,
+            "stream": models.Stream,
+            "journal": models.Journal,
+            "signal": models.Signal,
+            "worker": models.Worker,
         }.items()
     }
 

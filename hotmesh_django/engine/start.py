@@ -59,7 +59,10 @@ SELECT (SELECT id FROM j), (SELECT count(*) FROM n)
 
 def start_job(
     definition: ActivityDefinition[Any, Any] | WorkflowDefinition[Any, Any],
-    args: tuple[Any, ...], kwargs: dict[str, Any], *, using: str = DEFAULT_DB_ALIAS,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    using: str = DEFAULT_DB_ALIAS,
 ) -> JobHandle:
     """Create a job for `definition` and return its handle.
 
@@ -75,14 +78,20 @@ def start_job(
     queue = options.queue or definition.queue
     priority = definition.priority if options.priority is None else options.priority
     timeout = None if is_activity else definition.timeout
-    params = {
-        "wid": workflow_id, "name": definition.name,
+    params: dict[str, Any] = {
+        "wid": workflow_id,
+        "name": definition.name,
         "kind": "ACTIVITY" if is_activity else "WORKFLOW",
-        "queue": queue, "priority": priority, "input": Jsonb(data), "search": Jsonb(search),
-        "delay": float(options.delay), "timeout": timeout,
+        "queue": queue,
+        "priority": priority,
+        "input": Jsonb(data),
+        "search": Jsonb(search),
+        "delay": float(options.delay),
+        "timeout": timeout,
         # A delayed workflow starts with a timer: at most one TURN may be READY per
         # job, and a promoted TURN could collide with one queued by a signal.
-        "skind": "TASK" if is_activity else ("TIMER" if options.delay > 0 else "TURN"), "step": 1 if is_activity else None,
+        "skind": "TASK" if is_activity else ("TIMER" if options.delay > 0 else "TURN"),
+        "step": 1 if is_activity else None,
         "payload": Jsonb(data) if is_activity else None,
         "sstatus": "SCHEDULED" if options.delay > 0 else "READY",
         "channel": WORK_CHANNEL,

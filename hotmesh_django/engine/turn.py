@@ -60,12 +60,16 @@ def run_turn(message: Claimed, worker_id: uuid.UUID) -> None:
             return
         with connection.cursor() as cursor:
             cursor.execute("SELECT now()")
-            db_now = cursor.fetchone()[0]  # type: ignore[index]
+            db_now = cursor.fetchone()[0]
         if job.deadline_at is not None and job.deadline_at <= db_now:
-            finish_job(job.id, JobStatus.FAILED, error={
-                "type": "WorkflowTimeout",
-                "message": f"The workflow did not finish before its deadline {job.deadline_at}.",
-            })
+            finish_job(
+                job.id,
+                JobStatus.FAILED,
+                error={
+                    "type": "WorkflowTimeout",
+                    "message": f"The workflow passed its deadline {job.deadline_at}.",
+                },
+            )
             return
         try:
             definition = registry.get_workflow(job.name)
@@ -98,8 +102,9 @@ def run_turn(message: Claimed, worker_id: uuid.UUID) -> None:
             _suspend(job, ctx)
 
 
-def _replay(ctx: WorkflowContext, func: Any, args: list[Any],
-            kwargs: dict[str, Any]) -> tuple[Any, BaseException | None, bool]:
+def _replay(
+    ctx: WorkflowContext, func: Any, args: list[Any], kwargs: dict[str, Any]
+) -> tuple[Any, BaseException | None, bool]:
     """Run the workflow function; return (result, error, returned)."""
     result: Any = None
     error: BaseException | None = None
@@ -149,39 +154,78 @@ def _write(ctx: WorkflowContext) -> None:
     if ctx.new_steps:
         Activity.objects.bulk_create(ctx.new_steps)
     if ctx.changed_steps:
-        Activity.objects.bulk_update(ctx.changed_steps, ["status", "output", "error", "finished_at"])
+        Activity.objects.bulk_update(
+            ctx.changed_steps, ["status", "output", "error", "finished_at"]
+        )
         for step in ctx.changed_steps:
             if step.kind == StepKind.SLEEP:
-                journal.append(Journal(job=job, step=step.seq, event=JournalEvent.TIMER_FIRED,
-                                       name=step.name))
+                journal.append(
+                    Journal(job=job, step=step.seq, event=JournalEvent.TIMER_FIRED, name=step.name)
+                )
             elif step.kind == StepKind.SIGNAL and step.status == JobStatus.FAILED:
-                journal.append(Journal(job=job, step=step.seq,
-                                       event=JournalEvent.SIGNAL_TIMED_OUT, name=step.name))
+                journal.append(
+                    Journal(
+                        job=job, step=step.seq, event=JournalEvent.SIGNAL_TIMED_OUT, name=step.name
+                    )
+                )
     for step, definition in ctx.new_activity_calls:
-        priority = definition.priority if definition.options.priority is None else (
-            definition.options.priority)
-        messages.append(Stream(
-            queue=step.queue, kind=StreamKind.STEP, job=job, step=step.seq,
-            name=step.name, payload=step.input, priority=priority,
-            status=StreamStatus.READY,
-        ))
-        journal.append(Journal(job=job, step=step.seq, event=JournalEvent.STEP_SCHEDULED,
-                               name=step.name, data={"queue": step.queue}))
+        priority = (
+            definition.priority
+            if definition.options.priority is None
+            else (definition.options.priority)
+        )
+        messages.append(
+            Stream(
+                queue=step.queue,
+                kind=StreamKind.STEP,
+                job=job,
+                step=step.seq,
+                name=step.name,
+                payload=step.input,
+                priority=priority,
+                status=StreamStatus.READY,
+            )
+        )
+        journal.append(
+            Journal(
+                job=job,
+                step=step.seq,
+                event=JournalEvent.STEP_SCHEDULED,
+                name=step.name,
+                data={"queue": step.queue},
+            )
+        )
     for step in ctx.new_timers:
-        messages.append(Stream(
-            queue=job.queue, kind=StreamKind.TIMER, job=job, step=step.seq, name=job.name,
-            priority=job.priority, status=StreamStatus.SCHEDULED, visible_at=step.wake_at,
-        ))
-        journal.append(Journal(job=job, step=step.seq, event=JournalEvent.TIMER_SET,
-                               name=step.name, data={"until": step.wake_at.isoformat()}
-                               if step.wake_at else None))
+        messages.append(
+            Stream(
+                queue=job.queue,
+                kind=StreamKind.TIMER,
+                job=job,
+                step=step.seq,
+                name=job.name,
+                priority=job.priority,
+                status=StreamStatus.SCHEDULED,
+                visible_at=step.wake_at or Now(),
+            )
+        )
+        journal.append(
+            Journal(
+                job=job,
+                step=step.seq,
+                event=JournalEvent.TIMER_SET,
+                name=step.name,
+                data={"until": step.wake_at.isoformat()} if step.wake_at else None,
+            )
+        )
     if ctx.new_children:
         messages.extend(_start_children(ctx, journal))
     if ctx.consumed_signals:
         Signal.objects.bulk_update(ctx.consumed_signals, ["step"])
     if ctx.cancelled_timers:
         Stream.objects.filter(
-            job=job, kind=StreamKind.TIMER, step__in=ctx.cancelled_timers,
+            job=job,
+            kind=StreamKind.TIMER,
+            step__in=ctx.cancelled_timers,
             status=StreamStatus.SCHEDULED,
         ).delete()
     if messages:
@@ -202,18 +246,34 @@ def _start_children(ctx: WorkflowContext, journal: list[Journal]) -> list[Stream
     for workflow_id, (step, definition, data) in wanted.items():
         if workflow_id in existing:
             continue
-        priority = definition.priority if definition.options.priority is None else (
-            definition.options.priority)
-        children.append(Job(
-            workflow_id=workflow_id, name=definition.name, kind=JobKind.WORKFLOW,
-            queue=definition.options.queue or definition.queue, priority=priority,
-            input=data, search=dict(definition.options.search or {}), parent=job,
-            parent_step=step.seq,
-        ))
+        priority = (
+            definition.priority
+            if definition.options.priority is None
+            else (definition.options.priority)
+        )
+        children.append(
+            Job(
+                workflow_id=workflow_id,
+                name=definition.name,
+                kind=JobKind.WORKFLOW,
+                queue=definition.options.queue or definition.queue,
+                priority=priority,
+                input=data,
+                search=dict(definition.options.search or {}),
+                parent=job,
+                parent_step=step.seq,
+            )
+        )
     Job.objects.bulk_create(children)
     messages = [
-        Stream(queue=c.queue, kind=StreamKind.TURN, job=c, name=c.name, priority=c.priority,
-               status=StreamStatus.READY)
+        Stream(
+            queue=c.queue,
+            kind=StreamKind.TURN,
+            job=c,
+            name=c.name,
+            priority=c.priority,
+            status=StreamStatus.READY,
+        )
         for c in children
     ]
     created = {c.workflow_id: c for c in children}
@@ -222,15 +282,29 @@ def _start_children(ctx: WorkflowContext, journal: list[Journal]) -> list[Stream
         child = created.get(workflow_id) or existing[workflow_id]
         step.child = child
         linked.append(step)
-        journal.append(Journal(job=job, step=step.seq, event=JournalEvent.CHILD_STARTED,
-                               name=step.name, data={"workflow_id": workflow_id}))
+        journal.append(
+            Journal(
+                job=job,
+                step=step.seq,
+                event=JournalEvent.CHILD_STARTED,
+                name=step.name,
+                data={"workflow_id": workflow_id},
+            )
+        )
         if workflow_id in created:
-            journal.append(Journal(job=child, event=JournalEvent.CREATED, name=child.name,
-                                   data={"parent": job.workflow_id, "step": step.seq}))
+            journal.append(
+                Journal(
+                    job=child,
+                    event=JournalEvent.CREATED,
+                    name=child.name,
+                    data={"parent": job.workflow_id, "step": step.seq},
+                )
+            )
         elif child.status in FINISHED_STATUSES:
             # Started before under this id and already done: take its outcome now.
-            step.status = (JobStatus.SUCCESSFUL if child.status == JobStatus.SUCCESSFUL
-                           else JobStatus.FAILED)
+            step.status = (
+                JobStatus.SUCCESSFUL if child.status == JobStatus.SUCCESSFUL else JobStatus.FAILED
+            )
             step.output, step.error = child.output, child.error
     Activity.objects.bulk_update(linked, ["child", "status", "output", "error"])
     return messages
@@ -255,10 +329,15 @@ def _park(job: Job, message: str) -> None:
         Journal.objects.create(job=job, event=JournalEvent.PARKED, name=job.name, data=error)
     Job.objects.filter(pk=job.pk).transition(JobStatus.WAITING, error=error)
     Stream.objects.create(
-        queue=job.queue, kind=StreamKind.TIMER, job=job, name=job.name, priority=job.priority,
+        queue=job.queue,
+        kind=StreamKind.TIMER,
+        job=job,
+        name=job.name,
+        priority=job.priority,
         status=StreamStatus.SCHEDULED,
         visible_at=Now() + datetime.timedelta(seconds=PARK_SECONDS),
     )
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_notify(%s, %s)",
-                       [WORK_CHANNEL, f"t:{time.time() + PARK_SECONDS}"])
+        cursor.execute(
+            "SELECT pg_notify(%s, %s)", [WORK_CHANNEL, f"t:{time.time() + PARK_SECONDS}"]
+        )

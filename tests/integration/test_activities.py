@@ -34,8 +34,10 @@ def test_start_returns_a_handle_and_the_result(worker: InProcessWorker) -> None:
 def test_rich_types_round_trip_through_a_worker(worker: InProcessWorker) -> None:
     value: dict[str, Any] = {
         "when": datetime.datetime(2026, 11, 25, 8, 0, tzinfo=datetime.UTC),
-        "day": datetime.date(2026, 1, 2), "price": decimal.Decimal("19.99"),
-        "id": uuid.UUID(int=7), "list": [1, "two", None],
+        "day": datetime.date(2026, 1, 2),
+        "price": decimal.Decimal("19.99"),
+        "id": uuid.UUID(int=7),
+        "list": [1, "two", None],
     }
     assert a.echo.start(value).result(timeout=10) == value
 
@@ -83,7 +85,10 @@ def test_retries_until_success_with_attempts_journaled(worker: InProcessWorker) 
     assert step.attempts == 3
     events = [(e["event"], e["attempt"]) for e in handle.journal()]
     assert events == [
-        ("created", None), ("step_retried", 1), ("step_retried", 2), ("step_completed", 3),
+        ("created", None),
+        ("step_retried", 1),
+        ("step_retried", 2),
+        ("step_completed", 3),
         ("completed", None),
     ]
 
@@ -107,8 +112,12 @@ def test_exhausted_retries_fail_the_job_with_error_and_traceback(worker: InProce
     assert Counter.objects.get(key="always_fail:boom").value == 3
 
 
-@pytest.mark.parametrize(("definition", "key"), [(a.refuse, "refuse"), (a.lookup_fails, "lookup_fails")])
-def test_non_retryable_errors_fail_at_once(worker: InProcessWorker, definition: Any, key: str) -> None:
+@pytest.mark.parametrize(
+    ("definition", "key"), [(a.refuse, "refuse"), (a.lookup_fails, "lookup_fails")]
+)
+def test_non_retryable_errors_fail_at_once(
+    worker: InProcessWorker, definition: Any, key: str
+) -> None:
     with pytest.raises(hm.WorkflowFailed):
         definition.start().result(timeout=10)
     assert Counter.objects.get(key=key).value == 1
@@ -141,8 +150,14 @@ def test_unknown_activity_fails_the_job_and_the_worker_keeps_going(worker: InPro
     handle.result(timeout=10)
     job = Job.objects.create(workflow_id="ghost", name="gone.activity", kind="ACTIVITY")
     Activity.objects.create(job=job, seq=1, name="gone.activity", input={"args": [], "kwargs": {}})
-    Stream.objects.create(queue="default", kind="TASK", job=job, step=1, name="gone.activity",
-                          payload={"args": [], "kwargs": {}})
+    Stream.objects.create(
+        queue="default",
+        kind="TASK",
+        job=job,
+        step=1,
+        name="gone.activity",
+        payload={"args": [], "kwargs": {}},
+    )
     with pytest.raises(hm.WorkflowFailed, match="Unknown activity 'gone.activity'"):
         hm.get_handle("ghost").result(timeout=10)
     assert a.add.start(2, 2).result(timeout=10) == 4
@@ -151,8 +166,9 @@ def test_unknown_activity_fails_the_job_and_the_worker_keeps_going(worker: InPro
 def test_garbage_payload_fails_the_job_clearly(worker: InProcessWorker) -> None:
     job = Job.objects.create(workflow_id="garbage", name="t.add", kind="ACTIVITY")
     Activity.objects.create(job=job, seq=1, name="t.add")
-    Stream.objects.create(queue="default", kind="TASK", job=job, step=1, name="t.add",
-                          payload={"args": "not a list"})
+    Stream.objects.create(
+        queue="default", kind="TASK", job=job, step=1, name="t.add", payload={"args": "not a list"}
+    )
     with pytest.raises(hm.WorkflowFailed, match="Malformed call payload"):
         hm.get_handle("garbage").result(timeout=10)
 

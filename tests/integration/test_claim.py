@@ -54,7 +54,9 @@ def test_claim_skips_rows_locked_by_another_connection() -> None:
     first, second = _messages(2)
     with connect_raw() as other:
         other.execute("BEGIN")
-        other.execute(f"SELECT id FROM {Stream._meta.db_table} WHERE id = %s FOR UPDATE", [first.id])
+        other.execute(
+            f"SELECT id FROM {Stream._meta.db_table} WHERE id = %s FOR UPDATE", [first.id]
+        )
         got = claim(queue="default", worker_id=uuid.uuid4(), limit=5, lease_seconds=60)
         other.execute("ROLLBACK")
     assert [m.id for m in got] == [second.id]
@@ -120,8 +122,14 @@ def test_rescue_forgets_silent_workers_and_frees_their_turns() -> None:
     dead = Worker.objects.create(host="h", pid=1)
     Worker.objects.filter(pk=dead.pk).update(last_seen="2000-01-01T00:00:00Z")
     job = Job.objects.create(workflow_id="wf", name="t.three_steps")
-    Stream.objects.create(queue="default", kind="TURN", job=job, status="RUNNING", worker=dead.id,
-                          lease_expires_at="2999-01-01T00:00:00Z")
+    Stream.objects.create(
+        queue="default",
+        kind="TURN",
+        job=job,
+        status="RUNNING",
+        worker=dead.id,
+        lease_expires_at="2999-01-01T00:00:00Z",
+    )
     assert rescue(stale_seconds=30) == 1
     assert not Worker.objects.exists()
     turn = Stream.objects.get()

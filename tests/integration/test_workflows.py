@@ -27,7 +27,9 @@ def test_three_sequential_steps(worker: InProcessWorker) -> None:
     assert handle.result(timeout=10) == 4
     steps = handle.activities()
     assert [(s["seq"], s["name"], s["status"]) for s in steps] == [
-        (1, "t.add", "SUCCESSFUL"), (2, "t.add", "SUCCESSFUL"), (3, "t.add", "SUCCESSFUL"),
+        (1, "t.add", "SUCCESSFUL"),
+        (2, "t.add", "SUCCESSFUL"),
+        (3, "t.add", "SUCCESSFUL"),
     ]
     assert not Stream.objects.exists()
     completed = Journal.objects.filter(job__workflow_id=handle.id, event="step_completed")

@@ -108,9 +108,7 @@ def test_many_workers_run_every_job_exactly_once(spawn_worker: Spawn) -> None:
     for job in jobs:
         assert job.result(timeout=120) == 1
     assert set(Counter.objects.values_list("value", flat=True)) == {1}
-    per_step = Tally(
-        Journal.objects.filter(event="step_completed").values_list("job_id", "step")
-    )
+    per_step = Tally(Journal.objects.filter(event="step_completed").values_list("job_id", "step"))
     assert len(per_step) == 300 + 60 * 3 and set(per_step.values()) == {1}
     busy = Activity.objects.values("job__queue").annotate(n=Count("id"))
     assert busy
@@ -153,10 +151,16 @@ def test_durable_sleep_spans_a_worker_restart(spawn_worker: Spawn) -> None:
         (["--colour", "blue"], "unrecognized arguments"),
     ],
 )
-def test_bad_flags_give_a_usage_error(worker_env: dict[str, str], flags: list[str], message: str) -> None:
+def test_bad_flags_give_a_usage_error(
+    worker_env: dict[str, str], flags: list[str], message: str
+) -> None:
     result = subprocess.run(
         [sys.executable, str(Path(ROOT, "manage.py")), "hotmesh_worker", *flags],
-        env=worker_env, capture_output=True, text=True, timeout=60, check=False,
+        env=worker_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode != 0
     assert message in result.stderr

@@ -36,7 +36,9 @@ def test_duplicate_names_are_refused() -> None:
         return 1
 
     other.__qualname__ = "somewhere_else"
-    with pytest.raises(ImproperlyConfigured, match="Two activitys are named 't.add'|Two activities"):
+    with pytest.raises(
+        ImproperlyConfigured, match="Two activitys are named 't.add'|Two activities"
+    ):
         hm.activity(name="t.add")(other)
 
 

@@ -1,0 +1,189 @@
+"""Every admin page renders, for jobs in every state."""
+
+from __future__ import annotations
+
+import datetime
+import re
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from hotmesh_django.models import JobStatus, JournalEvent, StepKind, StreamStatus
+from tests.admin.factories import (
+    ActivityFactory,
+    FailedJobFactory,
+    JobFactory,
+    JournalFactory,
+    SignalFactory,
+    StreamFactory,
+    WorkerFactory,
+)
+
+pytestmark = pytest.mark.django_db
+
+
+def change_url(job) -> str:
+    return reverse("admin:hotmesh_django_job_change", args=[job.pk])
+
+
+def test_changelist_shows_columns_and_badges(admin_client) -> None:
+    job = FailedJobFactory(workflow_id="order-17", queue="orders")
+    ActivityFactory(job=job, seq=1, attempts=2)
+    ActivityFactory(job=job, seq=2, attempts=3, status=JobStatus.FAILED)
+    response = admin_client.get(reverse("admin:hotmesh_django_job_changelist"))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "order-17" in html
+    assert 'class="hm-badge hm-failed"' in html
+    assert "<td class=\"field-attempts\">5</td>" in html
+    assert "orders" in html
+
+
+@pytest.mark.parametrize("query", [
+    "status__exact=FAILED", "name=admin_tests.approval", "queue=orders", "kind__exact=WORKFLOW",
+    "created_at__gte=2000-01-01+00%3A00%3A00%2B00%3A00", "q=order-17", "q=customer%3D42", "o=2", "o=-3",
+])
+def test_changelist_filters_render(admin_client, query: str) -> None:
+    FailedJobFactory(workflow_id="order-17", queue="orders", search={"customer": 42})
+    response = admin_client.get(reverse("admin:hotmesh_django_job_changelist") + "?" + query)
+    assert response.status_code == 200
+    assert "order-17" in response.content.decode()
+
+
+def test_filters_list_distinct_names_and_queues(admin_client) -> None:
+    JobFactory(name="a.one", queue="q1")
+    JobFactory(name="b.two", queue="q2")
+    JobFactory(name="a.one", queue="q2")
+    html = admin_client.get(reverse("admin:hotmesh_django_job_changelist")).content.decode()
+    assert "?name=a.one" in html and "?name=b.two" in html
+    assert "?queue=q1" in html and "?queue=q2" in html
+
+
+def test_search_by_attribute_key_value(admin_client) -> None:
+    JobFactory(workflow_id="match-str", search={"customer": "acme", "tier": "gold"})
+    JobFactory(workflow_id="match-int", search={"customer": 42})
+    JobFactory(workflow_id="other", search={"customer": "globex"})
+    url = reverse("admin:hotmesh_django_job_changelist")
+    html = admin_client.get(url, {"q": "customer=acme"}).content.decode()
+    assert "match-str" in html and "other" not in html and "match-int" not in html
+    html = admin_client.get(url, {"q": "customer=42"}).content.decode()
+    assert "match-int" in html and "match-str" not in html
+    html = admin_client.get(url, {"q": "customer=acme tier=gold"}).content.decode()
+    assert "match-str" in html
+    html = admin_client.get(url, {"q": "customer=acme tier=silver"}).content.decode()
+    assert "match-str" not in html
+    html = admin_client.get(url, {"q": "other"}).content.decode()
+    assert "other" in html and "match-str" not in html
+
+
+def _job_in_every_state():
+    now = timezone.now()
+    jobs = {status: JobFactory(status=status, started_at=now) for status in JobStatus.values}
+    failed = jobs[JobStatus.FAILED]
+    failed.error = {"type": "ValueError", "message": "bad", "traceback": "Traceback ...\nValueError: bad"}
+    failed.finished_at = now
+    failed.save()
+    return jobs
+
+
+def test_change_view_renders_every_state(admin_client) -> None:
+    for status, job in _job_in_every_state().items():
+        ActivityFactory(job=job, seq=1)
+        JournalFactory(job=job, event=JournalEvent.CREATED)
+        response = admin_client.get(change_url(job))
+        assert response.status_code == 200, status
+        html = response.content.decode()
+        assert job.workflow_id in html
+        assert 'class="hm-timeline"' in html
+        assert "Journal" in html
+
+
+def test_change_view_shows_json_traceback_inline_journal_children(admin_client) -> None:
+    now = timezone.now()
+    parent = JobFactory(workflow_id="the-parent", status=JobStatus.RUNNING, started_at=now)
+    job = FailedJobFactory(
+        workflow_id="the-job", parent=parent, parent_step=1, input={"args": [1], "kwargs": {"x": [1, 2]}},
+        output=None, search={"customer": "acme"},
+    )
+    child = JobFactory(workflow_id="the-child", parent=job, parent_step=2)
+    ActivityFactory(job=job, seq=1, name="admin_tests.flaky", attempts=2,
+                    started_at=now - datetime.timedelta(seconds=2), finished_at=now)
+    ActivityFactory(job=job, seq=2, kind=StepKind.CHILD, name="admin_tests.steps", child=child,
+                    status=JobStatus.RUNNING)
+    ActivityFactory(job=job, seq=3, kind=StepKind.SLEEP, name="sleep", status=JobStatus.SUCCESSFUL,
+                    wake_at=now, finished_at=now)
+    JournalFactory(job=job, event=JournalEvent.STEP_RETRIED, step=1, attempt=1,
+                   data={"error": {"type": "RuntimeError"}, "delay": 0.05})
+    html = admin_client.get(change_url(job)).content.decode()
+    assert '<pre class="hm-json">{\n  &quot;args&quot;: [\n    1\n  ],' in html
+    assert '<pre class="hm-traceback">Traceback' in html
+    assert "the-parent" in html and "the-child" in html
+    assert "admin_tests.flaky" in html
+    assert "Step failed, retry scheduled" in html
+    assert "customer" in html and "acme" in html
+    assert "hm-tl-backoff" in html and "hm-tl-attempt" in html and "hm-tl-sleep" in html
+
+
+def test_change_view_of_unknown_job_redirects(admin_client) -> None:
+    response = admin_client.get(reverse("admin:hotmesh_django_job_change", args=[999999]))
+    assert response.status_code == 302
+
+
+def test_queues_page(admin_client) -> None:
+    job = JobFactory(queue="emails")
+    StreamFactory(job=job, queue="emails")
+    StreamFactory(job=JobFactory(queue="emails"), queue="emails", status=StreamStatus.SCHEDULED,
+                  visible_at=timezone.now() + datetime.timedelta(minutes=1))
+    FailedJobFactory(queue="emails")
+    WorkerFactory(queues=["emails"], in_flight=1)
+    JobFactory(queue="emails", status=JobStatus.SUCCESSFUL, finished_at=timezone.now())
+    response = admin_client.get(reverse("admin:hotmesh_django_job_queues"))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "<code>emails</code>" in html
+    row = html[html.index("<code>emails</code>"):]
+    row = row[: row.index("</tr>")]
+    cells = [re.sub(r"<[^>]+>", "", c.split("</td>")[0]).strip()
+             for c in row.split('<td class="hm-num">')[1:]]
+    # messages ready/running/scheduled, oldest ready, jobs ready/running/waiting/failed,
+    # finished in 5 min total/per min, live workers, busy/slots
+    assert cells[0:3] == ["1", "0", "1"]
+    assert cells[4:8] == ["2", "0", "0", "1"]
+    assert cells[8] == "2"  # the successful one and the failed one
+    assert cells[10:] == ["1", "1 / 4"]
+
+
+def test_app_index_links_queues_and_workers(admin_client) -> None:
+    html = admin_client.get(reverse("admin:app_list", args=["hotmesh_django"])).content.decode()
+    assert reverse("admin:hotmesh_django_job_queues") in html
+    assert reverse("admin:hotmesh_django_worker_changelist") in html
+
+
+def test_workers_page_alive_and_stale(admin_client) -> None:
+    WorkerFactory(host="fresh-host")
+    WorkerFactory(host="old-host", last_seen=timezone.now() - datetime.timedelta(hours=1))
+    html = admin_client.get(reverse("admin:hotmesh_django_worker_changelist")).content.decode()
+    assert "fresh-host" in html and "old-host" in html
+    assert 'hm-badge hm-alive' in html and 'hm-badge hm-stale' in html
+
+
+@pytest.mark.parametrize("model", ["activity", "journal", "stream", "signal", "worker"])
+def test_other_admins_render_read_only(admin_client, model: str) -> None:
+    job = JobFactory()
+    obj = {
+        "activity": lambda: ActivityFactory(job=job),
+        "journal": lambda: JournalFactory(job=job),
+        "stream": lambda: StreamFactory(job=job),
+        "signal": lambda: SignalFactory(job=job),
+        "worker": lambda: WorkerFactory(),
+    }[model]()
+    changelist = reverse(f"admin:hotmesh_django_{model}_changelist")
+    response = admin_client.get(changelist)
+    assert response.status_code == 200
+    assert f"/{model}/add/" not in response.content.decode()
+    response = admin_client.get(reverse(f"admin:hotmesh_django_{model}_change", args=[obj.pk]))
+    assert response.status_code == 200
+    assert 'name="_save"' not in response.content.decode()
+    for path in ("add/", f"{obj.pk}/delete/"):
+        assert admin_client.get(changelist + path).status_code in (302, 403)
