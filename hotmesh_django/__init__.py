@@ -1,15 +1,15 @@
 """hotmesh_django: PostgreSQL as a durable workflow engine for Django.
 
-    import hotmesh_django as hm
+import hotmesh_django as hm
 
-    @hm.activity(retry=hm.RetryPolicy(max_attempts=5))
-    def charge(order_id: int) -> str: ...
+@hm.activity(retry=hm.RetryPolicy(max_attempts=5))
+def charge(order_id: int) -> str: ...
 
-    @hm.workflow(queue="orders")
-    def checkout(order_id: int) -> dict: ...
+@hm.workflow(queue="orders")
+def checkout(order_id: int) -> dict: ...
 
-    handle = checkout.start(42)
-    handle.result(timeout=10)
+handle = checkout.start(42)
+handle.result(timeout=10)
 """
 
 from __future__ import annotations
@@ -78,4 +78,3 @@ __all__ = [
     "wait_for_signal",
     "workflow",
 ]
-

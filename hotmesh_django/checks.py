@@ -23,12 +23,14 @@ def check_database(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     """hotmesh.E001: the default database must be PostgreSQL."""
     engine = connections["default"].settings_dict.get("ENGINE", "")
     if connections["default"].vendor != "postgresql":
-        return [Error(
-            f"hotmesh_django needs PostgreSQL, but the default database uses {engine!r}.",
-            hint="Set DATABASES['default']['ENGINE'] to 'django.db.backends.postgresql' "
-                 "(or DATABASE_URL=postgres://...).",
-            id="hotmesh.E001",
-        )]
+        return [
+            Error(
+                f"hotmesh_django needs PostgreSQL, but the default database uses {engine!r}.",
+                hint="Set DATABASES['default']['ENGINE'] to 'django.db.backends.postgresql' "
+                "(or DATABASE_URL=postgres://...).",
+                id="hotmesh.E001",
+            )
+        ]
     return []
 
 
@@ -43,46 +45,62 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     for name, check_id in _POSITIVE_NUMBERS.items():
         value = _number(name)
         if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            errors.append(Error(
-                f"{name} must be a positive number of seconds, not {value!r}.",
-                hint=f"For example {name} = {DEFAULTS[name]}.", id=check_id,
-            ))
+            errors.append(
+                Error(
+                    f"{name} must be a positive number of seconds, not {value!r}.",
+                    hint=f"For example {name} = {DEFAULTS[name]}.",
+                    id=check_id,
+                )
+            )
     lease, beat = _number("HOTMESH_LEASE_SECONDS"), _number("HOTMESH_HEARTBEAT_SECONDS")
     if not errors and beat >= lease:
-        errors.append(Error(
-            f"HOTMESH_HEARTBEAT_SECONDS ({beat}) must be shorter than "
-            f"HOTMESH_LEASE_SECONDS ({lease}), or leases expire between heartbeats.",
-            hint="Keep the heartbeat at a third of the lease or less.", id="hotmesh.E006",
-        ))
+        errors.append(
+            Error(
+                f"HOTMESH_HEARTBEAT_SECONDS ({beat}) must be shorter than "
+                f"HOTMESH_LEASE_SECONDS ({lease}), or leases expire between heartbeats.",
+                hint="Keep the heartbeat at a third of the lease or less.",
+                id="hotmesh.E006",
+            )
+        )
     imports = _number("HOTMESH_IMPORTS")
     if not isinstance(imports, list | tuple) or not all(isinstance(m, str) for m in imports):
-        errors.append(Error(
-            f"HOTMESH_IMPORTS must be a list of module paths, not {imports!r}.",
-            hint='For example HOTMESH_IMPORTS = ["shop.tasks"].', id="hotmesh.E005",
-        ))
+        errors.append(
+            Error(
+                f"HOTMESH_IMPORTS must be a list of module paths, not {imports!r}.",
+                hint='For example HOTMESH_IMPORTS = ["shop.tasks"].',
+                id="hotmesh.E005",
+            )
+        )
     else:
         for module in imports:
             try:
                 importlib.import_module(module)
             except ImportError as exc:
-                errors.append(Error(
-                    f"HOTMESH_IMPORTS names {module!r}, which cannot be imported: {exc}.",
-                    hint="Fix the module path or remove it.", id="hotmesh.E005",
-                ))
+                errors.append(
+                    Error(
+                        f"HOTMESH_IMPORTS names {module!r}, which cannot be imported: {exc}.",
+                        hint="Fix the module path or remove it.",
+                        id="hotmesh.E005",
+                    )
+                )
     size = _number("HOTMESH_MAX_PAYLOAD_BYTES")
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        errors.append(Error(
-            f"HOTMESH_MAX_PAYLOAD_BYTES must be a positive integer, not {size!r}.",
-            hint="For example HOTMESH_MAX_PAYLOAD_BYTES = 1_048_576 (1 MiB).",
-            id="hotmesh.E007",
-        ))
+        errors.append(
+            Error(
+                f"HOTMESH_MAX_PAYLOAD_BYTES must be a positive integer, not {size!r}.",
+                hint="For example HOTMESH_MAX_PAYLOAD_BYTES = 1_048_576 (1 MiB).",
+                id="hotmesh.E007",
+            )
+        )
     queues = _number("HOTMESH_QUEUES")
     if not isinstance(queues, dict) or not all(
         isinstance(k, str) and isinstance(v, dict) for k, v in queues.items()
     ):
-        errors.append(Error(
-            f"HOTMESH_QUEUES must map queue names to option dicts, not {queues!r}.",
-            hint='For example HOTMESH_QUEUES = {"emails": {"concurrency": 2}}.',
-            id="hotmesh.E008",
-        ))
+        errors.append(
+            Error(
+                f"HOTMESH_QUEUES must map queue names to option dicts, not {queues!r}.",
+                hint='For example HOTMESH_QUEUES = {"emails": {"concurrency": 2}}.',
+                id="hotmesh.E008",
+            )
+        )
     return errors

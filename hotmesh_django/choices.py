@@ -30,16 +30,31 @@ FINISHED_STATUSES: Final = (JobStatus.SUCCESSFUL, JobStatus.FAILED, JobStatus.CA
 # Which statuses each job status may move to. Anything not listed is refused.
 TRANSITIONS: Final[Mapping[str, frozenset[str]]] = {
     JobStatus.READY: frozenset(
-        {JobStatus.RUNNING, JobStatus.WAITING, JobStatus.SUCCESSFUL, JobStatus.FAILED,
-         JobStatus.CANCELLED}
+        {
+            JobStatus.RUNNING,
+            JobStatus.WAITING,
+            JobStatus.SUCCESSFUL,
+            JobStatus.FAILED,
+            JobStatus.CANCELLED,
+        }
     ),
     JobStatus.RUNNING: frozenset(
-        {JobStatus.READY, JobStatus.WAITING, JobStatus.SUCCESSFUL, JobStatus.FAILED,
-         JobStatus.CANCELLED}
+        {
+            JobStatus.READY,
+            JobStatus.WAITING,
+            JobStatus.SUCCESSFUL,
+            JobStatus.FAILED,
+            JobStatus.CANCELLED,
+        }
     ),
     JobStatus.WAITING: frozenset(
-        {JobStatus.READY, JobStatus.RUNNING, JobStatus.SUCCESSFUL, JobStatus.FAILED,
-         JobStatus.CANCELLED}
+        {
+            JobStatus.READY,
+            JobStatus.RUNNING,
+            JobStatus.SUCCESSFUL,
+            JobStatus.FAILED,
+            JobStatus.CANCELLED,
+        }
     ),
     JobStatus.FAILED: frozenset({JobStatus.READY}),  # a retry from the admin
     JobStatus.SUCCESSFUL: frozenset(),
@@ -111,5 +126,3 @@ class JournalEvent(models.TextChoices):
     RETRIED = "retried", _("Retried by an operator")
     COMPLETED = "completed", _("Completed")
     FAILED = "failed", _("Failed")
-
-

@@ -220,13 +220,24 @@ def _check_common(name: str | None, queue: str, priority: int) -> None:
 def activity(func: Callable[P, R], /) -> ActivityDefinition[P, R]: ...
 @overload
 def activity(
-    *, name: str | None = None, queue: str = DEFAULT_QUEUE, retry: RetryPolicy | None = None,
-    timeout: float | datetime.timedelta | None = None, priority: int = 0, atomic: bool = False,
+    *,
+    name: str | None = None,
+    queue: str = DEFAULT_QUEUE,
+    retry: RetryPolicy | None = None,
+    timeout: float | datetime.timedelta | None = None,
+    priority: int = 0,
+    atomic: bool = False,
 ) -> Callable[[Callable[P, R]], ActivityDefinition[P, R]]: ...
 def activity(
-    func: Callable[P, R] | None = None, /, *, name: str | None = None,
-    queue: str = DEFAULT_QUEUE, retry: RetryPolicy | None = None,
-    timeout: float | datetime.timedelta | None = None, priority: int = 0, atomic: bool = False,
+    func: Callable[P, R] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    queue: str = DEFAULT_QUEUE,
+    retry: RetryPolicy | None = None,
+    timeout: float | datetime.timedelta | None = None,
+    priority: int = 0,
+    atomic: bool = False,
 ) -> ActivityDefinition[P, R] | Callable[[Callable[P, R]], ActivityDefinition[P, R]]:
     """Register a module-level function as a durable activity."""
     _check_common(name, queue, priority)
@@ -239,8 +250,12 @@ def activity(
     def decorate(f: Callable[P, R]) -> ActivityDefinition[P, R]:
         _check_function(f, "activity")
         definition = ActivityDefinition(
-            func=f, name=name or f"{f.__module__}.{f.__qualname__}", queue=queue,
-            retry=retry or RetryPolicy(), timeout=timeout_s, priority=priority,
+            func=f,
+            name=name or f"{f.__module__}.{f.__qualname__}",
+            queue=queue,
+            retry=retry or RetryPolicy(),
+            timeout=timeout_s,
+            priority=priority,
             atomic=atomic,
         )
         registry.register_activity(definition)
@@ -253,12 +268,19 @@ def activity(
 def workflow(func: Callable[P, R], /) -> WorkflowDefinition[P, R]: ...
 @overload
 def workflow(
-    *, name: str | None = None, queue: str = DEFAULT_QUEUE,
-    timeout: float | datetime.timedelta | None = None, priority: int = 0,
+    *,
+    name: str | None = None,
+    queue: str = DEFAULT_QUEUE,
+    timeout: float | datetime.timedelta | None = None,
+    priority: int = 0,
 ) -> Callable[[Callable[P, R]], WorkflowDefinition[P, R]]: ...
 def workflow(
-    func: Callable[P, R] | None = None, /, *, name: str | None = None,
-    queue: str = DEFAULT_QUEUE, timeout: float | datetime.timedelta | None = None,
+    func: Callable[P, R] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    queue: str = DEFAULT_QUEUE,
+    timeout: float | datetime.timedelta | None = None,
     priority: int = 0,
 ) -> WorkflowDefinition[P, R] | Callable[[Callable[P, R]], WorkflowDefinition[P, R]]:
     """Register a module-level function as a durable workflow."""
@@ -270,8 +292,11 @@ def workflow(
     def decorate(f: Callable[P, R]) -> WorkflowDefinition[P, R]:
         _check_function(f, "workflow")
         definition = WorkflowDefinition(
-            func=f, name=name or f"{f.__module__}.{f.__qualname__}", queue=queue,
-            timeout=timeout_s, priority=priority,
+            func=f,
+            name=name or f"{f.__module__}.{f.__qualname__}",
+            queue=queue,
+            timeout=timeout_s,
+            priority=priority,
         )
         registry.register_workflow(definition)
         return definition

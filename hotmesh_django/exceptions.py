@@ -35,8 +35,9 @@ class UnknownDefinition(HotmeshError, LookupError):
 class RemoteError(HotmeshError):
     """An error recorded by a worker, carried back with its type and message."""
 
-    def __init__(self, message: str, *, error_type: str = "", error_message: str = "",
-                 traceback: str = "") -> None:
+    def __init__(
+        self, message: str, *, error_type: str = "", error_message: str = "", traceback: str = ""
+    ) -> None:
         super().__init__(message)
         self.type = error_type
         self.message = error_message

@@ -43,9 +43,12 @@ class JobHandle:
         """Return the job's current JobStatus."""
         from hotmesh_django.models import Job, JobStatus
 
-        row = Job.objects.using(self._using).filter(workflow_id=self.id).values_list(
-            "status", flat=True
-        ).first()
+        row = (
+            Job.objects.using(self._using)
+            .filter(workflow_id=self.id)
+            .values_list("status", flat=True)
+            .first()
+        )
         if row is None:
             raise JobNotFound(f"No job has workflow_id {self.id!r}.")
         return JobStatus(row)
@@ -72,7 +75,8 @@ class JobHandle:
         raise cls(
             f"Job {self.id!r} {job.status.lower()}: {error.get('type', '')}: "
             f"{error.get('message', '')}",
-            error_type=error.get("type", ""), error_message=error.get("message", ""),
+            error_type=error.get("type", ""),
+            error_message=error.get("message", ""),
             traceback=error.get("traceback", ""),
         )
 
@@ -95,8 +99,13 @@ class JobHandle:
         job = self.job()
         return [
             {
-                "seq": i, "event": e.event, "step": e.step, "name": e.name,
-                "attempt": e.attempt, "data": e.data, "created_at": e.created_at,
+                "seq": i,
+                "event": e.event,
+                "step": e.step,
+                "name": e.name,
+                "attempt": e.attempt,
+                "data": e.data,
+                "created_at": e.created_at,
             }
             for i, e in enumerate(
                 Journal.objects.using(self._using).filter(job=job).order_by("id"), start=1
@@ -111,10 +120,16 @@ class JobHandle:
         job = self.job()
         return [
             {
-                "seq": a.seq, "kind": a.kind, "name": a.name, "status": a.status,
-                "attempts": a.attempts, "input": from_json(a.input),
-                "output": from_json(a.output), "error": a.error,
-                "started_at": a.started_at, "finished_at": a.finished_at,
+                "seq": a.seq,
+                "kind": a.kind,
+                "name": a.name,
+                "status": a.status,
+                "attempts": a.attempts,
+                "input": from_json(a.input),
+                "output": from_json(a.output),
+                "error": a.error,
+                "started_at": a.started_at,
+                "finished_at": a.finished_at,
             }
             for a in Activity.objects.using(self._using).filter(job=job).order_by("seq")
         ]
@@ -144,7 +159,8 @@ def get_handle(workflow_id: str, *, using: str = DEFAULT_DB_ALIAS) -> JobHandle:
     return JobHandle(workflow_id, using=using)
 
 
-def signal(workflow_id: str, name: str, payload: Any = None, *,
-           using: str = DEFAULT_DB_ALIAS) -> None:
+def signal(
+    workflow_id: str, name: str, payload: Any = None, *, using: str = DEFAULT_DB_ALIAS
+) -> None:
     """Send signal `name` with `payload` to the job `workflow_id`."""
     JobHandle(workflow_id, using=using).signal(name, payload)

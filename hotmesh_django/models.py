@@ -26,9 +26,23 @@ from hotmesh_django.choices import (
 )
 
 __all__ = [
-    "ACTIVE_STATUSES", "FINISHED_STATUSES", "TRANSITIONS", "Activity", "Job", "JobKind",
-    "JobStatus", "Journal", "JournalEvent", "Schedule", "Signal", "StepKind", "Stream",
-    "StreamKind", "StreamStatus", "Worker", "sources_of",
+    "ACTIVE_STATUSES",
+    "FINISHED_STATUSES",
+    "TRANSITIONS",
+    "Activity",
+    "Job",
+    "JobKind",
+    "JobStatus",
+    "Journal",
+    "JournalEvent",
+    "Schedule",
+    "Signal",
+    "StepKind",
+    "Stream",
+    "StreamKind",
+    "StreamStatus",
+    "Worker",
+    "sources_of",
 ]
 
 
@@ -50,9 +64,7 @@ class JobQuerySet(models.QuerySet["Job"]):
         Return how many rows moved. Rows in any other status are left alone, so a
         caller acting on stale data cannot overwrite newer state.
         """
-        return self.filter(status__in=sources_of(to)).update(
-            status=to, updated_at=Now(), **fields
-        )
+        return self.filter(status__in=sources_of(to)).update(status=to, updated_at=Now(), **fields)
 
     def active(self) -> JobQuerySet:
         return self.filter(status__in=ACTIVE_STATUSES)
@@ -62,12 +74,16 @@ class Job(models.Model):
     workflow_id = models.CharField(_("workflow id"), max_length=255, unique=True)
     name = models.CharField(_("name"), max_length=255, db_index=True)
     kind = models.CharField(
-        _("kind"), max_length=_max_len(JobKind), choices=JobKind.choices,
+        _("kind"),
+        max_length=_max_len(JobKind),
+        choices=JobKind.choices,
         default=JobKind.WORKFLOW,
     )
     queue = models.CharField(_("queue"), max_length=100, default="default", db_index=True)
     status = models.CharField(
-        _("status"), max_length=_max_len(JobStatus), choices=JobStatus.choices,
+        _("status"),
+        max_length=_max_len(JobStatus),
+        choices=JobStatus.choices,
         default=JobStatus.READY,
     )
     priority = models.IntegerField(_("priority"), default=0)
@@ -76,8 +92,12 @@ class Job(models.Model):
     error = models.JSONField(_("error"), null=True, blank=True)
     search = models.JSONField(_("search attributes"), default=dict, blank=True)
     parent = models.ForeignKey(
-        "self", on_delete=models.SET_NULL, null=True, blank=True,
-        related_name="children", verbose_name=_("parent"),
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="children",
+        verbose_name=_("parent"),
     )
     # The parent's step this child answers, so its outcome lands in the right place.
     parent_step = models.IntegerField(_("parent step"), null=True, blank=True)
@@ -118,18 +138,25 @@ class Activity(models.Model):
     workflow or a recorded value. `(job, seq)` is the step's identity in replay."""
 
     job = models.ForeignKey(
-        Job, on_delete=models.CASCADE, related_name="activities", verbose_name=_("job"),
+        Job,
+        on_delete=models.CASCADE,
+        related_name="activities",
+        verbose_name=_("job"),
         db_index=False,  # the (job, seq) unique index serves lookups by job
     )
     seq = models.IntegerField(_("step"))
     kind = models.CharField(
-        _("kind"), max_length=_max_len(StepKind), choices=StepKind.choices,
+        _("kind"),
+        max_length=_max_len(StepKind),
+        choices=StepKind.choices,
         default=StepKind.ACTIVITY,
     )
     name = models.CharField(_("name"), max_length=255)
     queue = models.CharField(_("queue"), max_length=100, default="default")
     status = models.CharField(
-        _("status"), max_length=_max_len(JobStatus), choices=JobStatus.choices,
+        _("status"),
+        max_length=_max_len(JobStatus),
+        choices=JobStatus.choices,
         default=JobStatus.READY,
     )
     attempts = models.IntegerField(_("attempts"), default=0)
@@ -139,7 +166,11 @@ class Activity(models.Model):
     # When a sleep ends or a signal wait times out.
     wake_at = models.DateTimeField(_("wake at"), null=True, blank=True)
     child = models.ForeignKey(
-        Job, on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
+        Job,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
         verbose_name=_("child job"),
     )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
@@ -171,7 +202,9 @@ class Stream(models.Model):
     payload = models.JSONField(_("payload"), null=True, blank=True)
     priority = models.IntegerField(_("priority"), default=0)
     status = models.CharField(
-        _("status"), max_length=_max_len(StreamStatus), choices=StreamStatus.choices,
+        _("status"),
+        max_length=_max_len(StreamStatus),
+        choices=StreamStatus.choices,
         default=StreamStatus.READY,
     )
     visible_at = models.DateTimeField(_("visible at"), db_default=Now())
@@ -187,24 +220,30 @@ class Stream(models.Model):
         indexes = [
             # The claim: ready rows of one queue, highest priority first, then FIFO.
             models.Index(
-                "queue", models.F("priority").desc(), "id",
-                name="hotmesh_stream_ready_idx", condition=Q(status="READY"),
+                "queue",
+                models.F("priority").desc(),
+                "id",
+                name="hotmesh_stream_ready_idx",
+                condition=Q(status="READY"),
             ),
             # Promotion of due timers, retries and delayed starts.
             models.Index(
-                fields=["visible_at"], name="hotmesh_stream_sched_idx",
+                fields=["visible_at"],
+                name="hotmesh_stream_sched_idx",
                 condition=Q(status="SCHEDULED"),
             ),
             # Heartbeats extend, and rescue finds, leases of running messages.
             models.Index(
-                fields=["worker", "lease_expires_at"], name="hotmesh_stream_running_idx",
+                fields=["worker", "lease_expires_at"],
+                name="hotmesh_stream_running_idx",
                 condition=Q(status="RUNNING"),
             ),
         ]
         constraints = [
             # At most one ready turn per job: completions collapse into one replay.
             models.UniqueConstraint(
-                fields=["job"], name="hotmesh_stream_one_ready_turn",
+                fields=["job"],
+                name="hotmesh_stream_one_ready_turn",
                 condition=Q(kind="TURN", status="READY"),
             ),
             _status_check("stream", "status", StreamStatus),
@@ -219,7 +258,10 @@ class Journal(models.Model):
     """Append-only history of a job, in id order."""
 
     job = models.ForeignKey(
-        Job, on_delete=models.CASCADE, related_name="journal", verbose_name=_("job"),
+        Job,
+        on_delete=models.CASCADE,
+        related_name="journal",
+        verbose_name=_("job"),
         db_index=False,  # the (job, id) index serves it
     )
     step = models.IntegerField(_("step"), null=True, blank=True)

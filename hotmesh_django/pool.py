@@ -43,8 +43,9 @@ def _child(target: Callable[..., None], kwargs: dict[str, Any]) -> None:
     target(**kwargs)
 
 
-def run_pool(processes: int, target: Callable[..., None], kwargs: dict[str, Any],
-             graceful_timeout: float) -> int:
+def run_pool(
+    processes: int, target: Callable[..., None], kwargs: dict[str, Any], graceful_timeout: float
+) -> int:
     """Fork `processes` children running `target(**kwargs)`; return an exit code."""
     # Children must not share the parent's sockets to Postgres.
     connections.close_all()

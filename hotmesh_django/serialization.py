@@ -83,10 +83,7 @@ def _encode(value: Any, where: str, depth: int, seen: set[int]) -> Any:
                 if TAG in out:
                     raise TypeError(f"{where} uses the reserved key {TAG!r}.")
                 return out
-            return [
-                _encode(item, f"{where}[{i}]", depth + 1, seen)
-                for i, item in enumerate(value)
-            ]
+            return [_encode(item, f"{where}[{i}]", depth + 1, seen) for i, item in enumerate(value)]
         finally:
             seen.discard(id(value))
     raise TypeError(

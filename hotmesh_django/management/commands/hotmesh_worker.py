@@ -56,18 +56,36 @@ class Command(BaseCommand):
     help = "Run hotmesh workers: claim messages from queues and run activities and workflows."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--queues", type=queue_list, default=None,
-                            help="Comma-separated queues to work (default: all).")
-        parser.add_argument("--concurrency", type=positive_int, default=4,
-                            help="Runner threads per process (default 4).")
-        parser.add_argument("--processes", type=positive_int, default=1,
-                            help="Worker processes (default 1).")
-        parser.add_argument("--burst", action="store_true",
-                            help="Exit once the queues are empty.")
-        parser.add_argument("--import", dest="imports", action="append", default=[],
-                            metavar="MODULE", help="Module to import (repeatable).")
-        parser.add_argument("--graceful-timeout", type=non_negative_seconds, default=30.0,
-                            help="Seconds to let in-flight work finish on SIGTERM (default 30).")
+        parser.add_argument(
+            "--queues",
+            type=queue_list,
+            default=None,
+            help="Comma-separated queues to work (default: all).",
+        )
+        parser.add_argument(
+            "--concurrency",
+            type=positive_int,
+            default=4,
+            help="Runner threads per process (default 4).",
+        )
+        parser.add_argument(
+            "--processes", type=positive_int, default=1, help="Worker processes (default 1)."
+        )
+        parser.add_argument("--burst", action="store_true", help="Exit once the queues are empty.")
+        parser.add_argument(
+            "--import",
+            dest="imports",
+            action="append",
+            default=[],
+            metavar="MODULE",
+            help="Module to import (repeatable).",
+        )
+        parser.add_argument(
+            "--graceful-timeout",
+            type=non_negative_seconds,
+            default=30.0,
+            help="Seconds to let in-flight work finish on SIGTERM (default 30).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         for module in [*settings.imports, *options["imports"]]:
@@ -76,8 +94,10 @@ class Command(BaseCommand):
             except ImportError as exc:
                 raise CommandError(f"Cannot import {module!r}: {exc}") from exc
         kwargs = {
-            "queues": options["queues"], "concurrency": options["concurrency"],
-            "burst": options["burst"], "graceful_timeout": options["graceful_timeout"],
+            "queues": options["queues"],
+            "concurrency": options["concurrency"],
+            "burst": options["burst"],
+            "graceful_timeout": options["graceful_timeout"],
         }
         if options["processes"] == 1:
             _run_worker(**kwargs)
