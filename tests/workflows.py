@@ -145,3 +145,11 @@ def searchable(customer: str) -> str:
 @hm.workflow(name="t.returns_bad")
 def returns_bad() -> object:
     return {1, 2}
+
+
+@hm.workflow(name="t.chaos")
+def chaos(key: str) -> str:
+    for i in range(3):
+        a.slow(0.05, f"{key}:{i}")
+    a.write_effect(f"{key}:fx")
+    return key

@@ -58,3 +58,10 @@ def parent(n: int) -> list[Any]:
 @hm.workflow(name="admin_tests.failing")
 def failing(message: str) -> None:
     boom(message)
+
+
+@hm.workflow(name="admin_tests.two_waits")
+def two_waits() -> list[Any]:
+    first = hm.wait_for_signal("first")
+    second = hm.wait_for_signal("second")
+    return [first, second]

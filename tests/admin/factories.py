@@ -42,7 +42,7 @@ class FailedJobFactory(JobFactory):
     finished_at = factory.LazyFunction(timezone.now)
     error = factory.LazyFunction(lambda: {
         "type": "RuntimeError", "message": "boom",
-        "traceback": 'Traceback (most recent call last):\n  File "x.py", line 1\nRuntimeError: boom\n',
+        "traceback": "Traceback (most recent call last):\nRuntimeError: boom\n",
     })
 
 

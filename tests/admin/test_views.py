@@ -42,7 +42,8 @@ def test_changelist_shows_columns_and_badges(admin_client) -> None:
 
 @pytest.mark.parametrize("query", [
     "status__exact=FAILED", "name=admin_tests.approval", "queue=orders", "kind__exact=WORKFLOW",
-    "created_at__gte=2000-01-01+00%3A00%3A00%2B00%3A00", "q=order-17", "q=customer%3D42", "o=2", "o=-3",
+    "created_at__gte=2000-01-01+00%3A00%3A00%2B00%3A00", "q=order-17", "q=customer%3D42",
+    "o=2", "o=-3",
 ])
 def test_changelist_filters_render(admin_client, query: str) -> None:
     FailedJobFactory(workflow_id="order-17", queue="orders", search={"customer": 42})
@@ -81,7 +82,8 @@ def _job_in_every_state():
     now = timezone.now()
     jobs = {status: JobFactory(status=status, started_at=now) for status in JobStatus.values}
     failed = jobs[JobStatus.FAILED]
-    failed.error = {"type": "ValueError", "message": "bad", "traceback": "Traceback ...\nValueError: bad"}
+    failed.error = {"type": "ValueError", "message": "bad",
+                    "traceback": "Traceback ...\nValueError: bad"}
     failed.finished_at = now
     failed.save()
     return jobs
@@ -103,8 +105,8 @@ def test_change_view_shows_json_traceback_inline_journal_children(admin_client) 
     now = timezone.now()
     parent = JobFactory(workflow_id="the-parent", status=JobStatus.RUNNING, started_at=now)
     job = FailedJobFactory(
-        workflow_id="the-job", parent=parent, parent_step=1, input={"args": [1], "kwargs": {"x": [1, 2]}},
-        output=None, search={"customer": "acme"},
+        workflow_id="the-job", parent=parent, parent_step=1,
+        input={"args": [1], "kwargs": {"x": [1, 2]}}, output=None, search={"customer": "acme"},
     )
     child = JobFactory(workflow_id="the-child", parent=job, parent_step=2)
     ActivityFactory(job=job, seq=1, name="admin_tests.flaky", attempts=2,

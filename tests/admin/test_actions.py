@@ -1,0 +1,259 @@
+"""Single and bulk actions move what they should, report skips, and need permission."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from hotmesh_django.models import (
+    Activity,
+    Job,
+    JobStatus,
+    Journal,
+    JournalEvent,
+    Signal,
+    StepKind,
+    Stream,
+)
+from tests.admin.factories import ActivityFactory, FailedJobFactory, JobFactory
+
+pytestmark = pytest.mark.django_db
+
+CHANGELIST = "admin:hotmesh_django_job_changelist"
+
+
+def url(name: str, job: Job) -> str:
+    return reverse(f"admin:hotmesh_django_job_{name}", args=[job.pk])
+
+
+def failed_job(**kwargs) -> Job:
+    job = FailedJobFactory(**kwargs)
+    ActivityFactory(job=job, seq=1, status=JobStatus.SUCCESSFUL)
+    ActivityFactory(job=job, seq=2, status=JobStatus.FAILED, attempts=2,
+                    error={"type": "RuntimeError", "message": "boom"})
+    return job
+
+
+def status(job: Job) -> str:
+    job.refresh_from_db()
+    return job.status
+
+
+def messages_text(response) -> str:
+    return " | ".join(str(m) for m in response.context["messages"])
+
+
+def bulk(client: Client, action: str, jobs: list[Job], **extra) -> object:
+    data = {"action": action, "_selected_action": [j.pk for j in jobs], **extra}
+    return client.post(reverse(CHANGELIST), data, follow=True)
+
+
+# -- single-job buttons -------------------------------------------------------------------
+
+
+def test_retry_button_requeues_the_failed_step(admin_client) -> None:
+    job = failed_job()
+    response = admin_client.post(url("retry", job), follow=True)
+    assert response.redirect_chain[-1][0] == url("change", job)
+    assert "1 job re-queued." in messages_text(response)
+    assert status(job) == JobStatus.READY
+    assert Activity.objects.get(job=job, seq=1).status == JobStatus.SUCCESSFUL
+    assert Activity.objects.get(job=job, seq=2).status == JobStatus.READY
+    retried = Journal.objects.get(job=job, event=JournalEvent.RETRIED)
+    assert retried.data == {"by": "admin"}
+
+
+def test_retry_button_reports_a_skip(admin_client) -> None:
+    job = JobFactory(status=JobStatus.SUCCESSFUL)
+    response = admin_client.post(url("retry", job), follow=True)
+    assert "0 jobs re-queued; 1 skipped (not FAILED: it is SUCCESSFUL)." in messages_text(
+        response)
+    assert status(job) == JobStatus.SUCCESSFUL
+
+
+def test_cancel_button(admin_client) -> None:
+    job = JobFactory(status=JobStatus.WAITING)
+    response = admin_client.post(url("cancel", job), follow=True)
+    assert "1 job cancelled." in messages_text(response)
+    assert status(job) == JobStatus.CANCELLED
+    assert job.error["message"] == "Cancelled by admin."
+    response = admin_client.post(url("cancel", job), follow=True)
+    assert "0 jobs cancelled; 1 skipped (already finished: CANCELLED)." in messages_text(response)
+
+
+def test_signal_button_sends_a_json_payload(admin_client) -> None:
+    job = JobFactory(status=JobStatus.WAITING)
+    response = admin_client.post(
+        url("signal", job), {"name": "approved", "payload": '{"by": "ops", "n": 2}'}, follow=True)
+    assert "1 job sent signal approved." in messages_text(response)
+    signal = Signal.objects.get(job=job)
+    assert (signal.name, signal.payload) == ("approved", {"by": "ops", "n": 2})
+    assert Stream.objects.filter(job=job, kind="TURN").exists()
+    received = Journal.objects.get(job=job, event=JournalEvent.SIGNAL_RECEIVED)
+    assert received.data["by"] == "admin"
+
+
+def test_signal_form_rejects_bad_json_with_a_clear_error(admin_client) -> None:
+    job = JobFactory(status=JobStatus.WAITING)
+    response = admin_client.post(url("signal", job), {"name": "approved", "payload": "{oops"})
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert "The payload is not valid JSON: Expecting property name enclosed in double quotes" in html
+    assert "(line 1, column 2)" in html
+    response = admin_client.post(url("signal", job), {"name": "", "payload": "1"})
+    assert response.status_code == 400
+    assert "This field is required." in response.content.decode()
+    assert not Signal.objects.exists()
+
+
+def test_signal_form_page_renders_on_get(admin_client) -> None:
+    job = JobFactory(status=JobStatus.WAITING)
+    response = admin_client.get(url("signal", job))
+    assert response.status_code == 200
+    assert 'name="payload"' in response.content.decode()
+
+
+def test_signal_to_a_finished_job_is_skipped(admin_client) -> None:
+    job = JobFactory(status=JobStatus.SUCCESSFUL)
+    response = admin_client.post(url("signal", job), {"name": "go"}, follow=True)
+    assert "0 jobs sent signal go; 1 skipped (finished: SUCCESSFUL)." in messages_text(response)
+    assert not Signal.objects.exists()
+
+
+def test_rerun_button_forgets_later_steps(admin_client) -> None:
+    job = failed_job()
+    ActivityFactory(job=job, seq=3, kind=StepKind.SIGNAL, name="approved",
+                    status=JobStatus.CANCELLED)
+    response = admin_client.post(url("rerun", job), {"step": "2"}, follow=True)
+    assert "1 job re-run from step 2." in messages_text(response)
+    assert status(job) == JobStatus.READY
+    assert list(Activity.objects.filter(job=job).values_list("seq", flat=True)) == [1]
+    assert Journal.objects.get(job=job, event=JournalEvent.RETRIED).data == {
+        "from_step": 2, "by": "admin"}
+
+
+def test_rerun_reports_missing_step_and_final_jobs(admin_client) -> None:
+    job = failed_job()
+    response = admin_client.post(url("rerun", job), {"step": "9"}, follow=True)
+    assert "0 jobs re-run from step 9; 1 skipped (no step 9)." in messages_text(response)
+    done = JobFactory(status=JobStatus.SUCCESSFUL)
+    ActivityFactory(job=done, seq=1)
+    response = admin_client.post(url("rerun", done), {"step": "1"}, follow=True)
+    assert "1 skipped (SUCCESSFUL jobs are final)" in messages_text(response)
+    response = admin_client.post(url("rerun", job), {"step": "x"}, follow=True)
+    assert "Not re-run: Enter a whole number." in messages_text(response)
+
+
+# -- bulk actions -------------------------------------------------------------------------
+
+
+def test_bulk_retry_reports_moved_and_skipped(admin_client) -> None:
+    jobs = [failed_job(), failed_job(), JobFactory(status=JobStatus.SUCCESSFUL)]
+    response = bulk(admin_client, "retry_failed", jobs)
+    assert "2 jobs re-queued; 1 skipped (not FAILED: it is SUCCESSFUL)." in messages_text(
+        response)
+    assert [status(j) for j in jobs] == [JobStatus.READY, JobStatus.READY, JobStatus.SUCCESSFUL]
+
+
+def test_bulk_cancel_groups_skip_reasons(admin_client) -> None:
+    jobs = [JobFactory(status=JobStatus.READY), JobFactory(status=JobStatus.WAITING),
+            JobFactory(status=JobStatus.SUCCESSFUL), FailedJobFactory(), FailedJobFactory()]
+    response = bulk(admin_client, "cancel_jobs", jobs)
+    assert ("2 jobs cancelled; 3 skipped (2 already finished: FAILED; "
+            "1 already finished: SUCCESSFUL).") in messages_text(response)
+
+
+def test_bulk_signal_shows_a_form_then_sends(admin_client) -> None:
+    jobs = [JobFactory(status=JobStatus.WAITING), JobFactory(status=JobStatus.CANCELLED)]
+    response = bulk(admin_client, "send_signal", jobs)
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert 'name="payload"' in html and jobs[0].workflow_id in html
+    response = bulk(admin_client, "send_signal", jobs, apply="1", name="go", payload="[1, 2")
+    assert response.status_code == 400
+    assert "The payload is not valid JSON" in response.content.decode()
+    response = bulk(admin_client, "send_signal", jobs, apply="1", name="go", payload="[1, 2]")
+    assert "1 job sent signal go; 1 skipped (finished: CANCELLED)." in messages_text(response)
+    assert Signal.objects.get().payload == [1, 2]
+
+
+def test_bulk_rerun_from_step(admin_client) -> None:
+    jobs = [failed_job(), JobFactory(status=JobStatus.WAITING)]
+    response = bulk(admin_client, "rerun_from_step", jobs)
+    assert 'name="step"' in response.content.decode()
+    response = bulk(admin_client, "rerun_from_step", jobs, apply="1", step="2")
+    assert "1 job re-run from step 2; 1 skipped (no step 2)." in messages_text(response)
+
+
+def test_bulk_select_across_is_capped(admin_client, monkeypatch) -> None:
+    from hotmesh_django import admin_views
+
+    monkeypatch.setattr(admin_views, "MAX_BULK", 2)
+    jobs = [failed_job() for _ in range(3)]
+    response = admin_client.post(reverse(CHANGELIST), {
+        "action": "retry_failed", "_selected_action": [jobs[0].pk], "select_across": "1",
+    }, follow=True)
+    text = messages_text(response)
+    assert "2 jobs re-queued; only the first 2 selected were processed, 1 left" in text
+    assert sorted(status(j) for j in jobs) == [JobStatus.FAILED, JobStatus.READY, JobStatus.READY]
+
+
+# -- permissions and CSRF -----------------------------------------------------------------
+
+
+def test_operator_with_change_job_may_act(operator_client) -> None:
+    job = failed_job()
+    response = operator_client.post(url("retry", job), follow=True)
+    assert "1 job re-queued." in messages_text(response)
+
+
+def test_viewer_sees_but_cannot_act(viewer_client) -> None:
+    job = failed_job()
+    response = viewer_client.get(url("change", job))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "You can view this job but not operate it" in html
+    assert url("retry", job) not in html
+    response = viewer_client.get(reverse(CHANGELIST))
+    assert response.status_code == 200
+    assert 'name="action"' not in response.content.decode()
+    for name, data in (("retry", {}), ("cancel", {}), ("rerun", {"step": "1"}),
+                       ("signal", {"name": "go"})):
+        assert viewer_client.post(url(name, job), data).status_code == 403
+    assert viewer_client.get(url("signal", job)).status_code == 403
+    bulk(viewer_client, "retry_failed", [job])
+    bulk(viewer_client, "cancel_jobs", [job])
+    assert status(job) == JobStatus.FAILED
+    assert not Journal.objects.filter(job=job, event=JournalEvent.RETRIED).exists()
+
+
+def test_staff_without_job_permission_is_refused(client, django_user_model) -> None:
+    user = django_user_model.objects.create_user("nobody", password="pw", is_staff=True)
+    client.force_login(user)
+    job = failed_job()
+    assert client.get(url("change", job)).status_code == 403
+    assert client.get(reverse("admin:hotmesh_django_job_queues")).status_code == 403
+    assert client.post(url("retry", job)).status_code == 403
+
+
+def test_actions_are_post_only(admin_client) -> None:
+    job = failed_job()
+    for name in ("retry", "cancel", "rerun"):
+        assert admin_client.get(url(name, job)).status_code == 405
+    assert status(job) == JobStatus.FAILED
+
+
+def test_actions_need_a_csrf_token(admin_user) -> None:
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(admin_user)
+    job = failed_job()
+    for name, data in (("retry", {}), ("cancel", {}), ("rerun", {"step": "1"}),
+                       ("signal", {"name": "go"})):
+        assert client.post(url(name, job), data).status_code == 403
+    response = client.post(reverse(CHANGELIST),
+                           {"action": "retry_failed", "_selected_action": [job.pk]})
+    assert response.status_code == 403
+    assert status(job) == JobStatus.FAILED
+    page = client.get(url("change", job)).content.decode()
+    assert page.count('name="csrfmiddlewaretoken"') >= 3  # one per operation form

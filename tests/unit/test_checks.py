@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from django.test import override_settings
+
+from hotmesh_django.checks import check_database, check_settings
+from tests.conftest import ROOT
+
+
+def _ids(messages: list[Any]) -> list[str]:
+    return [m.id for m in messages]
+
+
+def test_default_settings_pass() -> None:
+    assert check_settings() == []
+    assert check_database() == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "check_id"),
+    [
+        ("HOTMESH_LEASE_SECONDS", 0, "hotmesh.E002"),
+        ("HOTMESH_LEASE_SECONDS", "30", "hotmesh.E002"),
+        ("HOTMESH_HEARTBEAT_SECONDS", -1, "hotmesh.E003"),
+        ("HOTMESH_POLL_INTERVAL_SECONDS", None, "hotmesh.E004"),
+        ("HOTMESH_IMPORTS", "tests.activities", "hotmesh.E005"),
+        ("HOTMESH_IMPORTS", ["no.such.module"], "hotmesh.E005"),
+        ("HOTMESH_MAX_PAYLOAD_BYTES", 0, "hotmesh.E007"),
+        ("HOTMESH_QUEUES", {"emails": 2}, "hotmesh.E008"),
+    ],
+)
+def test_bad_settings_are_reported_with_ids_and_hints(
+    setting: str, value: Any, check_id: str
+) -> None:
+    with override_settings(**{setting: value}):
+        errors = check_settings()
+    assert check_id in _ids(errors)
+    assert all(e.hint for e in errors)
+
+
+@override_settings(HOTMESH_LEASE_SECONDS=5, HOTMESH_HEARTBEAT_SECONDS=10)
+def test_heartbeat_must_be_shorter_than_the_lease() -> None:
+    assert _ids(check_settings()) == ["hotmesh.E006"]
+
+
+def test_non_postgres_database_fails_the_system_check(tmp_path: Any) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3",
+        "DJANGO_SETTINGS_MODULE": "demo_project.settings",
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "hotmesh.E001" in result.stderr and "needs PostgreSQL" in result.stderr
