@@ -60,6 +60,14 @@ def get_workflow(name: str) -> WorkflowDefinition[Any, Any]:
         ) from None
 
 
+def has_activity(name: str) -> bool:
+    return name in _activities
+
+
+def has_workflow(name: str) -> bool:
+    return name in _workflows
+
+
 def activities() -> dict[str, ActivityDefinition[Any, Any]]:
     return dict(_activities)
 

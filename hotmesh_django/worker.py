@@ -38,7 +38,7 @@ from hotmesh_django.conf import settings
 from hotmesh_django.engine import claim as claims
 from hotmesh_django.engine.execute import run_step
 from hotmesh_django.engine.notify import WORK_CHANNEL, connect_raw, tables
-from hotmesh_django.engine.turn import run_turn
+from hotmesh_django.engine.turn import Local, run_turn
 from hotmesh_django.models import Worker as WorkerRow
 
 logger = logging.getLogger(__name__)
@@ -51,12 +51,14 @@ def _jitter(seconds: float) -> float:
     return seconds * random.uniform(0.9, 1.1)  # noqa: S311 - not for secrets
 
 
-def dispatch(message: claims.Claimed, worker_id: uuid.UUID) -> None:
-    """Run one claimed message of any kind."""
-    if message.kind in ("TURN", "TIMER"):
-        run_turn(message, worker_id)
-    else:
-        run_step(message, worker_id)
+def dispatch(message: claims.Claimed, local: Local) -> None:
+    """Run one claimed message, then whatever step its ack handed this worker."""
+    following: claims.Claimed | None = message
+    while following is not None:
+        if following.kind in ("TURN", "TIMER"):
+            following = run_turn(following, local)
+        else:
+            following = run_step(following, local)
 
 
 class Worker:
@@ -173,6 +175,10 @@ class Worker:
         self._rotation += 1
         return claimed
 
+    def _local(self) -> Local:
+        queues = None if self.all_queues else frozenset(self.queues)
+        return Local(worker_id=self.id, queues=queues, lease_seconds=settings.lease_seconds)
+
     def _free(self) -> int:
         return self.concurrency - self._in_flight
 
@@ -232,7 +238,7 @@ class Worker:
                 connection.close()
                 return
             try:
-                dispatch(message, self.id)
+                dispatch(message, self._local())
             except (OperationalError, InterfaceError):
                 # The lease will expire and another worker will re-run it.
                 logger.exception("database error running message id=%s", message.id)

@@ -134,7 +134,12 @@ def claim(*, queue: str, worker_id: uuid.UUID, limit: int, lease_seconds: float)
     locks last only as long as the statement.
     """
     sql = _CLAIM.format(**tables())
-    params: dict[str, Any] = {"queue": queue, "limit": limit, "worker": worker_id, "lease": lease_seconds}
+    params: dict[str, Any] = {
+        "queue": queue,
+        "limit": limit,
+        "worker": worker_id,
+        "lease": lease_seconds,
+    }
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()

@@ -16,13 +16,14 @@ import time
 import uuid
 from typing import Any
 
-from django.db import close_old_connections, connections, transaction
+from django.db import connections, transaction
 from django.db.models.functions import Now
 
 from hotmesh_django import registry
 from hotmesh_django.engine.claim import Claimed
 from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job
 from hotmesh_django.engine.notify import WORK_CHANNEL
+from hotmesh_django.engine.turn import Local, continue_after_step
 from hotmesh_django.exceptions import HotmeshError, NonRetryableError, UnknownDefinition
 from hotmesh_django.models import (
     Activity,
@@ -65,11 +66,17 @@ def _mine(message: Claimed, worker_id: uuid.UUID) -> Any:
     return Stream.objects.filter(id=message.id, worker=worker_id, status=StreamStatus.RUNNING)
 
 
-def ack_success(message: Claimed, worker_id: uuid.UUID, output: Any) -> bool:
-    """Record a successful attempt; return False if the lease was lost."""
+def ack_success(message: Claimed, local: Local, output: Any) -> tuple[bool, Claimed | None]:
+    """Record a successful attempt and, for a workflow step, run the next turn.
+
+    Return (acked, next message this worker claimed). acked is False if the lease
+    was lost.
+    """
+    worker_id = local.worker_id
+    following = None
     with transaction.atomic():
         if not _mine(message, worker_id).delete()[0]:
-            return False
+            return False, None
         _step(message).update(
             status=JobStatus.SUCCESSFUL,
             output=output,
@@ -87,8 +94,8 @@ def ack_success(message: Claimed, worker_id: uuid.UUID, output: Any) -> bool:
         if message.kind == "TASK":
             finish_job(message.job_id, JobStatus.SUCCESSFUL, output=output)
         else:
-            enqueue_turn(message.job_id)
-    return True
+            following = continue_after_step(message.job_id, local)
+    return True, following
 
 
 def ack_retry(message: Claimed, worker_id: uuid.UUID, error: dict[str, Any], delay: float) -> bool:
@@ -175,8 +182,12 @@ def _call_with_timeout(func: Any, args: list[Any], kwargs: dict[str, Any], timeo
     return box.get("result")
 
 
-def run_step(message: Claimed, worker_id: uuid.UUID) -> None:
-    """Run the activity of a STEP or TASK message and ack its outcome."""
+def run_step(message: Claimed, local: Local) -> Claimed | None:
+    """Run the activity of a STEP or TASK message and ack its outcome.
+
+    Return the next step this worker claimed while acking, to run next.
+    """
+    worker_id = local.worker_id
     try:
         definition = registry.get_activity(message.name)
     except UnknownDefinition as exc:
@@ -184,7 +195,7 @@ def run_step(message: Claimed, worker_id: uuid.UUID) -> None:
             "unknown activity job=%s step=%s name=%s", message.job_id, message.step, message.name
         )
         ack_failure(message, worker_id, error_dict(exc, with_traceback=False))
-        return
+        return None
     policy = definition.retry
     if message.attempts > policy.max_attempts:
         ack_failure(
@@ -197,12 +208,12 @@ def run_step(message: Claimed, worker_id: uuid.UUID) -> None:
                 "before finishing.",
             },
         )
-        return
+        return None
     try:
         args, kwargs = decode_call(message.payload)
     except (ValueError, TypeError) as exc:
         ack_failure(message, worker_id, error_dict(exc, with_traceback=False))
-        return
+        return None
 
     logger.debug(
         "activity start job=%s step=%s name=%s attempt=%s",
@@ -215,9 +226,10 @@ def run_step(message: Claimed, worker_id: uuid.UUID) -> None:
         if definition.atomic:
             with transaction.atomic():
                 output = _encode_result(definition.func(*args, **kwargs))
-                if not ack_success(message, worker_id, output):
+                acked, following = ack_success(message, local, output)
+                if not acked:
                     raise LeaseLost  # rolls back the activity's own writes too
-            return
+            return following
         if definition.timeout is not None:
             result = _call_with_timeout(definition.func, args, kwargs, definition.timeout)
         else:
@@ -225,16 +237,16 @@ def run_step(message: Claimed, worker_id: uuid.UUID) -> None:
         output = _encode_result(result)
     except LeaseLost:
         logger.warning("lease lost, result dropped job=%s step=%s", message.job_id, message.step)
-        return
+        return None
     except (Exception, SystemExit, KeyboardInterrupt) as exc:
         # SystemExit and KeyboardInterrupt here come from user code: the worker's own
         # signals are handled by flags, never by raising into the activity.
         _record_failure(message, worker_id, definition.retry, exc)
-        return
-    finally:
-        close_old_connections()
-    if not ack_success(message, worker_id, output):
+        return None
+    acked, following = ack_success(message, local, output)
+    if not acked:
         logger.warning("lease lost, result dropped job=%s step=%s", message.job_id, message.step)
+    return following
 
 
 def _record_failure(

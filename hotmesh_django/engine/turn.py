@@ -9,6 +9,7 @@ blocking the key-share locks that inserting its steps' messages takes.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import time
@@ -21,7 +22,7 @@ from django.db.models.functions import Now
 from hotmesh_django import registry
 from hotmesh_django.context import WorkflowContext, activate
 from hotmesh_django.engine.claim import Claimed
-from hotmesh_django.engine.complete import error_dict, finish_job
+from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job
 from hotmesh_django.engine.notify import WORK_CHANNEL
 from hotmesh_django.exceptions import Suspend, UnknownDefinition
 from hotmesh_django.models import (
@@ -46,60 +47,103 @@ logger = logging.getLogger(__name__)
 PARK_SECONDS = 30.0
 
 
-def run_turn(message: Claimed, worker_id: uuid.UUID) -> None:
-    """Run one turn of the job in `message`; drop it if the lease was lost."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Local:
+    """What this worker can run itself, so a turn may hand it the next step at once."""
+
+    worker_id: uuid.UUID
+    queues: frozenset[str] | None  # None: every queue
+    lease_seconds: float
+
+    def serves(self, queue: str) -> bool:
+        return self.queues is None or queue in self.queues
+
+
+def run_turn(message: Claimed, local: Local) -> Claimed | None:
+    """Run one turn of the job in `message`; drop it if the lease was lost.
+
+    Return a step message this worker claimed for itself in the same transaction,
+    to run next on the same thread (None if there is none).
+    """
     with transaction.atomic():
-        mine = Stream.objects.filter(id=message.id, worker=worker_id, status=StreamStatus.RUNNING)
+        mine = Stream.objects.filter(
+            id=message.id, worker=local.worker_id, status=StreamStatus.RUNNING
+        )
         if not mine.delete()[0]:
             logger.warning("lease lost, turn dropped job=%s", message.job_id)
-            return
+            return None
         job = Job.objects.select_for_update(no_key=True).filter(pk=message.job_id).first()
-        if job is None or job.status in FINISHED_STATUSES:
-            return
-        if job.kind != JobKind.WORKFLOW:
-            return
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT now()")
-            db_now = cursor.fetchone()[0]
-        if job.deadline_at is not None and job.deadline_at <= db_now:
-            finish_job(
-                job.id,
-                JobStatus.FAILED,
-                error={
-                    "type": "WorkflowTimeout",
-                    "message": f"The workflow passed its deadline {job.deadline_at}.",
-                },
-            )
-            return
+        if job is None:
+            return None
+        return _turn(job, local)
+
+
+def continue_after_step(job_id: int, local: Local) -> Claimed | None:
+    """Inside a step's ack: run the job's next turn now instead of queueing it.
+
+    The step's outcome, the replay and the next step's message then commit in one
+    transaction. When another worker holds the job (it is mid-turn) or this worker
+    lacks the workflow's code, queue the turn as usual.
+    """
+    job = (
+        Job.objects.select_for_update(no_key=True, skip_locked=True)
+        .filter(pk=job_id, kind=JobKind.WORKFLOW)
+        .first()
+    )
+    if job is None or not registry.has_workflow(job.name) or not local.serves(job.queue):
+        enqueue_turn(job_id)
+        return None
+    return _turn(job, local)
+
+
+def _turn(job: Job, local: Local) -> Claimed | None:
+    """Replay the locked `job` and write what it asked for."""
+    if job.status in FINISHED_STATUSES or job.kind != JobKind.WORKFLOW:
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT now()")
+        db_now = cursor.fetchone()[0]
+    if job.deadline_at is not None and job.deadline_at <= db_now:
+        finish_job(
+            job.id,
+            JobStatus.FAILED,
+            error={
+                "type": "WorkflowTimeout",
+                "message": f"The workflow passed its deadline {job.deadline_at}.",
+            },
+        )
+        return None
+    try:
+        definition = registry.get_workflow(job.name)
+    except UnknownDefinition as exc:
+        _park(job, str(exc))
+        return None
+    try:
+        args, kwargs = decode_call(job.input)
+    except ValueError as exc:
+        finish_job(job.id, JobStatus.FAILED, error=error_dict(exc, with_traceback=False))
+        return None
+    steps = {step.seq: step for step in Activity.objects.filter(job=job)}
+    signals = list(Signal.objects.filter(job=job, step__isnull=True).order_by("id"))
+    ctx = WorkflowContext(job=job, steps=steps, signals=signals, db_now=db_now)
+    result, error, returned = _replay(ctx, definition.func, args, kwargs)
+    following = _write(ctx, local)
+    if job.started_at is None:
+        Journal.objects.create(job=job, event=JournalEvent.STARTED, name=job.name)
+    if error is not None:
+        logger.info("workflow failed job=%s error=%s", job.workflow_id, type(error).__name__)
+        finish_job(job.id, JobStatus.FAILED, error=error_dict(error))
+        return None
+    if returned:
         try:
-            definition = registry.get_workflow(job.name)
-        except UnknownDefinition as exc:
-            _park(job, str(exc))
-            return
-        try:
-            args, kwargs = decode_call(job.input)
-        except ValueError as exc:
+            output = encode_value(result, what="the workflow's result")
+        except (TypeError, ValueError) as exc:
             finish_job(job.id, JobStatus.FAILED, error=error_dict(exc, with_traceback=False))
-            return
-        steps = {step.seq: step for step in Activity.objects.filter(job=job)}
-        signals = list(Signal.objects.filter(job=job, step__isnull=True).order_by("id"))
-        ctx = WorkflowContext(job=job, steps=steps, signals=signals, db_now=db_now)
-        result, error, returned = _replay(ctx, definition.func, args, kwargs)
-        _write(ctx)
-        if job.started_at is None:
-            Journal.objects.create(job=job, event=JournalEvent.STARTED, name=job.name)
-        if error is not None:
-            logger.info("workflow failed job=%s error=%s", job.workflow_id, type(error).__name__)
-            finish_job(job.id, JobStatus.FAILED, error=error_dict(error))
-        elif returned:
-            try:
-                output = encode_value(result, what="the workflow's result")
-            except (TypeError, ValueError) as exc:
-                finish_job(job.id, JobStatus.FAILED, error=error_dict(exc, with_traceback=False))
-            else:
-                finish_job(job.id, JobStatus.SUCCESSFUL, output=output)
         else:
-            _suspend(job, ctx)
+            finish_job(job.id, JobStatus.SUCCESSFUL, output=output)
+        return None
+    _suspend(job, ctx)
+    return following
 
 
 def _replay(
@@ -145,8 +189,13 @@ def _job_fields(job: Job, ctx: WorkflowContext) -> None:
         Job.objects.filter(pk=job.pk).update(**fields)
 
 
-def _write(ctx: WorkflowContext) -> None:
-    """Write the steps, messages and journal entries the turn produced."""
+def _write(ctx: WorkflowContext, local: Local) -> Claimed | None:
+    """Write the steps, messages and journal entries the turn produced.
+
+    The first new step this worker can run is written already claimed by it (RUNNING,
+    leased, attempt 1) and returned, so the worker runs it next without a round trip
+    through the queue; its lease protects it like any claim.
+    """
     job = ctx.job
     _job_fields(job, ctx)
     journal: list[Journal] = []
@@ -228,11 +277,43 @@ def _write(ctx: WorkflowContext) -> None:
             step__in=ctx.cancelled_timers,
             status=StreamStatus.SCHEDULED,
         ).delete()
+    mine = _take_one(messages, local, ctx.db_now)
     if messages:
         Stream.objects.bulk_create(messages)
     if journal:
         Journal.objects.bulk_create(journal)
     _notify(messages)
+    if mine is None:
+        return None
+    Activity.objects.filter(job=job, seq=mine.step).update(
+        status=JobStatus.RUNNING, attempts=1, started_at=Now()
+    )
+    return Claimed(
+        id=mine.id,
+        kind=mine.kind,
+        job_id=job.id,
+        step=mine.step,
+        name=mine.name,
+        payload=mine.payload,
+        attempts=1,
+        queue=mine.queue,
+    )
+
+
+def _take_one(messages: list[Stream], local: Local, now: datetime.datetime) -> Stream | None:
+    for message in messages:
+        if (
+            message.kind == StreamKind.STEP
+            and local.serves(message.queue)
+            and registry.has_activity(message.name)
+        ):
+            message.status = StreamStatus.RUNNING
+            message.worker = local.worker_id
+            message.attempts = 1
+            message.lease_expires_at = now + datetime.timedelta(seconds=local.lease_seconds)
+            message.claimed_at = now
+            return message
+    return None
 
 
 def _start_children(ctx: WorkflowContext, journal: list[Journal]) -> list[Stream]:
