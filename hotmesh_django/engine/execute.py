@@ -16,13 +16,14 @@ import time
 import uuid
 from typing import Any
 
-from django.db import connections, transaction
+from django.db import connection, connections, transaction
 from django.db.models.functions import Now
+from psycopg.types.json import Jsonb
 
 from hotmesh_django import registry
 from hotmesh_django.engine.claim import Claimed
 from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job
-from hotmesh_django.engine.notify import WORK_CHANNEL
+from hotmesh_django.engine.notify import DONE_CHANNEL, WORK_CHANNEL, tables
 from hotmesh_django.engine.turn import Local, continue_after_step
 from hotmesh_django.exceptions import HotmeshError, NonRetryableError, UnknownDefinition
 from hotmesh_django.models import (
@@ -66,6 +67,53 @@ def _mine(message: Claimed, worker_id: uuid.UUID) -> Any:
     return Stream.objects.filter(id=message.id, worker=worker_id, status=StreamStatus.RUNNING)
 
 
+# The whole success ack of an activity job in one statement (the W1 hot path): drop
+# the message (guarded by worker and status), record the step, finish the job,
+# journal both and wake result() waiters. Activity jobs have no parent and one step.
+_ACK_TASK = """
+WITH m AS (
+    DELETE FROM {stream}
+     WHERE id = %(id)s AND worker = %(worker)s AND status = 'RUNNING'
+ RETURNING job_id
+), a AS (
+    UPDATE {activity} AS x
+       SET status = 'SUCCESSFUL', output = %(output)s, error = NULL,
+           attempts = %(attempts)s, finished_at = now()
+      FROM m WHERE x.job_id = m.job_id AND x.seq = %(step)s
+), j AS (
+    UPDATE {job} AS x
+       SET status = 'SUCCESSFUL', output = %(output)s, error = NULL,
+           finished_at = now(), updated_at = now()
+      FROM m WHERE x.id = m.job_id AND x.status IN ('READY', 'RUNNING', 'WAITING')
+ RETURNING x.id
+), r AS (
+    INSERT INTO {journal} (job_id, step, event, name, attempt, data, created_at)
+    SELECT job_id, %(step)s::int, 'step_completed', %(name)s, %(attempts)s::int, NULL::jsonb,
+           now()
+      FROM m
+    UNION ALL
+    SELECT id, NULL, 'completed', '', NULL, NULL, now() FROM j
+)
+SELECT (SELECT count(*) FROM m),
+       (SELECT count(*) FROM (SELECT pg_notify('{done}', id::text) FROM j) AS n)
+"""
+
+
+def _ack_task(message: Claimed, worker_id: uuid.UUID, output: Any) -> bool:
+    params = {
+        "id": message.id,
+        "worker": worker_id,
+        "output": Jsonb(output),
+        "attempts": message.attempts,
+        "step": message.step,
+        "name": message.name,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_ACK_TASK.format(done=DONE_CHANNEL, **tables()), params)
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
 def ack_success(message: Claimed, local: Local, output: Any) -> tuple[bool, Claimed | None]:
     """Record a successful attempt and, for a workflow step, run the next turn.
 
@@ -73,6 +121,8 @@ def ack_success(message: Claimed, local: Local, output: Any) -> tuple[bool, Clai
     was lost.
     """
     worker_id = local.worker_id
+    if message.kind == "TASK":
+        return _ack_task(message, worker_id, output), None
     following = None
     with transaction.atomic():
         if not _mine(message, worker_id).delete()[0]:
@@ -91,10 +141,7 @@ def ack_success(message: Claimed, local: Local, output: Any) -> tuple[bool, Clai
             name=message.name,
             attempt=message.attempts,
         )
-        if message.kind == "TASK":
-            finish_job(message.job_id, JobStatus.SUCCESSFUL, output=output)
-        else:
-            following = continue_after_step(message.job_id, local)
+        following = continue_after_step(message.job_id, local)
     return True, following
 
 

@@ -26,7 +26,10 @@ Spawn = Callable[..., WorkerProcess]
 
 
 def _running(key: str) -> bool:
-    return Activity.objects.filter(status="RUNNING", input__args__1=key).exists()
+    """True once the activity for `key` is inside its body (it counted the call)."""
+    return Counter.objects.filter(key=key, value__gte=1).exists() and (
+        Activity.objects.filter(status="RUNNING", input__args__1=key).exists()
+    )
 
 
 def test_burst_worker_drains_and_exits(spawn_worker: Spawn) -> None:
