@@ -93,9 +93,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             )
         )
     queues = _number("HOTMESH_QUEUES")
-    if not isinstance(queues, dict) or not all(
-        isinstance(k, str) and isinstance(v, dict) for k, v in queues.items()
-    ):
+    if not isinstance(queues, dict):
         errors.append(
             Error(
                 f"HOTMESH_QUEUES must map queue names to option dicts, not {queues!r}.",
@@ -103,4 +101,16 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 id="hotmesh.E008",
             )
         )
+    else:
+        from hotmesh_django.engine.queues import validate_queue_options
+
+        for name, options in queues.items():
+            errors.extend(
+                Error(
+                    problem,
+                    hint='For example {"emails": {"concurrency": 2, "rate": "100/m"}}.',
+                    id="hotmesh.E008",
+                )
+                for problem in validate_queue_options(str(name), options)
+            )
     return errors

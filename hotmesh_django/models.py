@@ -34,6 +34,7 @@ __all__ = [
     "JobKind",
     "JobStatus",
     "Journal",
+    "Queue",
     "JournalEvent",
     "Schedule",
     "Signal",
@@ -232,6 +233,12 @@ class Stream(models.Model):
                 name="hotmesh_stream_sched_idx",
                 condition=Q(status="SCHEDULED"),
             ),
+            # Concurrency limits count what runs on a queue.
+            models.Index(
+                fields=["queue"],
+                name="hotmesh_stream_running_q_idx",
+                condition=Q(status="RUNNING"),
+            ),
             # Heartbeats extend, and rescue finds, leases of running messages.
             models.Index(
                 fields=["worker", "lease_expires_at"],
@@ -320,6 +327,25 @@ class Worker(models.Model):
 
     def __str__(self) -> str:
         return f"{self.host}:{self.pid}"
+
+
+class Queue(models.Model):
+    """Cluster-wide state of a queue: paused or not, and its rate-limit bucket."""
+
+    name = models.CharField(_("name"), max_length=100, primary_key=True)
+    paused = models.BooleanField(_("paused"), default=False)
+    # Token bucket for HOTMESH_QUEUES[name]["rate"], refilled on each claim.
+    tokens = models.FloatField(_("rate tokens"), null=True, blank=True)
+    refilled_at = models.DateTimeField(_("tokens refilled at"), null=True, blank=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("queue")
+        verbose_name_plural = _("queues")
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class Schedule(models.Model):

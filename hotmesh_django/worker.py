@@ -36,6 +36,7 @@ from django.db.models.functions import Now
 from hotmesh_django import registry
 from hotmesh_django.conf import settings
 from hotmesh_django.engine import claim as claims
+from hotmesh_django.engine import queues as queue_control
 from hotmesh_django.engine.execute import run_step
 from hotmesh_django.engine.notify import WORK_CHANNEL, connect_raw, tables
 from hotmesh_django.engine.turn import Local, run_turn
@@ -89,6 +90,8 @@ class Worker:
         self._next_due: float | None = 0.0  # monotonic time; 0 = look now
         self._rotation = 0
         self._threads: list[threading.Thread] = []
+        self._paused: set[str] = set()
+        self._paused_stale = True  # read the paused queues on the first tick
 
     # -- control -----------------------------------------------------------------------
 
@@ -153,19 +156,32 @@ class Worker:
             self._refresh_next_due()
         if self.all_queues:
             self._discover_queues()
+        if self._paused_stale:
+            self._paused_stale = False
+            self._paused = queue_control.paused_queues()
         free = self._free()
         claimed = 0
-        queues = self.queues
+        queues = [q for q in self.queues if q not in self._paused]
         for i in range(len(queues)):
             if free <= 0:
                 break
             queue = queues[(self._rotation + i) % len(queues)]
-            batch = claims.claim(
-                queue=queue,
-                worker_id=self.id,
-                limit=free,
-                lease_seconds=settings.lease_seconds,
-            )
+            limits = queue_control.limits_for(queue)
+            if limits is None:
+                batch = claims.claim(
+                    queue=queue,
+                    worker_id=self.id,
+                    limit=free,
+                    lease_seconds=settings.lease_seconds,
+                )
+            else:
+                batch = queue_control.claim_limited(
+                    queue=queue,
+                    limits=limits,
+                    worker_id=self.id,
+                    limit=free,
+                    lease_seconds=settings.lease_seconds,
+                )
             for message in batch:
                 with self._lock:
                     self._in_flight += 1
@@ -177,7 +193,13 @@ class Worker:
 
     def _local(self) -> Local:
         queues = None if self.all_queues else frozenset(self.queues)
-        return Local(worker_id=self.id, queues=queues, lease_seconds=settings.lease_seconds)
+        excluded = frozenset(self._paused | set(settings.queues))
+        return Local(
+            worker_id=self.id,
+            queues=queues,
+            lease_seconds=settings.lease_seconds,
+            excluded=excluded,
+        )
 
     def _free(self) -> int:
         return self.concurrency - self._in_flight
@@ -283,6 +305,9 @@ class Worker:
         elif kind == "t":
             self._next_due = 0.0  # look again: a timer may be due sooner now
             self._wake.set()
+        elif payload == "c:queues":
+            self._paused_stale = True  # a queue was paused or resumed
+            self._wake.set()
 
     # -- heartbeat ---------------------------------------------------------------------
 
@@ -301,6 +326,7 @@ class Worker:
         if not WorkerRow.objects.filter(id=self.id).update(last_seen=Now(), **fields):
             self._register()  # another worker took us for dead; we are back
         claims.extend_leases(worker_id=self.id, lease_seconds=lease)
+        self._paused_stale = True  # the floor under the pause/resume NOTIFY
         claims.rescue(stale_seconds=max(lease, 3 * settings.heartbeat_seconds))
 
     def _row_fields(self) -> dict[str, object]:

@@ -111,3 +111,21 @@ def effect_then_fail(key: str) -> None:
 
     Effect.objects.create(key=key)
     raise ValueError("after the write")
+
+
+@activity(name="t.tracked", queue="limited")
+def tracked(key: str, seconds: float) -> None:
+    """Record when this run started and ended, to check concurrency limits."""
+    from tests.models import Interval
+
+    started = time.time()
+    time.sleep(seconds)
+    Interval.objects.create(key=key, started=started, ended=time.time())
+
+
+@activity(name="t.rated", queue="rated")
+def rated(key: str) -> None:
+    from tests.models import Interval
+
+    now = time.time()
+    Interval.objects.create(key=key, started=now, ended=now)

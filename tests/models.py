@@ -15,3 +15,11 @@ class Effect(models.Model):
 
     key = models.CharField(max_length=200)
     created_at = models.DateTimeField(auto_now_add=True)
+
+
+class Interval(models.Model):
+    """When one run of an activity started and ended (time.time() on one host)."""
+
+    key = models.CharField(max_length=200)
+    started = models.FloatField()
+    ended = models.FloatField()

@@ -20,3 +20,5 @@ HOTMESH_POLL_INTERVAL_SECONDS = env.float("HOTMESH_POLL_INTERVAL_SECONDS", defau
 DATABASES["default"]["TEST"] = {  # noqa: F405
     "NAME": env.str("HOTMESH_TEST_DATABASE", default=f"test_hotmesh_{os.getpid()}")
 }
+
+HOTMESH_QUEUES = {"limited": {"concurrency": 2}, "rated": {"rate": "5/s"}}

@@ -54,9 +54,11 @@ class Local:
     worker_id: uuid.UUID
     queues: frozenset[str] | None  # None: every queue
     lease_seconds: float
+    # Paused queues, and limited ones (their claims must go through the limiter).
+    excluded: frozenset[str] = frozenset()
 
     def serves(self, queue: str) -> bool:
-        return self.queues is None or queue in self.queues
+        return (self.queues is None or queue in self.queues) and queue not in self.excluded
 
 
 def run_turn(message: Claimed, local: Local) -> Claimed | None:

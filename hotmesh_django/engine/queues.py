@@ -1,0 +1,217 @@
+"""Queues as a cluster-wide resource: pause/resume, concurrency and rate limits.
+
+Limits come from HOTMESH_QUEUES, e.g. {"emails": {"concurrency": 2, "rate": "100/m"}},
+and hold across every worker on every host: a claim on a limited queue runs under a
+transaction-level advisory lock for that queue, counts what is running, takes tokens
+from the queue's bucket row and claims at most what is left. Queues without limits
+never take that lock, so the common path keeps its speed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import re
+import uuid
+from functools import cache
+
+from django.db import connection, transaction
+from django.db.models import Count
+from django.db.models.functions import Now
+
+from hotmesh_django import registry
+from hotmesh_django.conf import settings
+from hotmesh_django.engine.claim import Claimed, claim
+from hotmesh_django.engine.notify import WORK_CHANNEL, tables
+from hotmesh_django.exceptions import HotmeshError
+from hotmesh_django.models import Job, Queue, Stream
+
+logger = logging.getLogger(__name__)
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$")
+_UNIT_SECONDS = {
+    "s": 1,
+    "sec": 1,
+    "second": 1,
+    "m": 60,
+    "min": 60,
+    "minute": 60,
+    "h": 3600,
+    "hour": 3600,
+    "d": 86400,
+    "day": 86400,
+}
+
+
+class UnknownQueue(HotmeshError, LookupError):
+    """No definition, setting or job uses this queue name."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Rate:
+    """At most `count` starts per `seconds`."""
+
+    count: int
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.count / self.seconds
+
+
+def parse_rate(text: str) -> Rate:
+    """Parse "100/m", "10/s", "5/10s", "1000/h"; raise ValueError otherwise."""
+    match = _RATE.match(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(
+            f"Bad rate {text!r}: write COUNT/PERIOD, e.g. '100/m', '10/s', '5/10s', '1000/h'."
+        )
+    count, multiplier, unit = int(match[1]), int(match[2] or 1), match[3]
+    if count < 1 or multiplier < 1:
+        raise ValueError(f"Bad rate {text!r}: the count and period must be positive.")
+    return Rate(count=count, seconds=float(multiplier * _UNIT_SECONDS[unit]))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Limits:
+    concurrency: int | None = None
+    rate: Rate | None = None
+
+
+def validate_queue_options(name: str, options: object) -> list[str]:
+    """Return what is wrong with one HOTMESH_QUEUES entry (empty when fine)."""
+    problems = []
+    if not isinstance(options, dict):
+        return [f"HOTMESH_QUEUES[{name!r}] must be a dict, not {options!r}."]
+    unknown = set(options) - {"concurrency", "rate"}
+    if unknown:
+        problems.append(
+            f"HOTMESH_QUEUES[{name!r}] has unknown option(s) {', '.join(sorted(unknown))}; "
+            "expected 'concurrency' and/or 'rate'."
+        )
+    concurrency = options.get("concurrency")
+    if concurrency is not None and (
+        isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+    ):
+        problems.append(
+            f"HOTMESH_QUEUES[{name!r}]['concurrency'] must be an integer >= 1, not {concurrency!r}."
+        )
+    if "rate" in options:
+        try:
+            parse_rate(options["rate"])
+        except ValueError as exc:
+            problems.append(f"HOTMESH_QUEUES[{name!r}]['rate']: {exc}")
+    return problems
+
+
+def limits_for(queue: str) -> Limits | None:
+    """Return the limits HOTMESH_QUEUES sets for `queue`, or None for none."""
+    options = settings.queues.get(queue)
+    if not options:
+        return None
+    rate = options.get("rate")
+    return (
+        Limits(concurrency=options.get("concurrency"), rate=parse_rate(rate) if rate else None)
+        if (options.get("concurrency") or rate)
+        else None
+    )
+
+
+@cache
+def _lock_key(queue: str) -> str:
+    return f"hotmesh:queue:{queue}"
+
+
+def claim_limited(
+    *, queue: str, limits: Limits, worker_id: uuid.UUID, limit: int, lease_seconds: float
+) -> list[Claimed]:
+    """Claim from a limited queue without breaking its limits on any host."""
+    t = tables()
+    with transaction.atomic(), connection.cursor() as cursor:
+        # Serialise claimers of this queue only, for the rest of this transaction.
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [_lock_key(queue)])
+        room = limit
+        if limits.concurrency is not None:
+            cursor.execute(
+                f"SELECT count(*) FROM {t['stream']} "  # noqa: S608 - table from _meta
+                "WHERE queue = %s AND status = 'RUNNING'",
+                [queue],
+            )
+            running = cursor.fetchone()[0]  # type: ignore[index]
+            room = min(room, limits.concurrency - running)
+        tokens = None
+        if limits.rate is not None and room > 0:
+            tokens = _refill(queue, limits.rate)
+            room = min(room, math.floor(tokens))
+        if room <= 0:
+            return []
+        batch = claim(queue=queue, worker_id=worker_id, limit=room, lease_seconds=lease_seconds)
+        if tokens is not None and batch:
+            Queue.objects.filter(name=queue).update(tokens=tokens - len(batch))
+        return batch
+
+
+def _refill(queue: str, rate: Rate) -> float:
+    """Top up the queue's token bucket for the time passed; return the tokens now."""
+    Queue.objects.get_or_create(name=queue)
+    row = (
+        Queue.objects.select_for_update()
+        .filter(name=queue)
+        .values_list("tokens", "refilled_at")
+        .get()
+    )
+    with connection.cursor() as c:
+        c.execute("SELECT now()")
+        now = c.fetchone()[0]  # type: ignore[index]
+    tokens, refilled_at = row
+    if tokens is None or refilled_at is None:
+        tokens = float(rate.count)
+    else:
+        elapsed = max(0.0, (now - refilled_at).total_seconds())
+        tokens = min(float(rate.count), tokens + elapsed * rate.per_second)
+    Queue.objects.filter(name=queue).update(tokens=tokens, refilled_at=now)
+    return float(tokens)
+
+
+def known_queues() -> set[str]:
+    """Every queue a definition, HOTMESH_QUEUES, a job or a Queue row names."""
+    names = registry.queues() | set(settings.queues)
+    names |= set(Queue.objects.values_list("name", flat=True))
+    names |= set(Job.objects.values_list("queue", flat=True).distinct())
+    return names
+
+
+def set_paused(queue: str, paused: bool, *, force: bool = False) -> bool:
+    """Pause or resume `queue` on every worker; return whether it changed.
+
+    Raise UnknownQueue for a name nothing uses (a typo), unless `force`.
+    """
+    if not force and queue not in known_queues():
+        raise UnknownQueue(
+            f"Unknown queue {queue!r}: no definition, HOTMESH_QUEUES entry or job uses it. "
+            f"Known queues: {', '.join(sorted(known_queues())) or 'none'}."
+        )
+    with transaction.atomic():
+        Queue.objects.get_or_create(name=queue)
+        changed = bool(
+            Queue.objects.filter(name=queue)
+            .exclude(paused=paused)
+            .update(paused=paused, updated_at=Now())
+        )
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, %s)", [WORK_CHANNEL, "c:queues"])
+            if not paused:
+                cursor.execute("SELECT pg_notify(%s, %s)", [WORK_CHANNEL, f"q:{queue}"])
+    logger.info("queue %s queue=%s changed=%s", "paused" if paused else "resumed", queue, changed)
+    return changed
+
+
+def paused_queues() -> set[str]:
+    return set(Queue.objects.filter(paused=True).values_list("name", flat=True))
+
+
+def depth(queue: str) -> dict[str, int]:
+    """Return {status: count} of the queue's stream messages."""
+    rows = Stream.objects.filter(queue=queue).values("status").annotate(n=Count("id"))
+    return {row["status"]: row["n"] for row in rows.order_by()}

@@ -1,0 +1,73 @@
+"""Queue limits and pause/resume across real worker processes."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from hotmesh_django.models import JobStatus
+from tests import activities as a
+from tests.conftest import WorkerProcess, wait_until
+from tests.models import Counter, Interval
+
+pytestmark = [pytest.mark.process, pytest.mark.django_db(transaction=True)]
+Spawn = Callable[..., WorkerProcess]
+
+
+def _max_overlap(intervals: list[tuple[float, float]]) -> int:
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
+def test_concurrency_limit_holds_across_processes(spawn_worker: Spawn) -> None:
+    handles = [a.tracked.start(f"k{i}", 0.2) for i in range(16)]
+    procs = [spawn_worker("--concurrency", "4") for _ in range(3)]
+    for handle in handles:
+        handle.result(timeout=60)
+    intervals = list(Interval.objects.values_list("started", "ended"))
+    assert len(intervals) == 16
+    assert _max_overlap(intervals) == 2  # the limit, and it was used
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+
+
+def test_rate_limit_holds_across_processes(spawn_worker: Spawn) -> None:
+    handles = [a.rated.start(f"r{i}") for i in range(15)]
+    for _ in range(2):
+        spawn_worker("--concurrency", "4")
+    for handle in handles:
+        handle.result(timeout=60)
+    starts = sorted(Interval.objects.values_list("started", flat=True))
+    # A bucket of 5 refilled at 5/s: at most 5 + 5 starts in any one second.
+    for i, first in enumerate(starts):
+        assert sum(1 for s in starts[i:] if s < first + 1.0) <= 10
+    assert starts[-1] - starts[0] >= 1.5
+
+
+def test_pause_and_resume_a_queue_on_every_worker(spawn_worker: Spawn) -> None:
+    running = a.slow.using(queue="pq").start(1.0, "inflight")
+    spawn_worker("--queues", "pq")
+    wait_until(lambda: Counter.objects.filter(key="inflight").exists(), timeout=20)
+    call_command("hotmesh_ctl", "pause", "pq")
+    waiting = a.add.using(queue="pq").start(1, 1)
+    assert running.result(timeout=10) == 1  # in-flight work finishes
+    time.sleep(1.0)
+    assert waiting.status() == JobStatus.READY  # nothing new is claimed
+    started = time.monotonic()
+    call_command("hotmesh_ctl", "resume", "pq")
+    assert waiting.result(timeout=10) == 2
+    assert time.monotonic() - started < 1.0  # obeyed through NOTIFY, not polling
+
+
+def test_pausing_an_unknown_queue_says_so() -> None:
+    with pytest.raises(CommandError, match="Unknown queue 'nope'"):
+        call_command("hotmesh_ctl", "pause", "nope")
+    call_command("hotmesh_ctl", "pause", "nope", "--force")
