@@ -11,9 +11,9 @@ import logging
 import multiprocessing
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
+from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
@@ -22,8 +22,8 @@ from django.db import connections
 logger = logging.getLogger(__name__)
 
 
-def install_signal_handlers(on_first: Callable[[], None]) -> None:
-    """First SIGTERM/SIGINT calls `on_first`; a second exits at once, non-zero."""
+def install_signal_handlers(on_first: Callable[[], None], on_second: Callable[[], None]) -> None:
+    """Call `on_first` on the first SIGTERM/SIGINT, `on_second` on the next, then exit 1."""
     received = {"count": 0}
 
     def handler(signum: int, frame: FrameType | None) -> None:
@@ -33,51 +33,36 @@ def install_signal_handlers(on_first: Callable[[], None]) -> None:
             on_first()
         else:
             logger.warning("signal=%s again: exiting now", signum)
+            on_second()
             os._exit(1)
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
 
 
-def _child(target: Callable[..., None], kwargs: dict[str, Any]) -> None:
-    target(**kwargs)
-
-
-def run_pool(
-    processes: int, target: Callable[..., None], kwargs: dict[str, Any], graceful_timeout: float
-) -> int:
+def run_pool(processes: int, target: Callable[..., None], kwargs: dict[str, Any]) -> int:
     """Fork `processes` children running `target(**kwargs)`; return an exit code."""
     # Children must not share the parent's sockets to Postgres.
     connections.close_all()
     ctx = multiprocessing.get_context("fork")
     stopping = {"flag": False}
-    children: dict[int, multiprocessing.process.BaseProcess] = {}
+    children: dict[int, BaseProcess] = {}
 
     def spawn(slot: int) -> None:
-        proc = ctx.Process(target=_child, args=(target, kwargs), name=f"hotmesh-worker-{slot}")
+        proc = ctx.Process(target=target, kwargs=kwargs, name=f"hotmesh-worker-{slot}")
         proc.start()
         children[slot] = proc
 
-    def stop() -> None:
-        stopping["flag"] = True
+    def signal_children(signum: int) -> None:
         for proc in children.values():
             if proc.pid and proc.is_alive():
-                os.kill(proc.pid, signal.SIGTERM)
+                os.kill(proc.pid, signum)
 
-    received = {"count": 0}
+    def stop() -> None:
+        stopping["flag"] = True
+        signal_children(signal.SIGTERM)
 
-    def handler(signum: int, frame: FrameType | None) -> None:
-        received["count"] += 1
-        if received["count"] == 1:
-            stop()
-        else:
-            for proc in children.values():
-                if proc.pid and proc.is_alive():
-                    os.kill(proc.pid, signal.SIGKILL)
-            os._exit(1)
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    install_signal_handlers(stop, lambda: signal_children(signal.SIGKILL))
     for slot in range(processes):
         spawn(slot)
     restarts = 0
@@ -87,7 +72,7 @@ def run_pool(
             proc.join(timeout=0.2)
             if proc.is_alive():
                 alive = True
-            elif not stopping["flag"] and proc.exitcode not in (0, None):
+            elif not stopping["flag"] and proc.exitcode != 0:
                 restarts += 1
                 logger.warning("worker process died exitcode=%s; restarting", proc.exitcode)
                 time.sleep(min(5.0, 0.5 * restarts))
@@ -95,10 +80,4 @@ def run_pool(
                 alive = True
         if not alive:
             break
-    codes = [p.exitcode or 0 for p in children.values()]
-    return 0 if all(c == 0 for c in codes) else 1
-
-
-def exit_with(code: int) -> None:
-    sys.stdout.flush()
-    sys.exit(code)
+    return 0 if all(p.exitcode == 0 for p in children.values()) else 1

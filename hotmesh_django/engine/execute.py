@@ -100,7 +100,7 @@ SELECT (SELECT count(*) FROM m),
 
 
 def _ack_task(message: Claimed, worker_id: uuid.UUID, output: Any) -> bool:
-    params = {
+    params: dict[str, Any] = {
         "id": message.id,
         "worker": worker_id,
         "output": Jsonb(output),

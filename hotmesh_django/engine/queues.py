@@ -138,7 +138,7 @@ def claim_limited(
                 "WHERE queue = %s AND status = 'RUNNING'",
                 [queue],
             )
-            running = cursor.fetchone()[0]  # type: ignore[index]
+            running = cursor.fetchone()[0]
             room = min(room, limits.concurrency - running)
         tokens = None
         if limits.rate is not None and room > 0:
@@ -163,7 +163,7 @@ def _refill(queue: str, rate: Rate) -> float:
     )
     with connection.cursor() as c:
         c.execute("SELECT now()")
-        now = c.fetchone()[0]  # type: ignore[index]
+        now = c.fetchone()[0]
     tokens, refilled_at = row
     if tokens is None or refilled_at is None:
         tokens = float(rate.count)

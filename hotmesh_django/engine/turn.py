@@ -287,7 +287,7 @@ def _write(ctx: WorkflowContext, local: Local) -> Claimed | None:
     _notify(messages)
     if mine is None:
         return None
-    Activity.objects.filter(job=job, seq=mine.step).update(
+    Activity.objects.filter(job=job, seq=mine.step or 0).update(
         status=JobStatus.RUNNING, attempts=1, started_at=Now()
     )
     return Claimed(

@@ -48,7 +48,8 @@ def queue_list(value: str) -> list[str]:
 
 def _run_worker(**kwargs: Any) -> None:
     worker = Worker(**kwargs)
-    install_signal_handlers(worker.stop)
+    # A second signal exits at once; the unfinished leases expire and are rescued.
+    install_signal_handlers(worker.stop, lambda: None)
     worker.run()
 
 
@@ -102,6 +103,6 @@ class Command(BaseCommand):
         if options["processes"] == 1:
             _run_worker(**kwargs)
             return
-        code = run_pool(options["processes"], _run_worker, kwargs, options["graceful_timeout"])
+        code = run_pool(options["processes"], _run_worker, kwargs)
         if code:
             raise CommandError("a worker process failed", returncode=code)
