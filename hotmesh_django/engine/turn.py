@@ -85,8 +85,18 @@ def continue_after_step(job_id: int, local: Local) -> Claimed | None:
 
     The step's outcome, the replay and the next step's message then commit in one
     transaction. When another worker holds the job (it is mid-turn) or this worker
-    lacks the workflow's code, queue the turn as usual.
+    lacks the workflow's code, queue the turn as usual. So too while other steps of
+    the job are still pending: a fan-out then replays once per batch of completions
+    (queued turns collapse into one), not once per completion.
     """
+    busy = Activity.objects.filter(
+        job_id=job_id,
+        kind__in=[StepKind.ACTIVITY, StepKind.CHILD],
+        status__in=[JobStatus.READY, JobStatus.RUNNING],
+    ).exists()
+    if busy:
+        enqueue_turn(job_id)
+        return None
     job = (
         Job.objects.select_for_update(no_key=True, skip_locked=True)
         .filter(pk=job_id, kind=JobKind.WORKFLOW)
