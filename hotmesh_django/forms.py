@@ -8,20 +8,24 @@ from typing import Any
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
-from hotmesh_django.serialization import check_size
 from hotmesh_django.exceptions import PayloadTooLarge
+from hotmesh_django.serialization import check_size
 
 
 class SignalForm(forms.Form):
     """A signal name and an optional JSON payload."""
 
     name = forms.CharField(
-        label=_("Signal name"), max_length=255, strip=True,
+        label=_("Signal name"),
+        max_length=255,
+        strip=True,
         widget=forms.TextInput(attrs={"placeholder": "approved", "size": 30}),
         help_text=_("The name the workflow waits for with hm.wait_for_signal()."),
     )
     payload = forms.CharField(
-        label=_("Payload (JSON)"), required=False, strip=True,
+        label=_("Payload (JSON)"),
+        required=False,
+        strip=True,
         widget=forms.Textarea(attrs={"rows": 3, "cols": 50, "placeholder": '{"ok": true}'}),
         help_text=_("Any JSON value; leave empty to send null."),
     )
@@ -49,15 +53,19 @@ class RerunForm(forms.Form):
     """The step to re-run a job from; the choices list the job's steps when known."""
 
     step = forms.IntegerField(
-        label=_("Re-run from step"), min_value=1,
+        label=_("Re-run from step"),
+        min_value=1,
         help_text=_("That step and every later one are forgotten and run again."),
     )
 
-    def __init__(self, *args: Any, steps: list[tuple[int, str]] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, steps: list[tuple[int, str]] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         if steps:
             self.fields["step"] = forms.TypedChoiceField(
-                label=_("Re-run from step"), coerce=int, choices=steps,
+                label=_("Re-run from step"),
+                coerce=int,
+                choices=steps,
                 help_text=self.fields["step"].help_text,
             )

@@ -10,8 +10,7 @@ import hotmesh_django as hm
 from tests.models import Counter
 
 
-@hm.activity(name="admin_tests.flaky",
-             retry=hm.RetryPolicy(max_attempts=2, initial_interval=0.05))
+@hm.activity(name="admin_tests.flaky", retry=hm.RetryPolicy(max_attempts=2, initial_interval=0.05))
 def flaky(key: str, fail_times: int) -> str:
     """Fail the first `fail_times` calls for `key`, then succeed."""
     Counter.objects.get_or_create(key=key)

@@ -40,10 +40,13 @@ class FailedJobFactory(JobFactory):
     status = JobStatus.FAILED
     started_at = factory.LazyFunction(lambda: timezone.now() - datetime.timedelta(seconds=5))
     finished_at = factory.LazyFunction(timezone.now)
-    error = factory.LazyFunction(lambda: {
-        "type": "RuntimeError", "message": "boom",
-        "traceback": "Traceback (most recent call last):\nRuntimeError: boom\n",
-    })
+    error = factory.LazyFunction(
+        lambda: {
+            "type": "RuntimeError",
+            "message": "boom",
+            "traceback": "Traceback (most recent call last):\nRuntimeError: boom\n",
+        }
+    )
 
 
 class ActivityFactory(factory.django.DjangoModelFactory):

@@ -30,8 +30,13 @@ def url(name: str, job: Job) -> str:
 def failed_job(**kwargs) -> Job:
     job = FailedJobFactory(**kwargs)
     ActivityFactory(job=job, seq=1, status=JobStatus.SUCCESSFUL)
-    ActivityFactory(job=job, seq=2, status=JobStatus.FAILED, attempts=2,
-                    error={"type": "RuntimeError", "message": "boom"})
+    ActivityFactory(
+        job=job,
+        seq=2,
+        status=JobStatus.FAILED,
+        attempts=2,
+        error={"type": "RuntimeError", "message": "boom"},
+    )
     return job
 
 
@@ -67,8 +72,7 @@ def test_retry_button_requeues_the_failed_step(admin_client) -> None:
 def test_retry_button_reports_a_skip(admin_client) -> None:
     job = JobFactory(status=JobStatus.SUCCESSFUL)
     response = admin_client.post(url("retry", job), follow=True)
-    assert "0 jobs re-queued; 1 skipped (not FAILED: it is SUCCESSFUL)." in messages_text(
-        response)
+    assert "0 jobs re-queued; 1 skipped (not FAILED: it is SUCCESSFUL)." in messages_text(response)
     assert status(job) == JobStatus.SUCCESSFUL
 
 
@@ -85,7 +89,8 @@ def test_cancel_button(admin_client) -> None:
 def test_signal_button_sends_a_json_payload(admin_client) -> None:
     job = JobFactory(status=JobStatus.WAITING)
     response = admin_client.post(
-        url("signal", job), {"name": "approved", "payload": '{"by": "ops", "n": 2}'}, follow=True)
+        url("signal", job), {"name": "approved", "payload": '{"by": "ops", "n": 2}'}, follow=True
+    )
     assert "1 job sent signal approved." in messages_text(response)
     signal = Signal.objects.get(job=job)
     assert (signal.name, signal.payload) == ("approved", {"by": "ops", "n": 2})
@@ -99,7 +104,9 @@ def test_signal_form_rejects_bad_json_with_a_clear_error(admin_client) -> None:
     response = admin_client.post(url("signal", job), {"name": "approved", "payload": "{oops"})
     assert response.status_code == 400
     html = response.content.decode()
-    assert "The payload is not valid JSON: Expecting property name enclosed in double quotes" in html
+    assert (
+        "The payload is not valid JSON: Expecting property name enclosed in double quotes" in html
+    )
     assert "(line 1, column 2)" in html
     response = admin_client.post(url("signal", job), {"name": "", "payload": "1"})
     assert response.status_code == 400
@@ -123,14 +130,17 @@ def test_signal_to_a_finished_job_is_skipped(admin_client) -> None:
 
 def test_rerun_button_forgets_later_steps(admin_client) -> None:
     job = failed_job()
-    ActivityFactory(job=job, seq=3, kind=StepKind.SIGNAL, name="approved",
-                    status=JobStatus.CANCELLED)
+    ActivityFactory(
+        job=job, seq=3, kind=StepKind.SIGNAL, name="approved", status=JobStatus.CANCELLED
+    )
     response = admin_client.post(url("rerun", job), {"step": "2"}, follow=True)
     assert "1 job re-run from step 2." in messages_text(response)
     assert status(job) == JobStatus.READY
     assert list(Activity.objects.filter(job=job).values_list("seq", flat=True)) == [1]
     assert Journal.objects.get(job=job, event=JournalEvent.RETRIED).data == {
-        "from_step": 2, "by": "admin"}
+        "from_step": 2,
+        "by": "admin",
+    }
 
 
 def test_rerun_reports_missing_step_and_final_jobs(admin_client) -> None:
@@ -151,17 +161,22 @@ def test_rerun_reports_missing_step_and_final_jobs(admin_client) -> None:
 def test_bulk_retry_reports_moved_and_skipped(admin_client) -> None:
     jobs = [failed_job(), failed_job(), JobFactory(status=JobStatus.SUCCESSFUL)]
     response = bulk(admin_client, "retry_failed", jobs)
-    assert "2 jobs re-queued; 1 skipped (not FAILED: it is SUCCESSFUL)." in messages_text(
-        response)
+    assert "2 jobs re-queued; 1 skipped (not FAILED: it is SUCCESSFUL)." in messages_text(response)
     assert [status(j) for j in jobs] == [JobStatus.READY, JobStatus.READY, JobStatus.SUCCESSFUL]
 
 
 def test_bulk_cancel_groups_skip_reasons(admin_client) -> None:
-    jobs = [JobFactory(status=JobStatus.READY), JobFactory(status=JobStatus.WAITING),
-            JobFactory(status=JobStatus.SUCCESSFUL), FailedJobFactory(), FailedJobFactory()]
+    jobs = [
+        JobFactory(status=JobStatus.READY),
+        JobFactory(status=JobStatus.WAITING),
+        JobFactory(status=JobStatus.SUCCESSFUL),
+        FailedJobFactory(),
+        FailedJobFactory(),
+    ]
     response = bulk(admin_client, "cancel_jobs", jobs)
-    assert ("2 jobs cancelled; 3 skipped (2 already finished: FAILED; "
-            "1 already finished: SUCCESSFUL).") in messages_text(response)
+    assert (
+        "2 jobs cancelled; 3 skipped (2 already finished: FAILED; 1 already finished: SUCCESSFUL)."
+    ) in messages_text(response)
 
 
 def test_bulk_signal_shows_a_form_then_sends(admin_client) -> None:
@@ -191,9 +206,15 @@ def test_bulk_select_across_is_capped(admin_client, monkeypatch) -> None:
 
     monkeypatch.setattr(admin_views, "MAX_BULK", 2)
     jobs = [failed_job() for _ in range(3)]
-    response = admin_client.post(reverse(CHANGELIST), {
-        "action": "retry_failed", "_selected_action": [jobs[0].pk], "select_across": "1",
-    }, follow=True)
+    response = admin_client.post(
+        reverse(CHANGELIST),
+        {
+            "action": "retry_failed",
+            "_selected_action": [jobs[0].pk],
+            "select_across": "1",
+        },
+        follow=True,
+    )
     text = messages_text(response)
     assert "2 jobs re-queued; only the first 2 selected were processed, 1 left" in text
     assert sorted(status(j) for j in jobs) == [JobStatus.FAILED, JobStatus.READY, JobStatus.READY]
@@ -218,8 +239,12 @@ def test_viewer_sees_but_cannot_act(viewer_client) -> None:
     response = viewer_client.get(reverse(CHANGELIST))
     assert response.status_code == 200
     assert 'name="action"' not in response.content.decode()
-    for name, data in (("retry", {}), ("cancel", {}), ("rerun", {"step": "1"}),
-                       ("signal", {"name": "go"})):
+    for name, data in (
+        ("retry", {}),
+        ("cancel", {}),
+        ("rerun", {"step": "1"}),
+        ("signal", {"name": "go"}),
+    ):
         assert viewer_client.post(url(name, job), data).status_code == 403
     assert viewer_client.get(url("signal", job)).status_code == 403
     bulk(viewer_client, "retry_failed", [job])
@@ -248,12 +273,51 @@ def test_actions_need_a_csrf_token(admin_user) -> None:
     client = Client(enforce_csrf_checks=True)
     client.force_login(admin_user)
     job = failed_job()
-    for name, data in (("retry", {}), ("cancel", {}), ("rerun", {"step": "1"}),
-                       ("signal", {"name": "go"})):
+    for name, data in (
+        ("retry", {}),
+        ("cancel", {}),
+        ("rerun", {"step": "1"}),
+        ("signal", {"name": "go"}),
+    ):
         assert client.post(url(name, job), data).status_code == 403
-    response = client.post(reverse(CHANGELIST),
-                           {"action": "retry_failed", "_selected_action": [job.pk]})
+    response = client.post(
+        reverse(CHANGELIST), {"action": "retry_failed", "_selected_action": [job.pk]}
+    )
     assert response.status_code == 403
     assert status(job) == JobStatus.FAILED
     page = client.get(url("change", job)).content.decode()
     assert page.count('name="csrfmiddlewaretoken"') >= 3  # one per operation form
+
+
+# -- queues -------------------------------------------------------------------------------
+
+
+def test_pause_and_resume_a_queue(admin_client) -> None:
+    from hotmesh_django.models import Queue
+
+    JobFactory(queue="emails")
+    pause = reverse("admin:hotmesh_django_job_pause_queue")
+    resume = reverse("admin:hotmesh_django_job_resume_queue")
+    response = admin_client.post(pause, {"queue": "emails"}, follow=True)
+    assert "Queue emails paused." in messages_text(response)
+    assert Queue.objects.get(name="emails").paused
+    page = response.content.decode()
+    assert 'hm-badge hm-waiting">paused' in page and ">Resume<" in page
+    response = admin_client.post(pause, {"queue": "emails"}, follow=True)
+    assert "Queue emails was already paused." in messages_text(response)
+    response = admin_client.post(resume, {"queue": "emails"}, follow=True)
+    assert "Queue emails resumed." in messages_text(response)
+    assert not Queue.objects.get(name="emails").paused
+    response = admin_client.post(pause, {"queue": "emials"}, follow=True)
+    assert "Unknown queue 'emials'" in messages_text(response)
+    assert admin_client.get(pause).status_code == 405
+
+
+def test_viewer_cannot_pause_queues(viewer_client) -> None:
+    JobFactory(queue="emails")
+    page = viewer_client.get(reverse("admin:hotmesh_django_job_queues")).content.decode()
+    assert ">Pause<" not in page
+    response = viewer_client.post(
+        reverse("admin:hotmesh_django_job_pause_queue"), {"queue": "emails"}
+    )
+    assert response.status_code == 403

@@ -21,14 +21,21 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "screenshots"
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 
 
 def chromium_path() -> str | None:
-    for candidate in ("/usr/bin/chromium", shutil.which("chromium"),
-                      shutil.which("chromium-browser")):
+    for candidate in (
+        "/usr/bin/chromium",
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+    ):
         if candidate and Path(candidate).exists():
             return candidate
     return None
@@ -46,8 +53,9 @@ def browser_page(monkeypatch):
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     SCREENSHOTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS,
-                                             headless=True)
+        browser = playwright.chromium.launch(
+            executable_path=executable, args=CHROMIUM_ARGS, headless=True
+        )
         context = browser.new_context(viewport={"width": 1360, "height": 900})
         page = context.new_page()
         page.set_default_timeout(15_000)
@@ -64,8 +72,9 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(SCREENSHOTS / f"admin-{name}.png"), full_page=True)
 
 
-def test_operator_retries_and_signals_a_job_to_success(live_server, admin_user, drain,
-                                                       browser_page) -> None:
+def test_operator_retries_and_signals_a_job_to_success(
+    live_server, admin_user, drain, browser_page
+) -> None:
     page = browser_page
     failing = defs.approval.using(workflow_id="order-1001", search={"customer": "acme"})
     handle = failing.start("order-1001", 2)
@@ -75,8 +84,9 @@ def test_operator_retries_and_signals_a_job_to_success(live_server, admin_user, 
     drain()
     assert handle.status() == JobStatus.FAILED
     WorkerFactory(host="web-1", queues=["*"], concurrency=8, in_flight=2)
-    WorkerFactory(host="web-2", queues=["default"], last_seen=timezone.now()
-                  - timezone.timedelta(minutes=10))
+    WorkerFactory(
+        host="web-2", queues=["default"], last_seen=timezone.now() - timezone.timedelta(minutes=10)
+    )
 
     page.goto(f"{live_server.url}/admin/login/?next=/admin/hotmesh_django/job/")
     page.fill("#id_username", admin_user.username)
@@ -120,18 +130,36 @@ def test_operator_retries_and_signals_a_job_to_success(live_server, admin_user, 
     page.reload()
     assert page.locator(".hm-summary .hm-badge").inner_text() == "Successful"
     assert Job.objects.get(workflow_id="order-1001").output == {
-        "receipt": "ok after 3 calls", "decision": {"approved_by": "ops"}}
+        "receipt": "ok after 3 calls",
+        "decision": {"approved_by": "ops"},
+    }
     shot(page, "6-successful-detail")
+
+    page.goto(f"{live_server.url}/admin/hotmesh_django/job/")
+    for workflow_id in ("order-1002", "import-55"):
+        page.locator("#result_list tr", has_text=workflow_id).locator("input.action-select").check()
+    page.select_option("select[name=action]", "send_signal")
+    page.click("button[name=index]")
+    page.wait_for_selector("textarea[name=payload]")
+    shot(page, "7-bulk-signal-form")
+    page.fill("input[name=name]", "approved")
+    page.fill("textarea[name=payload]", "true")
+    page.click("input[type=submit]")
+    page.wait_for_selector(".messagelist")
+    assert (
+        "1 job sent signal approved; 1 skipped (finished: FAILED)."
+        in page.locator(".messagelist").inner_text()
+    )
 
     Worker.objects.filter(host="web-1").update(last_seen=timezone.now())  # a fresh beat
     page.goto(f"{live_server.url}/admin/hotmesh_django/job/queues/")
     page.wait_for_selector("#hm-queue-table")
     assert "none" not in page.locator("#hm-queue-table").inner_text()
-    shot(page, "7-queues")
+    shot(page, "8-queues")
     page.goto(f"{live_server.url}/admin/hotmesh_django/worker/")
     page.wait_for_selector("#result_list")
     listing = page.locator("#result_list").inner_text()
     assert "alive" in listing and "stale" in listing
-    shot(page, "8-workers")
+    shot(page, "9-workers")
     page.goto(f"{live_server.url}/admin/hotmesh_django/")
-    shot(page, "9-app-index")
+    shot(page, "10-app-index")

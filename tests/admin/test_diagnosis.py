@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from hotmesh_django.admin_views import diagnose
-from hotmesh_django.models import Job, JobStatus, StepKind, StreamKind, StreamStatus
+from hotmesh_django.models import Job, JobStatus, Queue, StepKind, StreamKind, StreamStatus
 from tests.admin.factories import (
     ActivityFactory,
     JobFactory,
@@ -64,6 +64,27 @@ def test_stale_and_paused_and_busy_workers() -> None:
     assert "All 4 worker slots serving queue default are busy." in joined(job)
 
 
+def test_paused_queue() -> None:
+    WorkerFactory()
+    Queue.objects.create(name="default", paused=True)
+    job = JobFactory()
+    StreamFactory(job=job)
+    assert "Queue default is paused (since" in joined(job)
+    assert "manage.py hotmesh_ctl resume default" in joined(job)
+
+
+@override_settings(HOTMESH_QUEUES={"default": {"rate": "5/s"}})
+def test_queue_rate_limit() -> None:
+    WorkerFactory()
+    Queue.objects.create(name="default", tokens=0.2, refilled_at=timezone.now())
+    job = JobFactory()
+    StreamFactory(job=job)
+    text = joined(job)
+    assert "Rate limit reached on queue default (5/s): the next start is allowed in about 1" in text
+    Queue.objects.filter(name="default").update(tokens=3)
+    assert "Rate limit" not in joined(job)
+
+
 @override_settings(HOTMESH_QUEUES={"default": {"concurrency": 1}})
 def test_queue_concurrency_limit() -> None:
     WorkerFactory()
@@ -78,14 +99,21 @@ def test_running_step_shows_lease_and_stale_worker() -> None:
     worker = WorkerFactory(host="box", pid=42)
     job = JobFactory(status=JobStatus.RUNNING)
     ActivityFactory(job=job, seq=1, name="charge", status=JobStatus.RUNNING)
-    StreamFactory(job=job, kind=StreamKind.STEP, step=1, name="charge",
-                  status=StreamStatus.RUNNING, worker=worker.id, attempts=2, claimed_at=now,
-                  lease_expires_at=now + datetime.timedelta(seconds=20))
+    StreamFactory(
+        job=job,
+        kind=StreamKind.STEP,
+        step=1,
+        name="charge",
+        status=StreamStatus.RUNNING,
+        worker=worker.id,
+        attempts=2,
+        claimed_at=now,
+        lease_expires_at=now + datetime.timedelta(seconds=20),
+    )
     text = joined(job)
     assert "Step 1 charge is running: lease held by worker box:42 until" in text
     assert "(claimed" in text and "attempt 2)" in text
-    type(worker).objects.filter(pk=worker.pk).update(
-        last_seen=now - datetime.timedelta(hours=1))
+    type(worker).objects.filter(pk=worker.pk).update(last_seen=now - datetime.timedelta(hours=1))
     from hotmesh_django.models import Stream
 
     Stream.objects.filter(job=job).update(lease_expires_at=now - datetime.timedelta(seconds=5))
@@ -97,12 +125,29 @@ def test_running_step_shows_lease_and_stale_worker() -> None:
 def test_waiting_for_signal_sleep_and_children() -> None:
     now = timezone.now()
     job = JobFactory(status=JobStatus.WAITING)
-    ActivityFactory(job=job, seq=1, kind=StepKind.SLEEP, name="sleep", status=JobStatus.WAITING,
-                    wake_at=now + datetime.timedelta(minutes=10))
-    StreamFactory(job=job, kind=StreamKind.TIMER, step=1, status=StreamStatus.SCHEDULED,
-                  visible_at=now + datetime.timedelta(minutes=10))
-    ActivityFactory(job=job, seq=2, kind=StepKind.SIGNAL, name="approved",
-                    status=JobStatus.WAITING, wake_at=now + datetime.timedelta(hours=1))
+    ActivityFactory(
+        job=job,
+        seq=1,
+        kind=StepKind.SLEEP,
+        name="sleep",
+        status=JobStatus.WAITING,
+        wake_at=now + datetime.timedelta(minutes=10),
+    )
+    StreamFactory(
+        job=job,
+        kind=StreamKind.TIMER,
+        step=1,
+        status=StreamStatus.SCHEDULED,
+        visible_at=now + datetime.timedelta(minutes=10),
+    )
+    ActivityFactory(
+        job=job,
+        seq=2,
+        kind=StepKind.SIGNAL,
+        name="approved",
+        status=JobStatus.WAITING,
+        wake_at=now + datetime.timedelta(hours=1),
+    )
     JobFactory(parent=job, status=JobStatus.RUNNING, workflow_id="kid-1")
     JobFactory(parent=job, status=JobStatus.READY, workflow_id="kid-2")
     JobFactory(parent=job, status=JobStatus.SUCCESSFUL)
@@ -120,11 +165,19 @@ def test_scheduled_start_retry_and_deadline() -> None:
     later = now + datetime.timedelta(minutes=2)
     job = JobFactory(deadline_at=later + datetime.timedelta(hours=1))
     StreamFactory(job=job, kind=StreamKind.TIMER, status=StreamStatus.SCHEDULED, visible_at=later)
-    StreamFactory(job=job, kind=StreamKind.TIMER, status=StreamStatus.SCHEDULED,
-                  visible_at=job.deadline_at)
+    StreamFactory(
+        job=job, kind=StreamKind.TIMER, status=StreamStatus.SCHEDULED, visible_at=job.deadline_at
+    )
     ActivityFactory(job=job, seq=1, name="charge", status=JobStatus.READY)
-    StreamFactory(job=job, kind=StreamKind.STEP, step=1, name="charge", attempts=1,
-                  status=StreamStatus.SCHEDULED, visible_at=later)
+    StreamFactory(
+        job=job,
+        kind=StreamKind.STEP,
+        step=1,
+        name="charge",
+        attempts=1,
+        status=StreamStatus.SCHEDULED,
+        visible_at=later,
+    )
     text = joined(job)
     assert "Scheduled for" in text and "a delayed start or a timer" in text
     assert "Deadline: the workflow fails with WorkflowTimeout" in text
@@ -139,10 +192,16 @@ def test_nothing_queued_is_a_warning() -> None:
 
 
 def test_parked_job_says_why() -> None:
-    job = JobFactory(status=JobStatus.WAITING, error={
-        "type": "UnknownWorkflow", "message": "Unknown workflow 'x.y'"})
-    StreamFactory(job=job, kind=StreamKind.TIMER, status=StreamStatus.SCHEDULED,
-                  visible_at=timezone.now() + datetime.timedelta(seconds=30))
+    job = JobFactory(
+        status=JobStatus.WAITING,
+        error={"type": "UnknownWorkflow", "message": "Unknown workflow 'x.y'"},
+    )
+    StreamFactory(
+        job=job,
+        kind=StreamKind.TIMER,
+        status=StreamStatus.SCHEDULED,
+        visible_at=timezone.now() + datetime.timedelta(seconds=30),
+    )
     assert "Parked: Unknown workflow 'x.y'. It looks again" in joined(job)
 
 

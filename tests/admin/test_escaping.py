@@ -36,29 +36,62 @@ def hostile_job():
     now = timezone.now()
     parent = JobFactory(workflow_id=f"parent-{XSS}", name=XSS, status=JobStatus.WAITING)
     job = JobFactory(
-        workflow_id=f"wid-{XSS}{ATTR}", name=f"name-{XSS}", queue=f"q-{XSS}",
-        status=JobStatus.WAITING, started_at=now - datetime.timedelta(seconds=3),
-        parent=parent, parent_step=1,
+        workflow_id=f"wid-{XSS}{ATTR}",
+        name=f"name-{XSS}",
+        queue=f"q-{XSS}",
+        status=JobStatus.WAITING,
+        started_at=now - datetime.timedelta(seconds=3),
+        parent=parent,
+        parent_step=1,
         input={"args": [XSS, ATTR], "kwargs": {XSS: XSS}},
         output={"html": XSS},
         error={"type": XSS, "message": f"message {XSS}", "traceback": f"Traceback {XSS}"},
         search={XSS: XSS, "customer": ATTR},
     )
     child = JobFactory(workflow_id=f"child-{XSS}", parent=job, parent_step=3, name=XSS)
-    ActivityFactory(job=job, seq=1, name=f"act-{XSS}", status=JobStatus.FAILED, attempts=2,
-                    error={"type": XSS, "message": XSS}, started_at=now, finished_at=now)
-    ActivityFactory(job=job, seq=2, kind=StepKind.SIGNAL, name=f"sig-{XSS}",
-                    status=JobStatus.WAITING, wake_at=now + datetime.timedelta(minutes=5))
-    ActivityFactory(job=job, seq=3, kind=StepKind.CHILD, name=XSS, child=child,
-                    status=JobStatus.RUNNING)
-    JournalFactory(job=job, step=1, event=JournalEvent.STEP_RETRIED, name=XSS, attempt=1,
-                   data={"error": {"message": XSS}, "delay": 1})
-    JournalFactory(job=job, event=JournalEvent.SIGNAL_RECEIVED, name=f"sig-{XSS}",
-                   data={"payload": XSS})
+    ActivityFactory(
+        job=job,
+        seq=1,
+        name=f"act-{XSS}",
+        status=JobStatus.FAILED,
+        attempts=2,
+        error={"type": XSS, "message": XSS},
+        started_at=now,
+        finished_at=now,
+    )
+    ActivityFactory(
+        job=job,
+        seq=2,
+        kind=StepKind.SIGNAL,
+        name=f"sig-{XSS}",
+        status=JobStatus.WAITING,
+        wake_at=now + datetime.timedelta(minutes=5),
+    )
+    ActivityFactory(
+        job=job, seq=3, kind=StepKind.CHILD, name=XSS, child=child, status=JobStatus.RUNNING
+    )
+    JournalFactory(
+        job=job,
+        step=1,
+        event=JournalEvent.STEP_RETRIED,
+        name=XSS,
+        attempt=1,
+        data={"error": {"message": XSS}, "delay": 1},
+    )
+    JournalFactory(
+        job=job, event=JournalEvent.SIGNAL_RECEIVED, name=f"sig-{XSS}", data={"payload": XSS}
+    )
     SignalFactory(job=job, name=f"sig-{XSS}", payload={"x": XSS})
     StreamFactory(job=job, queue=f"q-{XSS}", name=XSS, status=StreamStatus.READY)
-    StreamFactory(job=job, queue=f"q-{XSS}", name=XSS, step=1, kind="STEP",
-                  status=StreamStatus.SCHEDULED, visible_at=now + datetime.timedelta(seconds=30))
+    StreamFactory(
+        job=job,
+        queue=f"q-{XSS}",
+        name=XSS,
+        step=1,
+        kind="STEP",
+        status=StreamStatus.SCHEDULED,
+        visible_at=now + datetime.timedelta(seconds=30),
+    )
     WorkerFactory(host=XSS, queues=[f"q-{XSS}"])
     return job
 
@@ -87,14 +120,25 @@ def test_job_pages_escape_everything(admin_client, hostile_job) -> None:
 
 def test_bulk_form_and_messages_escape(admin_client, hostile_job) -> None:
     changelist = reverse("admin:hotmesh_django_job_changelist")
-    response = admin_client.post(changelist, {
-        "action": "send_signal", "_selected_action": [hostile_job.pk],
-    })
+    response = admin_client.post(
+        changelist,
+        {
+            "action": "send_signal",
+            "_selected_action": [hostile_job.pk],
+        },
+    )
     assert_inert(response.content.decode())
-    response = admin_client.post(changelist, {
-        "action": "send_signal", "_selected_action": [hostile_job.pk], "apply": "1",
-        "name": XSS, "payload": json.dumps(ATTR),
-    }, follow=True)
+    response = admin_client.post(
+        changelist,
+        {
+            "action": "send_signal",
+            "_selected_action": [hostile_job.pk],
+            "apply": "1",
+            "name": XSS,
+            "payload": json.dumps(ATTR),
+        },
+        follow=True,
+    )
     html = response.content.decode()
     assert "1 job sent signal &lt;script&gt;" in html
     assert_inert(html)

@@ -108,7 +108,8 @@ def test_failing_workflow_detail_shows_traceback(admin_client, drain) -> None:
     job = job_of(handle)
     assert job.status == JobStatus.FAILED
     content = admin_client.get(
-        reverse("admin:hotmesh_django_job_change", args=[job.pk])).content.decode()
+        reverse("admin:hotmesh_django_job_change", args=[job.pk])
+    ).content.decode()
     assert '<pre class="hm-traceback">Traceback' in content
     assert "it broke" in content
     assert "hm-tl-failed" in content

@@ -7,7 +7,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from hotmesh_django.admin_views import EstimatedCountPaginator, distinct_values
+from hotmesh_django.admin import EstimatedCountPaginator, distinct_values
 from hotmesh_django.models import Job, JobStatus
 from tests.admin.factories import ActivityFactory, JobFactory
 
@@ -20,8 +20,11 @@ CHANGELIST = "admin:hotmesh_django_job_changelist"
 def fifty_jobs() -> list[Job]:
     jobs = []
     for i in range(50):
-        job = JobFactory(name=f"n{i % 5}", queue=f"q{i % 3}",
-                         status=JobStatus.FAILED if i % 2 else JobStatus.SUCCESSFUL)
+        job = JobFactory(
+            name=f"n{i % 5}",
+            queue=f"q{i % 3}",
+            status=JobStatus.FAILED if i % 2 else JobStatus.SUCCESSFUL,
+        )
         ActivityFactory(job=job, seq=1, attempts=1)
         ActivityFactory(job=job, seq=2, attempts=2, kind="SLEEP")
         jobs.append(job)
@@ -29,8 +32,9 @@ def fifty_jobs() -> list[Job]:
 
 
 @pytest.mark.parametrize("query", ["", "?status__exact=FAILED", "?q=customer%3D1", "?p=2"])
-def test_changelist_query_count_is_bounded(admin_client, fifty_jobs, query,
-                                           django_assert_max_num_queries) -> None:
+def test_changelist_query_count_is_bounded(
+    admin_client, fifty_jobs, query, django_assert_max_num_queries
+) -> None:
     # session, user, count, rows, distinct names, distinct queues (+ savepoints)
     with django_assert_max_num_queries(10):
         response = admin_client.get(reverse(CHANGELIST) + query)

@@ -19,37 +19,65 @@ def at(seconds: float) -> datetime.datetime:
 
 
 def job(**kwargs) -> Job:
-    fields = {"pk": 1, "workflow_id": "wf", "name": "w", "status": JobStatus.SUCCESSFUL,
-              "created_at": T0, "started_at": at(1), "finished_at": at(100), "updated_at": at(100)}
+    fields = {
+        "pk": 1,
+        "workflow_id": "wf",
+        "name": "w",
+        "status": JobStatus.SUCCESSFUL,
+        "created_at": T0,
+        "started_at": at(1),
+        "finished_at": at(100),
+        "updated_at": at(100),
+    }
     return Job(**{**fields, **kwargs})
 
 
 def step(seq: int, **kwargs) -> Activity:
-    fields = {"job_id": 1, "seq": seq, "kind": StepKind.ACTIVITY, "name": f"s{seq}",
-              "status": JobStatus.SUCCESSFUL, "attempts": 1, "created_at": at(2)}
+    fields = {
+        "job_id": 1,
+        "seq": seq,
+        "kind": StepKind.ACTIVITY,
+        "name": f"s{seq}",
+        "status": JobStatus.SUCCESSFUL,
+        "attempts": 1,
+        "created_at": at(2),
+    }
     return Activity(**{**fields, **kwargs})
 
 
 def spans(svg: str, kind: str) -> list[tuple[float, float]]:
-    found = re.findall(rf'<rect x="([\d.]+)" y="[\d.]+" width="([\d.]+)"[^>]*class="hm-tl-{kind}"',
-                       svg)
+    found = re.findall(
+        rf'<rect x="([\d.]+)" y="[\d.]+" width="([\d.]+)"[^>]*class="hm-tl-{kind}"', svg
+    )
     return [(float(x), float(w)) for x, w in found]
 
 
 def test_activity_with_retries_shows_attempts_backoff_queue_and_run() -> None:
     s = step(1, attempts=3, started_at=at(30), finished_at=at(40))
     events = [
-        Journal(job_id=1, step=1, event=JournalEvent.STEP_RETRIED, attempt=1, created_at=at(5),
-                data={"delay": 5}),
-        Journal(job_id=1, step=1, event=JournalEvent.STEP_RETRIED, attempt=2, created_at=at(15),
-                data={"delay": 10}),
+        Journal(
+            job_id=1,
+            step=1,
+            event=JournalEvent.STEP_RETRIED,
+            attempt=1,
+            created_at=at(5),
+            data={"delay": 5},
+        ),
+        Journal(
+            job_id=1,
+            step=1,
+            event=JournalEvent.STEP_RETRIED,
+            attempt=2,
+            created_at=at(15),
+            data={"delay": 10},
+        ),
     ]
     svg = str(timeline.render(job(), [s], events, at(100)))
     assert len(spans(svg, "attempt")) == 2
     assert len(spans(svg, "backoff")) == 2
     queued = spans(svg, "queued")  # the job's wait to start, then the step's last wait
     assert len(queued) == 2
-    (x, w), = spans(svg, "succeeded")
+    ((x, w),) = spans(svg, "succeeded")
     scale = timeline.CHART_WIDTH / 100
     assert x == pytest.approx(timeline.LABEL_WIDTH + 30 * scale, abs=0.2)
     assert w == pytest.approx(10 * scale, abs=0.2)
@@ -76,7 +104,7 @@ def test_running_job_is_drawn_up_to_now() -> None:
     running = job(status=JobStatus.RUNNING, finished_at=None)
     s = step(1, status=JobStatus.RUNNING, started_at=at(10), finished_at=None)
     svg = str(timeline.render(running, [s], [], at(20)))
-    (x, w), = spans(svg, "running")
+    ((x, w),) = spans(svg, "running")
     assert x + w == pytest.approx(timeline.LABEL_WIDTH + timeline.CHART_WIDTH, abs=0.2)
 
 
@@ -89,9 +117,21 @@ def test_many_steps_are_cut_with_a_note() -> None:
 
 def test_names_are_escaped() -> None:
     s = step(1, name="<script>alert(1)</script>")
-    svg = str(timeline.render(job(workflow_id="<b>x</b>"), [s], [
-        Journal(job_id=1, event=JournalEvent.SIGNAL_RECEIVED, name="<i>sig</i>", created_at=at(3))
-    ], at(100)))
+    svg = str(
+        timeline.render(
+            job(workflow_id="<b>x</b>"),
+            [s],
+            [
+                Journal(
+                    job_id=1,
+                    event=JournalEvent.SIGNAL_RECEIVED,
+                    name="<i>sig</i>",
+                    created_at=at(3),
+                )
+            ],
+            at(100),
+        )
+    )
     assert "<script>" not in svg and "<b>" not in svg and "<i>" not in svg
     assert "&lt;script&gt;" in svg
 
@@ -99,16 +139,31 @@ def test_names_are_escaped() -> None:
 def test_zero_length_job_and_future_times() -> None:
     now = timezone.now()
     instant = job(created_at=now, started_at=now, finished_at=now, updated_at=now)
-    s = step(1, kind=StepKind.SLEEP, created_at=now, wake_at=now + datetime.timedelta(days=1),
-             status=JobStatus.WAITING, finished_at=None)
+    s = step(
+        1,
+        kind=StepKind.SLEEP,
+        created_at=now,
+        wake_at=now + datetime.timedelta(days=1),
+        status=JobStatus.WAITING,
+        finished_at=None,
+    )
     svg = str(timeline.render(instant, [s], [], now))
     assert spans(svg, "sleep")
 
 
-@pytest.mark.parametrize(("seconds", "text"), [
-    (None, "—"), (0.25, "250 ms"), (3.21, "3.2 s"), (42, "42 s"), (200, "3 min 20 s"),
-    (7200, "2 h"), (90000, "25 h"), (200000, "2 d 7 h"),
-])
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (None, "—"),
+        (0.25, "250 ms"),
+        (3.21, "3.2 s"),
+        (42, "42 s"),
+        (200, "3 min 20 s"),
+        (7200, "2 h"),
+        (90000, "25 h"),
+        (200000, "2 d 7 h"),
+    ],
+)
 def test_human_duration(seconds, text) -> None:
     assert timeline.human_duration(seconds) == text
 
@@ -121,7 +176,7 @@ def test_operator_retry_resumes_the_lane_at_the_retry() -> None:
     ]
     svg = str(timeline.render(job(), [s], events, at(100)))
     scale = timeline.CHART_WIDTH / 100
-    (fx, fw), = spans(svg, "failed")
+    ((fx, fw),) = spans(svg, "failed")
     assert fx + fw == pytest.approx(timeline.LABEL_WIDTH + 10 * scale, abs=0.2)
     step_queued = spans(svg, "queued")[-1]
     assert step_queued[0] == pytest.approx(timeline.LABEL_WIDTH + 50 * scale, abs=0.2)
