@@ -7,9 +7,12 @@ from typing import Any
 
 from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Error, Tags, register
-from django.db import connections
+from django.db import DatabaseError, connections, transaction
 
+from hotmesh_django import registry
 from hotmesh_django.conf import DEFAULTS
+from hotmesh_django.engine.schedules import validate_schedule
+from hotmesh_django.models import Schedule
 
 _POSITIVE_NUMBERS = {
     "HOTMESH_LEASE_SECONDS": "hotmesh.E002",
@@ -83,6 +86,18 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                         id="hotmesh.E005",
                     )
                 )
+    from hotmesh_django.engine.prune import prune_after_seconds
+
+    try:
+        prune_after_seconds()
+    except ValueError as exc:
+        errors.append(
+            Error(
+                str(exc),
+                hint="For example HOTMESH_PRUNE_AFTER_SECONDS = 7 * 86400, or None for off.",
+                id="hotmesh.E009",
+            )
+        )
     size = _number("HOTMESH_MAX_PAYLOAD_BYTES")
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         errors.append(
@@ -112,5 +127,41 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                     id="hotmesh.E008",
                 )
                 for problem in validate_queue_options(str(name), options)
+            )
+    return errors
+
+
+@register()
+def check_schedules(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """hotmesh.E010: every declared schedule, and with --database every Schedule row,
+    has a valid cron expression and timezone."""
+    found: list[tuple[str, Any, Any]] = [
+        (f"@workflow {d.name!r}", d.schedule, d.timezone)
+        for d in registry.workflows().values()
+        if d.schedule is not None
+    ]
+    # The table is read only when the caller asked for database checks (migrate,
+    # check --database): plain `check` must work before the database exists.
+    for alias in databases or ():
+        try:
+            with transaction.atomic(using=alias):
+                rows = list(Schedule.objects.using(alias).values_list("name", "cron", "timezone"))
+        except DatabaseError:
+            continue  # not migrated yet
+        found += [(f"Schedule {name!r}", cron, tz) for name, cron, tz in rows]
+    errors: list[CheckMessage] = []
+    for where, cron, tz in found:
+        try:
+            validate_schedule(cron, tz)
+        except ValueError as exc:
+            errors.append(
+                Error(
+                    f"{where}: {exc}",
+                    hint="Fix it in the admin or the decorator; a schedule that does not "
+                    "parse never fires.",
+                    id="hotmesh.E010",
+                )
             )
     return errors

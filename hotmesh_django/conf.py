@@ -19,6 +19,8 @@ DEFAULTS: dict[str, Any] = {
     "HOTMESH_MAX_PAYLOAD_BYTES": 1_048_576,
     # Per-queue options, e.g. {"emails": {"concurrency": 2, "rate": "100/m"}}.
     "HOTMESH_QUEUES": {},
+    # Delete finished jobs this long after they finish (None: keep them).
+    "HOTMESH_PRUNE_AFTER_SECONDS": None,
 }
 
 

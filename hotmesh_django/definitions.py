@@ -168,6 +168,10 @@ class WorkflowDefinition(Generic[P, R]):
     queue: str = DEFAULT_QUEUE
     timeout: float | None = None
     priority: int = 0
+    # A cron expression: every worker's heartbeat starts the workflow once per slot.
+    schedule: str | None = None
+    # The IANA timezone `schedule` is read in.
+    timezone: str = "UTC"
     options: StartOptions = dataclasses.field(default_factory=StartOptions)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -273,6 +277,8 @@ def workflow(
     queue: str = DEFAULT_QUEUE,
     timeout: float | datetime.timedelta | None = None,
     priority: int = 0,
+    schedule: str | None = None,
+    timezone: str = "UTC",
 ) -> Callable[[Callable[P, R]], WorkflowDefinition[P, R]]: ...
 def workflow(
     func: Callable[P, R] | None = None,
@@ -282,12 +288,24 @@ def workflow(
     queue: str = DEFAULT_QUEUE,
     timeout: float | datetime.timedelta | None = None,
     priority: int = 0,
+    schedule: str | None = None,
+    timezone: str = "UTC",
 ) -> WorkflowDefinition[P, R] | Callable[[Callable[P, R]], WorkflowDefinition[P, R]]:
-    """Register a module-level function as a durable workflow."""
+    """Register a module-level function as a durable workflow.
+
+    With `schedule` (a cron expression read in `timezone`), workers also start it
+    once per cron slot, with no arguments. Raise ValueError for a bad cron
+    expression or an unknown timezone.
+    """
     _check_common(name, queue, priority)
     timeout_s = _seconds(timeout, "timeout")
     if timeout_s == 0:
         raise ValueError("timeout must be positive.")
+    if schedule is not None:
+        # Imported here: the engine needs the models, which definitions must not.
+        from hotmesh_django.engine.schedules import validate_schedule
+
+        validate_schedule(schedule, timezone)
 
     def decorate(f: Callable[P, R]) -> WorkflowDefinition[P, R]:
         _check_function(f, "workflow")
@@ -297,6 +315,8 @@ def workflow(
             queue=queue,
             timeout=timeout_s,
             priority=priority,
+            schedule=schedule,
+            timezone=timezone,
         )
         registry.register_workflow(definition)
         return definition

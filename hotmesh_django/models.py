@@ -117,6 +117,12 @@ class Job(models.Model):
         indexes = [
             models.Index(fields=["status", "-id"], name="hotmesh_job_status_idx"),
             GinIndex(fields=["search"], name="hotmesh_job_search_gin"),
+            # Retention and "finished lately" read finished jobs by age.
+            models.Index(
+                fields=["finished_at"],
+                name="hotmesh_job_finished_idx",
+                condition=Q(finished_at__isnull=False),
+            ),
         ]
         constraints = [
             _status_check("job", "status", JobStatus),

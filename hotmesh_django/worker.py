@@ -36,6 +36,7 @@ from django.db.models.functions import Now
 from hotmesh_django import registry
 from hotmesh_django.conf import settings
 from hotmesh_django.engine import claim as claims
+from hotmesh_django.engine import prune, schedules
 from hotmesh_django.engine import queues as queue_control
 from hotmesh_django.engine.execute import run_step
 from hotmesh_django.engine.notify import WORK_CHANNEL, connect_raw, tables
@@ -142,7 +143,11 @@ class Worker:
                     self._stopping.wait(_jitter(delay))
                     continue
                 if self.burst and claimed == 0 and self._drained():
-                    break
+                    # Look once more: a runner that finished after the claim above
+                    # may have queued the next turn (in_flight is 0, so it committed).
+                    if self._tick() == 0:
+                        break
+                    continue
                 if claimed == 0 or self._free() == 0:
                     self._wait()
         finally:
@@ -150,6 +155,8 @@ class Worker:
 
     def _tick(self) -> int:
         """Promote due timers, then claim into free slots; return how many claimed."""
+        # Cleared before looking, so a NOTIFY that lands while we claim is not lost.
+        self._wake.clear()
         now = time.monotonic()
         if self._next_due is not None and self._next_due <= now:
             claims.promote_due()
@@ -205,11 +212,11 @@ class Worker:
         return self.concurrency - self._in_flight
 
     def _wait(self) -> None:
-        timeout = settings.poll_interval_seconds
+        # Jitter spreads the polling of a fleet; a due timer is waited for exactly.
+        timeout = _jitter(settings.poll_interval_seconds)
         if self._next_due is not None:
             timeout = min(timeout, max(0.0, self._next_due - time.monotonic()))
-        self._wake.wait(_jitter(timeout) if timeout > 0 else 0)
-        self._wake.clear()
+        self._wake.wait(timeout)
 
     def _refresh_next_due(self) -> None:
         seconds = claims.seconds_until_next_due()
@@ -328,6 +335,9 @@ class Worker:
         claims.extend_leases(worker_id=self.id, lease_seconds=lease)
         self._paused_stale = True  # the floor under the pause/resume NOTIFY
         claims.rescue(stale_seconds=max(lease, 3 * settings.heartbeat_seconds))
+        # Cron slots and retention, each run by whichever worker wins its lock.
+        schedules.tick()
+        prune.auto_prune()
 
     def _row_fields(self) -> dict[str, object]:
         return {

@@ -65,3 +65,9 @@ def test_non_postgres_database_fails_the_system_check(tmp_path: Any) -> None:
     )
     assert result.returncode != 0
     assert "hotmesh.E001" in result.stderr and "needs PostgreSQL" in result.stderr
+
+
+@pytest.mark.parametrize("value", [0, -5, "7d", True])
+def test_bad_prune_setting_is_reported(value: Any) -> None:
+    with override_settings(HOTMESH_PRUNE_AFTER_SECONDS=value):
+        assert "hotmesh.E009" in _ids(check_settings())
