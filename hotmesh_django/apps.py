@@ -14,11 +14,14 @@ class HotmeshConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from hotmesh_django import checks  # noqa: F401 - registers the system checks
-        from hotmesh_django.conf import settings
-
         # Definitions register themselves on import, so every process that might
         # start or run them (web, shell, worker) sees the same registry.
+        from hotmesh_django import (
+            checks,  # noqa: F401 - registers the system checks
+            tasks,  # noqa: F401 - registers the TASKS backend's activity
+        )
+        from hotmesh_django.conf import settings
+
         autodiscover_modules("activities", "workflows")
         for module in settings.imports:
             # A module that fails to import is reported by the hotmesh.E005 check.

@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from django.contrib.postgres.indexes import GinIndex
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Now
@@ -116,7 +115,8 @@ class Job(models.Model):
         ordering = ["-id"]
         indexes = [
             models.Index(fields=["status", "-id"], name="hotmesh_job_status_idx"),
-            GinIndex(fields=["search"], name="hotmesh_job_search_gin"),
+            # search also has a GIN index, hotmesh_job_search_gin, created by SQL in
+            # migration 0001 so the app does not need django.contrib.postgres.
             # Retention and "finished lately" read finished jobs by age.
             models.Index(
                 fields=["finished_at"],

@@ -33,7 +33,7 @@ from django.db import (
 )
 from django.db.models.functions import Now
 
-from hotmesh_django import registry
+from hotmesh_django import metrics, registry, tracing
 from hotmesh_django.conf import settings
 from hotmesh_django.engine import claim as claims
 from hotmesh_django.engine import prune, schedules
@@ -58,7 +58,8 @@ def dispatch(message: claims.Claimed, local: Local) -> None:
     following: claims.Claimed | None = message
     while following is not None:
         if following.kind in ("TURN", "TIMER"):
-            following = run_turn(following, local)
+            with tracing.span("hotmesh.turn", job_id=following.job_id, queue=following.queue):
+                following = run_turn(following, local)
         else:
             following = run_step(following, local)
 
@@ -173,6 +174,7 @@ class Worker:
             if free <= 0:
                 break
             queue = queues[(self._rotation + i) % len(queues)]
+            began = time.monotonic()
             limits = queue_control.limits_for(queue)
             if limits is None:
                 batch = claims.claim(
@@ -189,6 +191,7 @@ class Worker:
                     limit=free,
                     lease_seconds=settings.lease_seconds,
                 )
+            metrics.observe_claim(queue, time.monotonic() - began, len(batch))
             for message in batch:
                 with self._lock:
                     self._in_flight += 1

@@ -6,13 +6,15 @@ and the parent's wake-up commit together or not at all.
 
 from __future__ import annotations
 
+import functools
 import logging
 import traceback as tb
 from typing import Any
 
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models.functions import Now
 
+from hotmesh_django import metrics
 from hotmesh_django.engine.notify import DONE_CHANNEL, WORK_CHANNEL, tables
 from hotmesh_django.models import (
     ACTIVE_STATUSES,
@@ -95,6 +97,7 @@ def finish_job(
     Journal.objects.create(job_id=job_id, event=_FINAL_EVENTS[status], data=data or error or None)
     notify_done(job_id)
     parent = Job.objects.filter(pk=job_id).values_list("parent_id", "parent_step", "name").get()
+    transaction.on_commit(functools.partial(metrics.job_finished, parent[2], status))
     if parent[0] is not None and parent[1] is not None:
         _wake_parent(parent[0], parent[1], parent[2], status, output, error)
     return True

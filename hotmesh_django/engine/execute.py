@@ -20,7 +20,7 @@ from django.db import connection, connections, transaction
 from django.db.models.functions import Now
 from psycopg.types.json import Jsonb
 
-from hotmesh_django import registry
+from hotmesh_django import metrics, registry, tracing
 from hotmesh_django.engine.claim import Claimed
 from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job
 from hotmesh_django.engine.notify import DONE_CHANNEL, WORK_CHANNEL, tables
@@ -111,6 +111,8 @@ def _ack_task(message: Claimed, worker_id: uuid.UUID, output: Any) -> bool:
     with connection.cursor() as cursor:
         cursor.execute(_ACK_TASK.format(done=DONE_CHANNEL, **tables()), params)
         row = cursor.fetchone()
+    if row and row[1]:
+        metrics.job_finished(message.name, "SUCCESSFUL")
     return bool(row and row[0])
 
 
@@ -269,6 +271,25 @@ def run_step(message: Claimed, local: Local) -> Claimed | None:
         message.name,
         message.attempts,
     )
+    started = time.monotonic()
+    with tracing.span(
+        "hotmesh.step",
+        job_id=message.job_id,
+        step=message.step,
+        name=message.name,
+        attempt=message.attempts,
+        queue=message.queue,
+    ):
+        following, outcome = _execute(definition, message, local, args, kwargs)
+    if outcome is not None:
+        metrics.observe_step(message.name, message.queue, time.monotonic() - started, outcome)
+    return following
+
+
+def _execute(
+    definition: Any, message: Claimed, local: Local, args: list[Any], kwargs: dict[str, Any]
+) -> tuple[Claimed | None, str | None]:
+    """Call the activity and ack; return (next message, metrics outcome or None)."""
     try:
         if definition.atomic:
             with transaction.atomic():
@@ -276,7 +297,7 @@ def run_step(message: Claimed, local: Local) -> Claimed | None:
                 acked, following = ack_success(message, local, output)
                 if not acked:
                     raise LeaseLost  # rolls back the activity's own writes too
-            return following
+            return following, metrics.SUCCESSFUL
         if definition.timeout is not None:
             result = _call_with_timeout(definition.func, args, kwargs, definition.timeout)
         else:
@@ -284,21 +305,22 @@ def run_step(message: Claimed, local: Local) -> Claimed | None:
         output = _encode_result(result)
     except LeaseLost:
         logger.warning("lease lost, result dropped job=%s step=%s", message.job_id, message.step)
-        return None
+        return None, None
     except (Exception, SystemExit, KeyboardInterrupt) as exc:
         # SystemExit and KeyboardInterrupt here come from user code: the worker's own
         # signals are handled by flags, never by raising into the activity.
-        _record_failure(message, worker_id, definition.retry, exc)
-        return None
+        return None, _record_failure(message, local.worker_id, definition.retry, exc)
     acked, following = ack_success(message, local, output)
     if not acked:
         logger.warning("lease lost, result dropped job=%s step=%s", message.job_id, message.step)
-    return following
+        return None, None
+    return following, metrics.SUCCESSFUL
 
 
 def _record_failure(
     message: Claimed, worker_id: uuid.UUID, policy: Any, exc: BaseException
-) -> None:
+) -> str | None:
+    """Ack a failed attempt as retried or failed; return the metrics outcome."""
     error = error_dict(exc)
     retryable = policy.is_retryable(exc) and not isinstance(exc, BadResult)
     delay = policy.delay_after(message.attempts) if retryable else None
@@ -317,3 +339,5 @@ def _record_failure(
         acked = ack_retry(message, worker_id, error, delay)
     if not acked:
         logger.warning("lease lost, failure dropped job=%s step=%s", message.job_id, message.step)
+        return None
+    return metrics.FAILED if delay is None else metrics.RETRIED

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from psycopg.types.json import Jsonb
 
+from hotmesh_django import metrics
 from hotmesh_django.definitions import ActivityDefinition, WorkflowDefinition
 from hotmesh_django.engine.notify import WORK_CHANNEL, tables
 from hotmesh_django.handles import JobHandle
@@ -99,4 +101,9 @@ def start_job(
     sql = _START.format(**tables())
     with connections[using].cursor() as cursor:
         cursor.execute(sql, params)
+        created = cursor.fetchone()
+    if created and created[0] is not None:
+        transaction.on_commit(
+            functools.partial(metrics.job_started, definition.name, queue), using=using
+        )
     return JobHandle(workflow_id, using=using)

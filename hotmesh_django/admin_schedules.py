@@ -1,0 +1,80 @@
+"""Admin for cron schedules: edit, enable, disable and trigger now."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from hotmesh_django.engine import schedules
+from hotmesh_django.exceptions import HotmeshError
+from hotmesh_django.models import Schedule
+
+
+class ScheduleForm(forms.ModelForm):  # type: ignore[type-arg]
+    class Meta:
+        model = Schedule
+        fields = ["name", "workflow", "cron", "timezone", "args", "kwargs", "enabled"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        cron, timezone = data.get("cron"), data.get("timezone")
+        if cron and timezone:
+            try:
+                schedules.validate_schedule(cron, timezone)
+            except ValueError as exc:
+                raise forms.ValidationError(str(exc)) from exc
+        if not isinstance(data.get("args", []), list):
+            self.add_error("args", 'Arguments must be a JSON list, e.g. [1, "two"].')
+        if not isinstance(data.get("kwargs", {}), dict):
+            self.add_error("kwargs", 'Keyword arguments must be a JSON object, e.g. {"a": 1}.')
+        return data
+
+
+@admin.register(Schedule)
+class ScheduleAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    form = ScheduleForm
+    list_display = ["name", "workflow", "cron", "timezone", "enabled", "next_run_at", "last_run_at"]
+    list_filter = ["enabled"]
+    search_fields = ["name", "workflow"]
+    readonly_fields = ["next_run_at", "last_run_at"]
+    actions = ["enable", "disable", "trigger_now"]
+
+    def save_model(self, request: HttpRequest, obj: Schedule, form: Any, change: bool) -> None:
+        if "cron" in form.changed_data or "timezone" in form.changed_data or not change:
+            from django.utils import timezone as tz
+
+            obj.next_run_at = schedules.next_run_after(obj.cron, obj.timezone, tz.now())
+        super().save_model(request, obj, form, change)
+
+    @admin.action(description="Enable selected schedules", permissions=["change"])
+    def enable(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
+        names = list(queryset.values_list("name", flat=True))
+        changed = schedules.set_enabled(names, True)
+        self.message_user(
+            request, f"{changed} schedule(s) enabled; {len(names) - changed} skipped (already on)."
+        )
+
+    @admin.action(description="Disable selected schedules", permissions=["change"])
+    def disable(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
+        names = list(queryset.values_list("name", flat=True))
+        changed = schedules.set_enabled(names, False)
+        self.message_user(
+            request,
+            f"{changed} schedule(s) disabled; {len(names) - changed} skipped (already off).",
+        )
+
+    @admin.action(description="Trigger selected schedules now", permissions=["change"])
+    def trigger_now(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
+        started, failed = [], []
+        for name in queryset.values_list("name", flat=True):
+            try:
+                started.append(schedules.trigger_now(name).id)
+            except (HotmeshError, TypeError, ValueError) as exc:
+                failed.append(f"{name}: {exc}")
+        self.message_user(request, f"{len(started)} workflow(s) started: {', '.join(started)}.")
+        for problem in failed:
+            self.message_user(request, f"Skipped {problem}", level=messages.WARNING)
