@@ -17,9 +17,26 @@ from tests.conftest import ROOT
 def test_demo_runs_every_job_to_success(worker_env: dict[str, str]) -> None:
     env = {**worker_env, "DJANGO_SETTINGS_MODULE": "demo_project.settings", "COLUMNS": "120"}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "demo", "--no-serve",
-         "--orders", "3", "--jobs", "5", "--workers", "1", "--timeout", "90"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=180, check=False,
+        [
+            sys.executable,
+            str(ROOT / "manage.py"),
+            "demo",
+            "--no-serve",
+            "--orders",
+            "3",
+            "--jobs",
+            "5",
+            "--workers",
+            "1",
+            "--timeout",
+            "90",
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
