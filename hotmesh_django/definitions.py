@@ -66,13 +66,24 @@ class RetryPolicy:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class StartOptions:
-    """Options for one start: `.using(workflow_id=, queue=, priority=, delay=, search=)`."""
+    """Options for one start: `.using(workflow_id=, queue=, priority=, delay=, run_at=,
+    search=)`."""
 
     workflow_id: str | None = None
     queue: str | None = None
     priority: int | None = None
     delay: float = 0.0
+    # An aware datetime not to start before; the later of it and `delay` wins.
+    run_at: datetime.datetime | None = None
     search: Mapping[str, Any] | None = None
+
+    def delay_seconds(self) -> float:
+        """Return how long from now this start waits (run_at is read at start time)."""
+        if self.run_at is None:
+            return self.delay
+        from django.utils import timezone
+
+        return max(self.delay, (self.run_at - timezone.now()).total_seconds(), 0.0)
 
     def __post_init__(self) -> None:
         wid = self.workflow_id
@@ -86,6 +97,10 @@ class StartOptions:
             raise TypeError(f"priority must be an int, not {type(self.priority).__name__}.")
         if self.delay < 0:
             raise ValueError(f"delay must not be negative, not {self.delay!r}.")
+        if self.run_at is not None and (
+            not isinstance(self.run_at, datetime.datetime) or self.run_at.tzinfo is None
+        ):
+            raise ValueError(f"run_at must be an aware datetime, not {self.run_at!r}.")
         if self.search is not None and not isinstance(self.search, Mapping):
             raise TypeError("search must be a mapping of attribute names to values.")
 

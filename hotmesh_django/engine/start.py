@@ -73,6 +73,7 @@ def start_job(
     JSON before anything is written.
     """
     options = definition.options
+    delay = options.delay_seconds()
     data = encode_call(args, kwargs)
     search = to_json(dict(options.search or {}), what="search")
     is_activity = isinstance(definition, ActivityDefinition)
@@ -88,14 +89,14 @@ def start_job(
         "priority": priority,
         "input": Jsonb(data),
         "search": Jsonb(search),
-        "delay": float(options.delay),
+        "delay": delay,
         "timeout": timeout,
         # A delayed workflow starts with a timer: at most one TURN may be READY per
         # job, and a promoted TURN could collide with one queued by a signal.
-        "skind": "TASK" if is_activity else ("TIMER" if options.delay > 0 else "TURN"),
+        "skind": "TASK" if is_activity else ("TIMER" if delay > 0 else "TURN"),
         "step": 1 if is_activity else None,
         "payload": Jsonb(data) if is_activity else None,
-        "sstatus": "SCHEDULED" if options.delay > 0 else "READY",
+        "sstatus": "SCHEDULED" if delay > 0 else "READY",
         "channel": WORK_CHANNEL,
     }
     sql = _START.format(**tables())

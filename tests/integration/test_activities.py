@@ -200,3 +200,17 @@ def test_delay_and_priority(start_worker: Any) -> None:
     assert order == [high.id, low.id, late.id]
     late_job = Job.objects.get(workflow_id=late.id)
     assert (late_job.started_at - late_job.created_at).total_seconds() >= 0.45
+
+
+def test_run_at_holds_a_job_back(worker: InProcessWorker) -> None:
+    from django.utils import timezone
+
+    when = timezone.now() + datetime.timedelta(seconds=0.5)
+    handle = a.echo.using(run_at=when).start("later")
+    assert handle.result(timeout=10) == "later"
+    assert Job.objects.get(workflow_id=handle.id).started_at >= when
+
+
+def test_run_at_must_be_aware() -> None:
+    with pytest.raises(ValueError, match="aware datetime"):
+        a.echo.using(run_at=datetime.datetime(2030, 1, 1))
