@@ -76,6 +76,8 @@ class StartOptions:
     # An aware datetime not to start before; the later of it and `delay` wins.
     run_at: datetime.datetime | None = None
     search: Mapping[str, Any] | None = None
+    # Groups this job's activities for HOTMESH_QUEUES' per-key limits (e.g. a tenant).
+    concurrency_key: str | None = None
 
     def delay_seconds(self) -> float:
         """Return how long from now this start waits (run_at is read at start time)."""
@@ -101,6 +103,11 @@ class StartOptions:
             not isinstance(self.run_at, datetime.datetime) or self.run_at.tzinfo is None
         ):
             raise ValueError(f"run_at must be an aware datetime, not {self.run_at!r}.")
+        key = self.concurrency_key
+        if key is not None and (not isinstance(key, str) or not key or len(key) > _MAX_NAME):
+            raise ValueError(
+                f"concurrency_key must be a non-empty string of at most {_MAX_NAME} characters."
+            )
         if self.search is not None and not isinstance(self.search, Mapping):
             raise TypeError("search must be a mapping of attribute names to values.")
 

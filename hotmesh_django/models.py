@@ -87,6 +87,8 @@ class Job(models.Model):
         default=JobStatus.READY,
     )
     priority = models.IntegerField(_("priority"), default=0)
+    # Copied onto the job's messages, for per-key limits (e.g. a tenant id).
+    concurrency_key = models.CharField(_("concurrency key"), max_length=255, null=True, blank=True)
     input = models.JSONField(_("input"), default=dict)
     output = models.JSONField(_("output"), null=True, blank=True)
     error = models.JSONField(_("error"), null=True, blank=True)
@@ -208,6 +210,8 @@ class Stream(models.Model):
     name = models.CharField(_("name"), max_length=255, default="")
     payload = models.JSONField(_("payload"), null=True, blank=True)
     priority = models.IntegerField(_("priority"), default=0)
+    # Groups messages for HOTMESH_QUEUES[...]["key_concurrency"] (e.g. a tenant).
+    concurrency_key = models.CharField(_("concurrency key"), max_length=255, null=True, blank=True)
     status = models.CharField(
         _("status"),
         max_length=_max_len(StreamStatus),

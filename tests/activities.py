@@ -129,3 +129,13 @@ def rated(key: str) -> None:
 
     now = time.time()
     Interval.objects.create(key=key, started=now, ended=now)
+
+
+@activity(name="t.tenant_work", queue="tenants")
+def tenant_work(key: str, seconds: float) -> None:
+    """Record when this run started and ended, keyed by tenant."""
+    from tests.models import Interval
+
+    started = time.time()
+    time.sleep(seconds)
+    Interval.objects.create(key=key, started=started, ended=time.time())

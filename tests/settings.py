@@ -22,3 +22,4 @@ DATABASES["default"]["TEST"] = {  # noqa: F405
 }
 
 HOTMESH_QUEUES = {"limited": {"concurrency": 2}, "rated": {"rate": "5/s"}}
+HOTMESH_QUEUES["tenants"] = {"key_concurrency": 1}

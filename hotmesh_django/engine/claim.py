@@ -23,14 +23,24 @@ logger = logging.getLogger(__name__)
 # pass over each other's rows instead of queueing behind them. The step's and the
 # activity job's status move to RUNNING in the same statement, so what the admin
 # shows is what the queue holds.
-_CLAIM = """
-WITH c AS MATERIALIZED (
+_CANDIDATES = """
     SELECT id FROM {stream}
      WHERE queue = %(queue)s AND status = 'READY'
      ORDER BY priority DESC, id
      LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED
-), m AS (
+"""
+
+# Chosen ids (by a limiter holding the queue's lock), still ready.
+_CHOSEN = """
+    SELECT id FROM {stream}
+     WHERE id = ANY(%(ids)s) AND status = 'READY'
+     ORDER BY priority DESC, id
+       FOR UPDATE SKIP LOCKED
+"""
+
+_CLAIM = """
+WITH c AS MATERIALIZED ({candidates}), m AS (
     UPDATE {stream} AS s
        SET status = 'RUNNING', worker = %(worker)s, attempts = s.attempts + 1,
            lease_expires_at = now() + make_interval(secs => %(lease)s),
@@ -133,13 +143,24 @@ def claim(*, queue: str, worker_id: uuid.UUID, limit: int, lease_seconds: float)
     Call with no transaction open: the statement commits on its own, so the row
     locks last only as long as the statement.
     """
-    sql = _CLAIM.format(**tables())
+    sql = _CLAIM.format(candidates=_CANDIDATES.format(**tables()), **tables())
     params: dict[str, Any] = {
         "queue": queue,
         "limit": limit,
         "worker": worker_id,
         "lease": lease_seconds,
     }
+    return _run_claim(sql, params)
+
+
+def claim_ids(*, ids: list[int], worker_id: uuid.UUID, lease_seconds: float) -> list[Claimed]:
+    """Claim the messages `ids` that are still ready (a limiter chose them)."""
+    sql = _CLAIM.format(candidates=_CHOSEN.format(**tables()), **tables())
+    params: dict[str, Any] = {"ids": ids, "worker": worker_id, "lease": lease_seconds}
+    return _run_claim(sql, params)
+
+
+def _run_claim(sql: str, params: dict[str, Any]) -> list[Claimed]:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()

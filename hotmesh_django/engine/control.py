@@ -136,6 +136,7 @@ def _revive_steps(job: Job) -> None:
                     step=step.seq,
                     name=step.name,
                     kind=StreamKind.TASK if job.kind == JobKind.ACTIVITY else StreamKind.STEP,
+                    concurrency_key=job.concurrency_key,
                     payload=step.input,
                     priority=job.priority,
                     status=StreamStatus.READY,

@@ -15,6 +15,7 @@ import math
 import re
 import uuid
 from functools import cache
+from typing import Any
 
 from django.db import connection, transaction
 from django.db.models import Count
@@ -22,7 +23,7 @@ from django.db.models.functions import Now
 
 from hotmesh_django import registry
 from hotmesh_django.conf import settings
-from hotmesh_django.engine.claim import Claimed, claim
+from hotmesh_django.engine.claim import Claimed, claim, claim_ids
 from hotmesh_django.engine.notify import WORK_CHANNEL, tables
 from hotmesh_django.exceptions import HotmeshError
 from hotmesh_django.models import Job, Queue, Stream
@@ -77,6 +78,8 @@ def parse_rate(text: str) -> Rate:
 class Limits:
     concurrency: int | None = None
     rate: Rate | None = None
+    # At most this many running at once per concurrency_key (e.g. per tenant).
+    key_concurrency: int | None = None
 
 
 def validate_queue_options(name: str, options: object) -> list[str]:
@@ -84,19 +87,20 @@ def validate_queue_options(name: str, options: object) -> list[str]:
     problems = []
     if not isinstance(options, dict):
         return [f"HOTMESH_QUEUES[{name!r}] must be a dict, not {options!r}."]
-    unknown = set(options) - {"concurrency", "rate"}
+    unknown = set(options) - {"concurrency", "rate", "key_concurrency"}
     if unknown:
         problems.append(
             f"HOTMESH_QUEUES[{name!r}] has unknown option(s) {', '.join(sorted(unknown))}; "
-            "expected 'concurrency' and/or 'rate'."
+            "expected 'concurrency', 'rate' and/or 'key_concurrency'."
         )
-    concurrency = options.get("concurrency")
-    if concurrency is not None and (
-        isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
-    ):
-        problems.append(
-            f"HOTMESH_QUEUES[{name!r}]['concurrency'] must be an integer >= 1, not {concurrency!r}."
-        )
+    for key in ("concurrency", "key_concurrency"):
+        value = options.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            problems.append(
+                f"HOTMESH_QUEUES[{name!r}][{key!r}] must be an integer >= 1, not {value!r}."
+            )
     if "rate" in options:
         try:
             parse_rate(options["rate"])
@@ -111,11 +115,12 @@ def limits_for(queue: str) -> Limits | None:
     if not options:
         return None
     rate = options.get("rate")
-    return (
-        Limits(concurrency=options.get("concurrency"), rate=parse_rate(rate) if rate else None)
-        if (options.get("concurrency") or rate)
-        else None
+    limits = Limits(
+        concurrency=options.get("concurrency"),
+        rate=parse_rate(rate) if rate else None,
+        key_concurrency=options.get("key_concurrency"),
     )
+    return limits if (limits.concurrency or limits.rate or limits.key_concurrency) else None
 
 
 @cache
@@ -146,10 +151,46 @@ def claim_limited(
             room = min(room, math.floor(tokens))
         if room <= 0:
             return []
-        batch = claim(queue=queue, worker_id=worker_id, limit=room, lease_seconds=lease_seconds)
+        if limits.key_concurrency is None:
+            batch = claim(queue=queue, worker_id=worker_id, limit=room, lease_seconds=lease_seconds)
+        else:
+            ids = _choose_per_key(cursor, queue, limits.key_concurrency, room)
+            batch = claim_ids(ids=ids, worker_id=worker_id, lease_seconds=lease_seconds)
         if tokens is not None and batch:
             Queue.objects.filter(name=queue).update(tokens=tokens - len(batch))
         return batch
+
+
+# Among the first ready rows of the queue (bounded, in claim order), pick those whose
+# key still has room: running + rank within the key <= the per-key limit. Rows
+# without a key are unlimited. Runs under the queue's advisory lock, so no other
+# claimer of this queue can race it.
+_PER_KEY = """
+WITH running AS (
+    SELECT concurrency_key, count(*) AS n FROM {stream}
+     WHERE queue = %(queue)s AND status = 'RUNNING' AND concurrency_key IS NOT NULL
+     GROUP BY concurrency_key
+), ready AS (
+    SELECT id, priority, concurrency_key FROM {stream}
+     WHERE queue = %(queue)s AND status = 'READY'
+     ORDER BY priority DESC, id
+     LIMIT %(window)s
+), ranked AS (
+    SELECT id, priority, concurrency_key,
+           row_number() OVER (PARTITION BY concurrency_key ORDER BY priority DESC, id) AS rank
+      FROM ready
+)
+SELECT r.id FROM ranked AS r LEFT JOIN running AS x USING (concurrency_key)
+ WHERE r.concurrency_key IS NULL OR r.rank + coalesce(x.n, 0) <= %(per_key)s
+ ORDER BY r.priority DESC, r.id
+ LIMIT %(limit)s
+"""
+
+
+def _choose_per_key(cursor: Any, queue: str, per_key: int, limit: int) -> list[int]:
+    params = {"queue": queue, "per_key": per_key, "limit": limit, "window": max(1000, limit * 10)}
+    cursor.execute(_PER_KEY.format(**tables()), params)
+    return [row[0] for row in cursor.fetchall()]
 
 
 def _refill(queue: str, rate: Rate) -> float:

@@ -21,9 +21,9 @@ from hotmesh_django.serialization import encode_call, to_json
 _START = """
 WITH j AS (
     INSERT INTO {job} (workflow_id, name, kind, queue, status, priority, input, search,
-                       deadline_at, created_at, updated_at)
+                       concurrency_key, deadline_at, created_at, updated_at)
     VALUES (%(wid)s, %(name)s, %(kind)s, %(queue)s, 'READY', %(priority)s, %(input)s,
-            %(search)s,
+            %(search)s, %(ckey)s,
             now() + make_interval(secs => %(delay)s::float8 + %(timeout)s::float8),
             now(), now())
     ON CONFLICT (workflow_id) DO NOTHING
@@ -35,16 +35,17 @@ WITH j AS (
       FROM j WHERE %(kind)s = 'ACTIVITY'
 ), s AS (
     INSERT INTO {stream} (queue, kind, job_id, step, name, payload, priority, status,
-                          visible_at, attempts, created_at)
+                          visible_at, attempts, created_at, concurrency_key)
     SELECT %(queue)s, %(skind)s, id, %(step)s::int, %(name)s, %(payload)s::jsonb,
            %(priority)s::int, %(sstatus)s,
-           now() + make_interval(secs => %(delay)s::float8), 0, now()
+           now() + make_interval(secs => %(delay)s::float8), 0, now(), %(ckey)s::varchar
       FROM j
     UNION ALL
     -- The workflow's own timeout: a timer turn that fails the job if it still runs.
     SELECT %(queue)s, 'TIMER', id, NULL::int, %(name)s, NULL::jsonb, %(priority)s::int,
            'SCHEDULED',
-           now() + make_interval(secs => %(delay)s::float8 + %(timeout)s::float8), 0, now()
+           now() + make_interval(secs => %(delay)s::float8 + %(timeout)s::float8), 0, now(),
+           NULL
       FROM j WHERE %(timeout)s::float8 IS NOT NULL
     RETURNING id, status, visible_at
 ), r AS (
@@ -98,6 +99,7 @@ def start_job(
         "payload": Jsonb(data) if is_activity else None,
         "sstatus": "SCHEDULED" if delay > 0 else "READY",
         "channel": WORK_CHANNEL,
+        "ckey": options.concurrency_key,
     }
     sql = _START.format(**tables())
     with connections[using].cursor() as cursor:

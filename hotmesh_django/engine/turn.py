@@ -239,6 +239,7 @@ def _write(ctx: WorkflowContext, local: Local) -> Claimed | None:
             Stream(
                 queue=step.queue,
                 kind=StreamKind.STEP,
+                concurrency_key=job.concurrency_key,
                 job=job,
                 step=step.seq,
                 name=step.name,
@@ -353,6 +354,8 @@ def _start_children(ctx: WorkflowContext, journal: list[Journal]) -> list[Stream
                 priority=priority,
                 input=data,
                 search=dict(definition.options.search or {}),
+                # A child works for the same tenant as its parent unless told otherwise.
+                concurrency_key=definition.options.concurrency_key or job.concurrency_key,
                 parent=job,
                 parent_step=step.seq,
             )

@@ -71,3 +71,23 @@ def test_pausing_an_unknown_queue_says_so() -> None:
     with pytest.raises(CommandError, match="Unknown queue 'nope'"):
         call_command("hotmesh_ctl", "pause", "nope")
     call_command("hotmesh_ctl", "pause", "nope", "--force")
+
+
+def test_per_key_limit_holds_without_serialising_the_queue(spawn_worker: Spawn) -> None:
+    handles = [
+        a.tenant_work.using(concurrency_key=f"tenant-{i % 2}").start(f"tenant-{i % 2}", 0.2)
+        for i in range(8)
+    ]
+    handles += [a.tenant_work.start("nokey", 0.2) for _ in range(3)]
+    procs = [spawn_worker("--concurrency", "4") for _ in range(2)]
+    for handle in handles:
+        handle.result(timeout=60)
+    by_key: dict[str, list[tuple[float, float]]] = {}
+    for key, started, ended in Interval.objects.values_list("key", "started", "ended"):
+        by_key.setdefault(key, []).append((started, ended))
+    assert _max_overlap(by_key["tenant-0"]) == 1
+    assert _max_overlap(by_key["tenant-1"]) == 1
+    everything = [i for intervals in by_key.values() for i in intervals]
+    assert _max_overlap(everything) >= 3  # other tenants and keyless work ran alongside
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
