@@ -13,7 +13,7 @@ import datetime
 import random as _random
 import threading
 import uuid as _uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -65,12 +65,13 @@ class WorkflowContext:
         *,
         job: Job,
         steps: dict[int, Activity],
-        signals: list[Signal],
+        signals: Callable[[], list[Signal]],
         db_now: datetime.datetime,
     ) -> None:
         self.job = job
         self.steps = steps
-        self.buffered_signals = signals
+        self._load_signals = signals
+        self._signals: list[Signal] | None = None
         self.db_now = db_now
         self.seq = 0
         # Written by the engine when the turn ends.
@@ -84,6 +85,13 @@ class WorkflowContext:
         self.search: dict[str, Any] = {}
         self.suspended = False
         self.nondeterminism: NonDeterminismError | None = None
+
+    @property
+    def buffered_signals(self) -> list[Signal]:
+        """Signals sent to the job and not yet taken, read on first use."""
+        if self._signals is None:
+            self._signals = self._load_signals()
+        return self._signals
 
     # -- step bookkeeping ------------------------------------------------------------
 

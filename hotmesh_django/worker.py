@@ -33,7 +33,7 @@ from django.db import (
 )
 from django.db.models.functions import Now
 
-from hotmesh_django import metrics, registry, tracing
+from hotmesh_django import faults, metrics, registry, tracing
 from hotmesh_django.conf import settings
 from hotmesh_django.engine import claim as claims
 from hotmesh_django.engine import prune, schedules
@@ -60,6 +60,7 @@ def dispatch(message: claims.Claimed, local: Local) -> None:
         if following.kind in ("TURN", "TIMER"):
             with tracing.span("hotmesh.turn", job_id=following.job_id, queue=following.queue):
                 following = run_turn(following, local)
+            faults.point("turn_commit")
         else:
             following = run_step(following, local)
 
@@ -93,6 +94,9 @@ class Worker:
         self._rotation = 0
         self._threads: list[threading.Thread] = []
         self._paused: set[str] = set()
+        self._hot: set[str] = set()
+        self._last_full = 0.0
+        self._backlog = False
         self._paused_stale = True  # read the paused queues on the first tick
 
     # -- control -----------------------------------------------------------------------
@@ -169,11 +173,19 @@ class Worker:
             self._paused = queue_control.paused_queues()
         free = self._free()
         claimed = 0
-        queues = [q for q in self.queues if q not in self._paused]
+        # Every poll interval look at every queue; in between only at queues that a
+        # NOTIFY named or that had more work last time, so idle queues cost nothing.
+        full = now - self._last_full >= settings.poll_interval_seconds
+        if full:
+            self._last_full = now
+        queues = [q for q in self.queues if q not in self._paused and (full or q in self._hot)]
+        backlog = False
         for i in range(len(queues)):
             if free <= 0:
                 break
             queue = queues[(self._rotation + i) % len(queues)]
+            # Dropped before the claim: a NOTIFY arriving meanwhile puts it back.
+            self._hot.discard(queue)
             began = time.monotonic()
             limits = queue_control.limits_for(queue)
             if limits is None:
@@ -192,6 +204,9 @@ class Worker:
                     lease_seconds=settings.lease_seconds,
                 )
             metrics.observe_claim(queue, time.monotonic() - began, len(batch))
+            if len(batch) == free:
+                self._hot.add(queue)  # a full batch: there may be more
+                backlog = True
             for message in batch:
                 with self._lock:
                     self._in_flight += 1
@@ -199,6 +214,7 @@ class Worker:
             claimed += len(batch)
             free -= len(batch)
         self._rotation += 1
+        self._backlog = backlog
         return claimed
 
     def _local(self) -> Local:
@@ -212,7 +228,11 @@ class Worker:
         )
 
     def _free(self) -> int:
-        return self.concurrency - self._in_flight
+        # Under a backlog keep one batch queued behind the running one, so a runner
+        # that finishes never waits for the claim round trip; otherwise claim only
+        # what can start now, leaving the rest to idle workers elsewhere.
+        capacity = self.concurrency * (2 if self._backlog else 1)
+        return capacity - self._in_flight
 
     def _wait(self) -> None:
         # Jitter spreads the polling of a fleet; a due timer is waited for exactly.
@@ -311,6 +331,7 @@ class Worker:
             if self.all_queues and value not in self.queues:
                 self.queues = sorted({*self.queues, value})
             if value in self.queues:
+                self._hot.add(value)
                 self._wake.set()
         elif kind == "t":
             self._next_due = 0.0  # look again: a timer may be due sooner now

@@ -13,6 +13,7 @@ from typing import Any
 
 from django.db import connection, transaction
 
+from hotmesh_django import faults
 from hotmesh_django.engine.complete import enqueue_turn
 from hotmesh_django.engine.notify import WORK_CHANNEL, tables
 
@@ -164,6 +165,7 @@ def _run_claim(sql: str, params: dict[str, Any]) -> list[Claimed]:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
+    faults.point("claim", rows)
     # Django loads jsonb as text (JSONField decodes it itself), so decode here.
     return [
         Claimed(**dict(zip(_FIELDS, (*row[:5], _loads(row[5]), *row[6:]), strict=True)))

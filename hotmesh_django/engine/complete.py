@@ -13,17 +13,17 @@ from typing import Any
 
 from django.db import connection, transaction
 from django.db.models.functions import Now
+from psycopg.types.json import Jsonb
 
 from hotmesh_django import metrics
 from hotmesh_django.engine.notify import DONE_CHANNEL, WORK_CHANNEL, tables
 from hotmesh_django.models import (
     ACTIVE_STATUSES,
     Activity,
-    Job,
     JobStatus,
     Journal,
     JournalEvent,
-    Stream,
+    sources_of,
 )
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,32 @@ _FINAL_EVENTS = {
 }
 
 
+# Finishing a job in one statement: the guarded status move, dropping its queued
+# messages (running ones too: their guarded acks will find nothing and discard the
+# late result), closing its open steps so the admin never shows them running, the
+# journal entry and the wake-up of result() waiters.
+_FINISH = """
+WITH j AS (
+    UPDATE {job}
+       SET status = %(status)s, output = %(output)s, error = %(error)s,
+           finished_at = now(), updated_at = now()
+     WHERE id = %(id)s AND status = ANY(%(sources)s)
+ RETURNING id, parent_id, parent_step, name
+), d AS (
+    DELETE FROM {stream} AS s USING j WHERE s.job_id = j.id
+), a AS (
+    UPDATE {activity} AS x SET status = 'CANCELLED', finished_at = now()
+      FROM j WHERE x.job_id = j.id AND x.status IN ('READY', 'RUNNING', 'WAITING')
+), r AS (
+    INSERT INTO {journal} (job_id, step, event, name, attempt, data, created_at)
+    SELECT id, NULL, %(event)s, '', NULL, %(data)s, now() FROM j
+)
+SELECT parent_id, parent_step, name,
+       (SELECT count(*) FROM (SELECT pg_notify('{done}', id::text) FROM j) AS n)
+  FROM j
+"""
+
+
 def finish_job(
     job_id: int,
     status: JobStatus,
@@ -80,26 +106,26 @@ def finish_job(
 ) -> bool:
     """Move job `job_id` to a final status, drop its queued messages, tell its parent.
 
-    Return False (and write nothing) when the job is no longer active. Messages a
-    worker is running are dropped too: their guarded acks will find nothing and
-    discard the late result.
+    Return False (and write nothing) when the job is no longer active.
     """
-    moved = Job.objects.filter(pk=job_id).transition(
-        status, output=output, error=error, finished_at=Now()
-    )
-    if not moved:
+    params: dict[str, Any] = {
+        "id": job_id,
+        "status": str(status),
+        "sources": sources_of(status),
+        "output": None if output is None else Jsonb(output),
+        "error": None if error is None else Jsonb(error),
+        "event": str(_FINAL_EVENTS[status]),
+        "data": Jsonb(data or error) if (data or error) else None,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_FINISH.format(done=DONE_CHANNEL, **tables()), params)
+        row = cursor.fetchone()
+    if row is None:
         return False
-    Stream.objects.filter(job_id=job_id).delete()
-    # Steps still open end with the job, so the admin never shows them as running.
-    Activity.objects.filter(job_id=job_id, status__in=ACTIVE_STATUSES).update(
-        status=JobStatus.CANCELLED, finished_at=Now()
-    )
-    Journal.objects.create(job_id=job_id, event=_FINAL_EVENTS[status], data=data or error or None)
-    notify_done(job_id)
-    parent = Job.objects.filter(pk=job_id).values_list("parent_id", "parent_step", "name").get()
-    transaction.on_commit(functools.partial(metrics.job_finished, parent[2], status))
-    if parent[0] is not None and parent[1] is not None:
-        _wake_parent(parent[0], parent[1], parent[2], status, output, error)
+    parent_id, parent_step, name, _ = row
+    transaction.on_commit(functools.partial(metrics.job_finished, name, status))
+    if parent_id is not None and parent_step is not None:
+        _wake_parent(parent_id, parent_step, name, status, output, error)
     return True
 
 

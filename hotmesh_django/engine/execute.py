@@ -20,7 +20,7 @@ from django.db import connection, connections, transaction
 from django.db.models.functions import Now
 from psycopg.types.json import Jsonb
 
-from hotmesh_django import metrics, registry, tracing
+from hotmesh_django import faults, metrics, registry, tracing
 from hotmesh_django.engine.claim import Claimed
 from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job
 from hotmesh_django.engine.notify import DONE_CHANNEL, WORK_CHANNEL, tables
@@ -99,15 +99,44 @@ SELECT (SELECT count(*) FROM m),
 """
 
 
-def _ack_task(message: Claimed, worker_id: uuid.UUID, output: Any) -> bool:
-    params: dict[str, Any] = {
+# A workflow step's success in one statement: drop the message (guarded), record the
+# step, journal it, and say whether other steps of the job are still pending (the
+# snapshot still shows this step RUNNING, hence `seq <> step`).
+_ACK_STEP = """
+WITH m AS (
+    DELETE FROM {stream}
+     WHERE id = %(id)s AND worker = %(worker)s AND status = 'RUNNING'
+ RETURNING job_id
+), a AS (
+    UPDATE {activity} AS x
+       SET status = 'SUCCESSFUL', output = %(output)s, error = NULL,
+           attempts = %(attempts)s, finished_at = now()
+      FROM m WHERE x.job_id = m.job_id AND x.seq = %(step)s
+), r AS (
+    INSERT INTO {journal} (job_id, step, event, name, attempt, data, created_at)
+    SELECT job_id, %(step)s, 'step_completed', %(name)s, %(attempts)s, NULL, now() FROM m
+)
+SELECT (SELECT count(*) FROM m),
+       EXISTS (SELECT 1 FROM {activity}
+                WHERE job_id = %(job)s AND seq <> %(step)s
+                  AND kind IN ('ACTIVITY', 'CHILD') AND status IN ('READY', 'RUNNING'))
+"""
+
+
+def _ack_params(message: Claimed, worker_id: uuid.UUID, output: Any) -> dict[str, Any]:
+    return {
         "id": message.id,
         "worker": worker_id,
         "output": Jsonb(output),
         "attempts": message.attempts,
         "step": message.step,
         "name": message.name,
+        "job": message.job_id,
     }
+
+
+def _ack_task(message: Claimed, worker_id: uuid.UUID, output: Any) -> bool:
+    params = _ack_params(message, worker_id, output)
     with connection.cursor() as cursor:
         cursor.execute(_ACK_TASK.format(done=DONE_CHANNEL, **tables()), params)
         row = cursor.fetchone()
@@ -125,25 +154,13 @@ def ack_success(message: Claimed, local: Local, output: Any) -> tuple[bool, Clai
     worker_id = local.worker_id
     if message.kind == "TASK":
         return _ack_task(message, worker_id, output), None
-    following = None
     with transaction.atomic():
-        if not _mine(message, worker_id).delete()[0]:
+        with connection.cursor() as cursor:
+            cursor.execute(_ACK_STEP.format(**tables()), _ack_params(message, worker_id, output))
+            acked, busy = cursor.fetchone() or (0, False)
+        if not acked:
             return False, None
-        _step(message).update(
-            status=JobStatus.SUCCESSFUL,
-            output=output,
-            error=None,
-            attempts=message.attempts,
-            finished_at=Now(),
-        )
-        Journal.objects.create(
-            job_id=message.job_id,
-            step=message.step,
-            event=JournalEvent.STEP_COMPLETED,
-            name=message.name,
-            attempt=message.attempts,
-        )
-        following = continue_after_step(message.job_id, local)
+        following = continue_after_step(message.job_id, local, busy=busy)
     return True, following
 
 
@@ -290,19 +307,23 @@ def _execute(
     definition: Any, message: Claimed, local: Local, args: list[Any], kwargs: dict[str, Any]
 ) -> tuple[Claimed | None, str | None]:
     """Call the activity and ack; return (next message, metrics outcome or None)."""
+    faults.point("step_start")
     try:
         if definition.atomic:
             with transaction.atomic():
                 output = _encode_result(definition.func(*args, **kwargs))
+                faults.point("step_done")
                 acked, following = ack_success(message, local, output)
                 if not acked:
                     raise LeaseLost  # rolls back the activity's own writes too
+            faults.point("ack_commit")
             return following, metrics.SUCCESSFUL
         if definition.timeout is not None:
             result = _call_with_timeout(definition.func, args, kwargs, definition.timeout)
         else:
             result = definition.func(*args, **kwargs)
         output = _encode_result(result)
+        faults.point("step_done")
     except LeaseLost:
         logger.warning("lease lost, result dropped job=%s step=%s", message.job_id, message.step)
         return None, None
@@ -311,6 +332,7 @@ def _execute(
         # signals are handled by flags, never by raising into the activity.
         return None, _record_failure(message, local.worker_id, definition.retry, exc)
     acked, following = ack_success(message, local, output)
+    faults.point("ack_commit", acked)
     if not acked:
         logger.warning("lease lost, result dropped job=%s step=%s", message.job_id, message.step)
         return None, None

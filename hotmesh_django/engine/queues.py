@@ -133,6 +133,9 @@ def claim_limited(
 ) -> list[Claimed]:
     """Claim from a limited queue without breaking its limits on any host."""
     t = tables()
+    # Nothing ready: skip the lock and the counting (an index probe on the ready index).
+    if not Stream.objects.filter(queue=queue, status="READY").exists():
+        return []
     with transaction.atomic(), connection.cursor() as cursor:
         # Serialise claimers of this queue only, for the rest of this transaction.
         cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [_lock_key(queue)])

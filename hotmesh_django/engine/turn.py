@@ -74,13 +74,23 @@ def run_turn(message: Claimed, local: Local) -> Claimed | None:
         if not mine.delete()[0]:
             logger.warning("lease lost, turn dropped job=%s", message.job_id)
             return None
-        job = Job.objects.select_for_update(no_key=True).filter(pk=message.job_id).first()
+        job = _locked(message.job_id, skip_locked=False)
         if job is None:
             return None
         return _turn(job, local)
 
 
-def continue_after_step(job_id: int, local: Local) -> Claimed | None:
+def _locked(job_id: int, *, skip_locked: bool) -> Job | None:
+    """Lock the job row and read the transaction's clock in the same round trip."""
+    return (
+        Job.objects.select_for_update(no_key=True, skip_locked=skip_locked)
+        .annotate(db_now=Now())
+        .filter(pk=job_id, kind=JobKind.WORKFLOW)
+        .first()
+    )
+
+
+def continue_after_step(job_id: int, local: Local, *, busy: bool) -> Claimed | None:
     """Inside a step's ack: run the job's next turn now instead of queueing it.
 
     The step's outcome, the replay and the next step's message then commit in one
@@ -89,19 +99,10 @@ def continue_after_step(job_id: int, local: Local) -> Claimed | None:
     the job are still pending: a fan-out then replays once per batch of completions
     (queued turns collapse into one), not once per completion.
     """
-    busy = Activity.objects.filter(
-        job_id=job_id,
-        kind__in=[StepKind.ACTIVITY, StepKind.CHILD],
-        status__in=[JobStatus.READY, JobStatus.RUNNING],
-    ).exists()
     if busy:
         enqueue_turn(job_id)
         return None
-    job = (
-        Job.objects.select_for_update(no_key=True, skip_locked=True)
-        .filter(pk=job_id, kind=JobKind.WORKFLOW)
-        .first()
-    )
+    job = _locked(job_id, skip_locked=True)
     if job is None or not registry.has_workflow(job.name) or not local.serves(job.queue):
         enqueue_turn(job_id)
         return None
@@ -112,9 +113,7 @@ def _turn(job: Job, local: Local) -> Claimed | None:
     """Replay the locked `job` and write what it asked for."""
     if job.status in FINISHED_STATUSES or job.kind != JobKind.WORKFLOW:
         return None
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT now()")
-        db_now = cursor.fetchone()[0]
+    db_now = job.db_now  # type: ignore[attr-defined]
     if job.deadline_at is not None and job.deadline_at <= db_now:
         finish_job(
             job.id,
@@ -136,12 +135,19 @@ def _turn(job: Job, local: Local) -> Claimed | None:
         finish_job(job.id, JobStatus.FAILED, error=error_dict(exc, with_traceback=False))
         return None
     steps = {step.seq: step for step in Activity.objects.filter(job=job)}
-    signals = list(Signal.objects.filter(job=job, step__isnull=True).order_by("id"))
-    ctx = WorkflowContext(job=job, steps=steps, signals=signals, db_now=db_now)
+    ctx = WorkflowContext(
+        job=job,
+        steps=steps,
+        # Read only when the workflow waits for a signal.
+        signals=lambda: list(Signal.objects.filter(job=job, step__isnull=True).order_by("id")),
+        db_now=db_now,
+    )
     result, error, returned = _replay(ctx, definition.func, args, kwargs)
     following = _write(ctx, local)
-    if job.started_at is None:
-        Journal.objects.create(job=job, event=JournalEvent.STARTED, name=job.name)
+    if error is not None or returned:
+        fields = _job_fields(job, ctx)  # _suspend writes them otherwise
+        if fields:
+            Job.objects.filter(pk=job.pk).update(**fields)
     if error is not None:
         logger.info("workflow failed job=%s error=%s", job.workflow_id, type(error).__name__)
         finish_job(job.id, JobStatus.FAILED, error=error_dict(error))
@@ -187,18 +193,21 @@ def _suspend(job: Job, ctx: WorkflowContext) -> None:
         for step in ctx.steps.values()
     )
     status = JobStatus.RUNNING if pending_work else JobStatus.WAITING
-    Job.objects.filter(pk=job.pk).transition(status, error=None)
+    fields = _job_fields(job, ctx)
+    if job.error is not None:
+        fields["error"] = None  # a parked job whose code came back
+    if status != job.status or fields:
+        Job.objects.filter(pk=job.pk).transition(status, **fields)
 
 
-def _job_fields(job: Job, ctx: WorkflowContext) -> None:
-    """Stamp the first start and merge new search attributes."""
+def _job_fields(job: Job, ctx: WorkflowContext) -> dict[str, Any]:
+    """Return the first-start stamp and merged search attributes to write."""
     fields: dict[str, Any] = {}
     if job.started_at is None:
         fields["started_at"] = Now()
     if ctx.search:
         fields["search"] = {**job.search, **ctx.search}
-    if fields:
-        Job.objects.filter(pk=job.pk).update(**fields)
+    return fields
 
 
 def _write(ctx: WorkflowContext, local: Local) -> Claimed | None:
@@ -209,9 +218,12 @@ def _write(ctx: WorkflowContext, local: Local) -> Claimed | None:
     through the queue; its lease protects it like any claim.
     """
     job = ctx.job
-    _job_fields(job, ctx)
     journal: list[Journal] = []
+    if job.started_at is None:
+        journal.append(Journal(job=job, event=JournalEvent.STARTED, name=job.name))
     messages: list[Stream] = []
+    mine = _take_one(ctx, local)
+    mine_message: Stream | None = None
     if ctx.new_steps:
         Activity.objects.bulk_create(ctx.new_steps)
     if ctx.changed_steps:
@@ -235,19 +247,26 @@ def _write(ctx: WorkflowContext, local: Local) -> Claimed | None:
             if definition.options.priority is None
             else (definition.options.priority)
         )
-        messages.append(
-            Stream(
-                queue=step.queue,
-                kind=StreamKind.STEP,
-                concurrency_key=job.concurrency_key,
-                job=job,
-                step=step.seq,
-                name=step.name,
-                payload=step.input,
-                priority=priority,
-                status=StreamStatus.READY,
-            )
+        message = Stream(
+            queue=step.queue,
+            kind=StreamKind.STEP,
+            concurrency_key=job.concurrency_key,
+            job=job,
+            step=step.seq,
+            name=step.name,
+            payload=step.input,
+            priority=priority,
+            status=StreamStatus.READY,
         )
+        if step is mine:
+            # Written already claimed by this worker: RUNNING, leased, attempt 1.
+            message.status = StreamStatus.RUNNING
+            message.worker = local.worker_id
+            message.attempts = 1
+            message.lease_expires_at = ctx.db_now + datetime.timedelta(seconds=local.lease_seconds)
+            message.claimed_at = ctx.db_now
+            mine_message = message
+        messages.append(message)
         journal.append(
             Journal(
                 job=job,
@@ -290,42 +309,34 @@ def _write(ctx: WorkflowContext, local: Local) -> Claimed | None:
             step__in=ctx.cancelled_timers,
             status=StreamStatus.SCHEDULED,
         ).delete()
-    mine = _take_one(messages, local, ctx.db_now)
     if messages:
         Stream.objects.bulk_create(messages)
     if journal:
         Journal.objects.bulk_create(journal)
     _notify(messages)
-    if mine is None:
+    if mine is None or mine_message is None:
         return None
-    Activity.objects.filter(job=job, seq=mine.step or 0).update(
-        status=JobStatus.RUNNING, attempts=1, started_at=Now()
-    )
     return Claimed(
-        id=mine.id,
-        kind=mine.kind,
+        id=mine_message.id,
+        kind=StreamKind.STEP,
         job_id=job.id,
-        step=mine.step,
+        step=mine.seq,
         name=mine.name,
-        payload=mine.payload,
+        payload=mine.input,
         attempts=1,
         queue=mine.queue,
     )
 
 
-def _take_one(messages: list[Stream], local: Local, now: datetime.datetime) -> Stream | None:
-    for message in messages:
-        if (
-            message.kind == StreamKind.STEP
-            and local.serves(message.queue)
-            and registry.has_activity(message.name)
-        ):
-            message.status = StreamStatus.RUNNING
-            message.worker = local.worker_id
-            message.attempts = 1
-            message.lease_expires_at = now + datetime.timedelta(seconds=local.lease_seconds)
-            message.claimed_at = now
-            return message
+def _take_one(ctx: WorkflowContext, local: Local) -> Activity | None:
+    """Pick the first new activity step this worker can run itself, and mark it
+    RUNNING (attempt 1) before it is written."""
+    for step, _definition in ctx.new_activity_calls:
+        if local.serves(step.queue) and registry.has_activity(step.name):
+            step.status = JobStatus.RUNNING
+            step.attempts = 1
+            step.started_at = ctx.db_now
+            return step
     return None
 
 
