@@ -83,6 +83,7 @@ class WorkflowContext:
         self.consumed_signals: list[Signal] = []
         self.cancelled_timers: list[int] = []
         self.search: dict[str, Any] = {}
+        self.state: dict[str, Any] = {}
         self.suspended = False
         self.nondeterminism: NonDeterminismError | None = None
 
@@ -399,3 +400,14 @@ def set_search(**attrs: Any) -> None:
     ctx = _require("set_search")
     for key, value in attrs.items():
         ctx.search[key] = to_json(value, what=f"search attribute {key!r}")
+
+
+def set_state(**values: Any) -> None:
+    """Publish values that `handle.state()` and `handle.query(name)` read without
+    waking the workflow. Later calls merge into earlier ones; replays rewrite the
+    same values, so the published state is always the latest turn's."""
+    from hotmesh_django.serialization import encode_value
+
+    ctx = _require("set_state")
+    for key, value in values.items():
+        ctx.state[key] = encode_value(value, what=f"state value {key!r}")

@@ -211,6 +211,27 @@ class WorkflowDefinition(Generic[P, R]):
 
         return start_job(self, args, kwargs)
 
+    def signal_with_start(
+        self, signal_name: str, payload: Any = None, /, *args: Any, **kwargs: Any
+    ) -> JobHandle:
+        """Start the workflow unless its workflow_id exists, and send it a signal.
+
+        Both happen in one transaction: a caller never sees the job without the
+        signal, and concurrent callers share one job and each deliver their signal.
+        Raise JobFinishedError when the existing job has already finished.
+        """
+        from django.db import transaction
+
+        from hotmesh_django.engine.control import send_signal
+        from hotmesh_django.engine.start import start_job
+
+        if context.current() is not None:
+            raise TypeError("signal_with_start() is for callers outside a workflow.")
+        with transaction.atomic():
+            handle = start_job(self, args, kwargs)
+            send_signal(handle.id, signal_name, payload)
+        return handle
+
     def using(self, **changes: Any) -> WorkflowDefinition[P, R]:
         """Return a copy that starts with other options."""
         return _using(self, changes)  # type: ignore[no-any-return]

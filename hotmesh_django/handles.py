@@ -80,6 +80,25 @@ class JobHandle:
             traceback=error.get("traceback", ""),
         )
 
+    def state(self) -> dict[str, Any]:
+        """Return the values the workflow published with hm.set_state()."""
+        from hotmesh_django.models import Job
+        from hotmesh_django.serialization import from_json
+
+        row = (
+            Job.objects.using(self._using)
+            .filter(workflow_id=self.id)
+            .values_list("state", flat=True)
+            .first()
+        )
+        if row is None:
+            raise JobNotFound(f"No job has workflow_id {self.id!r}.")
+        return from_json(row)  # type: ignore[no-any-return]
+
+    def query(self, name: str, default: Any = None) -> Any:
+        """Return one published state value (`default` when it was never set)."""
+        return self.state().get(name, default)
+
     def signal(self, name: str, payload: Any = None) -> None:
         """Send signal `name` with `payload` to the job; it is buffered until taken."""
         from hotmesh_django.engine.control import send_signal

@@ -93,6 +93,9 @@ class Job(models.Model):
     output = models.JSONField(_("output"), null=True, blank=True)
     error = models.JSONField(_("error"), null=True, blank=True)
     search = models.JSONField(_("search attributes"), default=dict, blank=True)
+    # Published by the workflow with hm.set_state(); read by handle.state() without
+    # waking it.
+    state = models.JSONField(_("published state"), default=dict, blank=True)
     parent = models.ForeignKey(
         "self",
         on_delete=models.SET_NULL,

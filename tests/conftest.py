@@ -120,7 +120,7 @@ def spawn_worker(
         proc.wait(timeout=10)
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
     """Poll `predicate` until it returns something truthy; fail after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:

@@ -153,3 +153,14 @@ def chaos(key: str) -> str:
         a.slow(0.05, f"{key}:{i}")
     a.write_effect(f"{key}:fx")
     return key
+
+
+@hm.workflow(name="t.stateful")
+def stateful(total: int) -> int:
+    done = 0
+    hm.set_state(progress=0, total=total)
+    while done < total:
+        step = hm.wait_for_signal("add")
+        done += int(step)
+        hm.set_state(progress=done)
+    return done

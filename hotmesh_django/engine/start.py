@@ -21,9 +21,9 @@ from hotmesh_django.serialization import encode_call, to_json
 _START = """
 WITH j AS (
     INSERT INTO {job} (workflow_id, name, kind, queue, status, priority, input, search,
-                       concurrency_key, deadline_at, created_at, updated_at)
+                       state, concurrency_key, deadline_at, created_at, updated_at)
     VALUES (%(wid)s, %(name)s, %(kind)s, %(queue)s, 'READY', %(priority)s, %(input)s,
-            %(search)s, %(ckey)s,
+            %(search)s, '{{}}'::jsonb, %(ckey)s,
             now() + make_interval(secs => %(delay)s::float8 + %(timeout)s::float8),
             now(), now())
     ON CONFLICT (workflow_id) DO NOTHING

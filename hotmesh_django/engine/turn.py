@@ -196,8 +196,11 @@ def _suspend(job: Job, ctx: WorkflowContext) -> None:
     fields = _job_fields(job, ctx)
     if job.error is not None:
         fields["error"] = None  # a parked job whose code came back
-    if status != job.status or fields:
+    if status != job.status:
         Job.objects.filter(pk=job.pk).transition(status, **fields)
+    elif fields:
+        # Same status (we hold the row lock): only the fields change.
+        Job.objects.filter(pk=job.pk).update(updated_at=Now(), **fields)
 
 
 def _job_fields(job: Job, ctx: WorkflowContext) -> dict[str, Any]:
@@ -207,6 +210,8 @@ def _job_fields(job: Job, ctx: WorkflowContext) -> dict[str, Any]:
         fields["started_at"] = Now()
     if ctx.search:
         fields["search"] = {**job.search, **ctx.search}
+    if ctx.state:
+        fields["state"] = {**job.state, **ctx.state}
     return fields
 
 

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def test_start_returns_a_handle_and_the_result(worker: InProcessWorker) -> None:
     handle = a.add.start(2, 3)
     assert isinstance(handle, hm.JobHandle)
-    assert handle.result(timeout=10) == 5
+    assert handle.result(timeout=30) == 5
     assert handle.status() == JobStatus.SUCCESSFUL
     job = Job.objects.get(workflow_id=handle.id)
     assert job.kind == "ACTIVITY" and job.started_at and job.finished_at
@@ -39,7 +39,7 @@ def test_rich_types_round_trip_through_a_worker(worker: InProcessWorker) -> None
         "id": uuid.UUID(int=7),
         "list": [1, "two", None],
     }
-    assert a.echo.start(value).result(timeout=10) == value
+    assert a.echo.start(value).result(timeout=30) == value
 
 
 def test_start_joins_the_callers_transaction() -> None:
@@ -80,7 +80,7 @@ def test_get_handle_and_unknown_ids() -> None:
 
 def test_retries_until_success_with_attempts_journaled(worker: InProcessWorker) -> None:
     handle = a.fail_times.start("ft", 2)
-    assert handle.result(timeout=10) == 3
+    assert handle.result(timeout=30) == 3
     step = Activity.objects.get(job__workflow_id=handle.id)
     assert step.attempts == 3
     events = [(e["event"], e["attempt"]) for e in handle.journal()]
@@ -95,7 +95,7 @@ def test_retries_until_success_with_attempts_journaled(worker: InProcessWorker) 
 
 def test_retry_is_row_state_with_backoff(worker: InProcessWorker) -> None:
     handle = a.fail_times.using(workflow_id="backoff").start("bo", 1)
-    handle.result(timeout=10)
+    handle.result(timeout=30)
     retried = Journal.objects.get(job__workflow_id="backoff", event="step_retried")
     assert retried.data["delay"] == pytest.approx(0.05)
     assert retried.data["error"]["type"] == "ValueError"
@@ -104,7 +104,7 @@ def test_retry_is_row_state_with_backoff(worker: InProcessWorker) -> None:
 def test_exhausted_retries_fail_the_job_with_error_and_traceback(worker: InProcessWorker) -> None:
     handle = a.always_fail.start("boom")
     with pytest.raises(hm.WorkflowFailed) as info:
-        handle.result(timeout=10)
+        handle.result(timeout=30)
     assert info.value.type == "ValueError" and info.value.message == "boom"
     job = Job.objects.get(workflow_id=handle.id)
     assert job.status == JobStatus.FAILED
@@ -119,26 +119,26 @@ def test_non_retryable_errors_fail_at_once(
     worker: InProcessWorker, definition: Any, key: str
 ) -> None:
     with pytest.raises(hm.WorkflowFailed):
-        definition.start().result(timeout=10)
+        definition.start().result(timeout=30)
     assert Counter.objects.get(key=key).value == 1
 
 
 def test_result_that_is_not_json_fails_without_retry(worker: InProcessWorker) -> None:
     with pytest.raises(hm.WorkflowFailed, match="not JSON serializable"):
-        a.bad_result.start().result(timeout=10)
+        a.bad_result.start().result(timeout=30)
     assert Activity.objects.get().attempts == 1
 
 
 def test_system_exit_in_user_code_is_a_failure_not_a_dead_worker(worker: InProcessWorker) -> None:
     with pytest.raises(hm.WorkflowFailed) as info:
-        a.exits.start().result(timeout=10)
+        a.exits.start().result(timeout=30)
     assert info.value.type == "SystemExit"
-    assert a.add.start(1, 1).result(timeout=10) == 2  # the worker is still alive
+    assert a.add.start(1, 1).result(timeout=30) == 2  # the worker is still alive
 
 
 def test_timed_out_attempt_is_retried_and_its_late_result_dropped(worker: InProcessWorker) -> None:
     handle = a.sleepy.start(1.5, "sl")
-    assert handle.result(timeout=10) == "call 2"
+    assert handle.result(timeout=30) == "call 2"
     events = [(e["event"], e["attempt"]) for e in handle.journal()]
     assert ("step_retried", 1) in events and ("step_completed", 2) in events
     retried = Journal.objects.get(job__workflow_id=handle.id, event="step_retried")
@@ -147,7 +147,7 @@ def test_timed_out_attempt_is_retried_and_its_late_result_dropped(worker: InProc
 
 def test_unknown_activity_fails_the_job_and_the_worker_keeps_going(worker: InProcessWorker) -> None:
     handle = a.add.start(1, 1)
-    handle.result(timeout=10)
+    handle.result(timeout=30)
     job = Job.objects.create(workflow_id="ghost", name="gone.activity", kind="ACTIVITY")
     Activity.objects.create(job=job, seq=1, name="gone.activity", input={"args": [], "kwargs": {}})
     Stream.objects.create(
@@ -159,8 +159,8 @@ def test_unknown_activity_fails_the_job_and_the_worker_keeps_going(worker: InPro
         payload={"args": [], "kwargs": {}},
     )
     with pytest.raises(hm.WorkflowFailed, match="Unknown activity 'gone.activity'"):
-        hm.get_handle("ghost").result(timeout=10)
-    assert a.add.start(2, 2).result(timeout=10) == 4
+        hm.get_handle("ghost").result(timeout=30)
+    assert a.add.start(2, 2).result(timeout=30) == 4
 
 
 def test_garbage_payload_fails_the_job_clearly(worker: InProcessWorker) -> None:
@@ -170,7 +170,7 @@ def test_garbage_payload_fails_the_job_clearly(worker: InProcessWorker) -> None:
         queue="default", kind="TASK", job=job, step=1, name="t.add", payload={"args": "not a list"}
     )
     with pytest.raises(hm.WorkflowFailed, match="Malformed call payload"):
-        hm.get_handle("garbage").result(timeout=10)
+        hm.get_handle("garbage").result(timeout=30)
 
 
 def test_result_timeout_raises_timeout_error() -> None:
@@ -194,8 +194,8 @@ def test_delay_and_priority(start_worker: Any) -> None:
     low = a.echo.using(priority=-1).start("low")
     high = a.echo.using(priority=10).start("high")
     start_worker(concurrency=1)
-    assert high.result(timeout=10) == "high" and low.result(timeout=10) == "low"
-    assert late.result(timeout=10) == "late"
+    assert high.result(timeout=30) == "high" and low.result(timeout=30) == "low"
+    assert late.result(timeout=30) == "late"
     order = list(Job.objects.order_by("started_at").values_list("workflow_id", flat=True))
     assert order == [high.id, low.id, late.id]
     late_job = Job.objects.get(workflow_id=late.id)
@@ -207,7 +207,7 @@ def test_run_at_holds_a_job_back(worker: InProcessWorker) -> None:
 
     when = timezone.now() + datetime.timedelta(seconds=0.5)
     handle = a.echo.using(run_at=when).start("later")
-    assert handle.result(timeout=10) == "later"
+    assert handle.result(timeout=30) == "later"
     assert Job.objects.get(workflow_id=handle.id).started_at >= when
 
 

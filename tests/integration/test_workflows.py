@@ -24,7 +24,7 @@ def _status(handle: hm.JobHandle, status: JobStatus) -> bool:
 
 def test_three_sequential_steps(worker: InProcessWorker) -> None:
     handle = w.three_steps.start(1)
-    assert handle.result(timeout=10) == 4
+    assert handle.result(timeout=30) == 4
     steps = handle.activities()
     assert [(s["seq"], s["name"], s["status"]) for s in steps] == [
         (1, "t.add", "SUCCESSFUL"),
@@ -38,13 +38,13 @@ def test_three_sequential_steps(worker: InProcessWorker) -> None:
 
 def test_finished_steps_are_not_run_again_on_replay(worker: InProcessWorker) -> None:
     handle = w.slow_steps.start("replay", 3, 0.0)
-    assert handle.result(timeout=10) == 3
+    assert handle.result(timeout=30) == 3
     assert list(Counter.objects.order_by("key").values_list("value", flat=True)) == [1, 1, 1]
 
 
 def test_durable_sleep(worker: InProcessWorker) -> None:
     handle = w.sleeper.start(0.3)
-    elapsed = float(handle.result(timeout=10))
+    elapsed = float(handle.result(timeout=30))
     assert 0.3 <= elapsed < 1.5
     events = [e["event"] for e in handle.journal()]
     assert "timer_set" in events and "timer_fired" in events
@@ -58,13 +58,13 @@ def test_sleep_survives_without_a_worker(start_worker: object) -> None:
     assert handle.status() == JobStatus.WAITING
     time.sleep(0.4)  # the timer comes due while no worker runs
     start_worker()  # type: ignore[operator]
-    assert float(handle.result(timeout=10)) >= 0.2
+    assert float(handle.result(timeout=30)) >= 0.2
 
 
 def test_signal_sent_before_the_wait_is_delivered(worker: InProcessWorker) -> None:
     handle = w.waiter.using(delay=0.3).start("approved")
     handle.signal("approved", {"by": "ops"})
-    assert handle.result(timeout=10) == {"by": "ops"}
+    assert handle.result(timeout=30) == {"by": "ops"}
     assert Signal.objects.get().step == 1
 
 
@@ -72,7 +72,7 @@ def test_signal_after_the_wait(worker: InProcessWorker) -> None:
     handle = w.waiter.start("approved")
     wait_until(lambda: _status(handle, JobStatus.WAITING))
     hm.signal(handle.id, "approved", [1, 2, 3])
-    assert handle.result(timeout=10) == [1, 2, 3]
+    assert handle.result(timeout=30) == [1, 2, 3]
 
 
 def test_signals_are_delivered_in_order(worker: InProcessWorker) -> None:
@@ -80,12 +80,12 @@ def test_signals_are_delivered_in_order(worker: InProcessWorker) -> None:
     handle.signal("go", "first")
     handle.signal("go", "second")
     handle.signal("other", "ignored")
-    assert handle.result(timeout=10) == ["first", "second"]
+    assert handle.result(timeout=30) == ["first", "second"]
 
 
 def test_signal_timeout_raises_inside_the_workflow(worker: InProcessWorker) -> None:
     handle = w.waiter.start("never", 0.3)
-    assert handle.result(timeout=10) == "timed out"
+    assert handle.result(timeout=30) == "timed out"
     assert "signal_timed_out" in [e["event"] for e in handle.journal()]
 
 
@@ -105,7 +105,7 @@ def test_signal_errors() -> None:
 
 def test_child_workflows_and_gather(worker: InProcessWorker) -> None:
     handle = w.parent.start(1)
-    assert handle.result(timeout=15) == [101, 100, 101, 102]
+    assert handle.result(timeout=60) == [101, 100, 101, 102]
     parent = Job.objects.get(workflow_id=handle.id)
     children = Job.objects.filter(parent=parent).order_by("parent_step")
     assert [c.workflow_id for c in children] == [f"{handle.id}/{i}" for i in (1, 2, 3, 4)]
@@ -128,7 +128,7 @@ def test_thousand_children_gathered(start_worker: object) -> None:
 
 def test_idempotent_workflow_start_in_any_state(worker: InProcessWorker) -> None:
     handle = w.three_steps.using(workflow_id="wf-1").start(1)
-    assert handle.result(timeout=10) == 4
+    assert handle.result(timeout=30) == 4
     again = w.three_steps.using(workflow_id="wf-1").start(99)
     assert again.result(timeout=1) == 4
     assert Job.objects.filter(workflow_id="wf-1").count() == 1
@@ -145,7 +145,7 @@ def test_deterministic_values_replay(worker: InProcessWorker) -> None:
     handle = w.deterministic.start()
     wait_until(lambda: _status(handle, JobStatus.WAITING))
     handle.signal("continue")
-    result = handle.result(timeout=10)
+    result = handle.result(timeout=30)
     first = result["first"]
     assert isinstance(first["now"], datetime.datetime)
     assert isinstance(first["uuid"], uuid.UUID)
@@ -165,7 +165,7 @@ def test_nondeterminism_fails_the_job_naming_the_step(worker: InProcessWorker) -
         w.FLAGS["changed"] = True
         handle.signal("continue")
         with pytest.raises(hm.WorkflowFailed) as info:
-            handle.result(timeout=10)
+            handle.result(timeout=30)
     finally:
         w.FLAGS["changed"] = False
     assert info.value.type == "NonDeterminismError"
@@ -176,10 +176,10 @@ def test_patched_keeps_old_histories_on_the_old_path(worker: InProcessWorker) ->
     w.FLAGS["patched"] = False
     try:
         old = w.versioned_after.using(workflow_id="old").start()
-        assert old.result(timeout=10) == "ok"
+        assert old.result(timeout=30) == "ok"
         w.FLAGS["patched"] = True
         new = w.versioned_after.using(workflow_id="new").start()
-        assert new.result(timeout=10) == "ok"
+        assert new.result(timeout=30) == "ok"
     finally:
         w.FLAGS["patched"] = False
     assert [a["name"] for a in new.activities()] == ["patched:extra-step", "t.echo", "t.add"]
@@ -190,31 +190,31 @@ def test_patched_during_a_running_job(worker: InProcessWorker) -> None:
     handle = w.versioned.start()
     wait_until(lambda: _status(handle, JobStatus.WAITING))
     handle.signal("continue")
-    assert handle.result(timeout=10) == "new"
+    assert handle.result(timeout=30) == "new"
 
 
 def test_activity_failure_can_be_caught_for_compensation(worker: InProcessWorker) -> None:
-    result = w.compensates.start().result(timeout=10)
+    result = w.compensates.start().result(timeout=30)
     assert result == "compensated after ValueError: charge declined"
 
 
 def test_uncaught_step_failure_fails_the_workflow(worker: InProcessWorker) -> None:
     with pytest.raises(hm.WorkflowFailed) as info:
-        w.step_fails.start().result(timeout=10)
+        w.step_fails.start().result(timeout=30)
     assert info.value.type == "ActivityFailed"
     assert "uncaught" in info.value.message
 
 
 def test_workflow_exception_fails_the_job(worker: InProcessWorker) -> None:
     with pytest.raises(hm.WorkflowFailed) as info:
-        w.raises.start().result(timeout=10)
+        w.raises.start().result(timeout=30)
     assert (info.value.type, info.value.message) == ("RuntimeError", "workflow bug")
     assert "Traceback" in info.value.traceback
 
 
 def test_workflow_timeout(worker: InProcessWorker) -> None:
     with pytest.raises(hm.WorkflowFailed) as info:
-        w.times_out.start().result(timeout=10)
+        w.times_out.start().result(timeout=30)
     assert info.value.type == "WorkflowTimeout"
 
 
@@ -231,7 +231,7 @@ def test_cancel_cascades_to_children(worker: InProcessWorker) -> None:
 
 
 def test_atomic_steps_write_exactly_once(worker: InProcessWorker) -> None:
-    assert w.atomic_steps.start("ax", 3).result(timeout=10) == 3
+    assert w.atomic_steps.start("ax", 3).result(timeout=30) == 3
     assert sorted(Effect.objects.values_list("key", flat=True)) == ["ax:0", "ax:1", "ax:2"]
 
 
@@ -239,19 +239,19 @@ def test_atomic_step_failure_rolls_back_its_writes(worker: InProcessWorker) -> N
     from tests import activities as a
 
     with pytest.raises(hm.WorkflowFailed):
-        a.effect_then_fail.start("rolled").result(timeout=10)
+        a.effect_then_fail.start("rolled").result(timeout=30)
     assert not Effect.objects.exists()
 
 
 def test_search_attributes(worker: InProcessWorker) -> None:
     handle = w.searchable.start("acme")
-    handle.result(timeout=10)
+    handle.result(timeout=30)
     assert Job.objects.filter(search__customer="acme", search__tier="gold").count() == 1
 
 
 def test_bad_workflow_result(worker: InProcessWorker) -> None:
     with pytest.raises(hm.WorkflowFailed, match="not JSON serializable"):
-        w.returns_bad.start().result(timeout=10)
+        w.returns_bad.start().result(timeout=30)
 
 
 def test_missing_workflow_code_parks_the_job(worker: InProcessWorker) -> None:
@@ -266,7 +266,7 @@ def test_missing_workflow_code_parks_the_job(worker: InProcessWorker) -> None:
     Stream.objects.filter(job=job).update(visible_at=datetime.datetime.now(datetime.UTC))
     with connection.cursor() as cursor:  # what setting any timer does: workers look again
         cursor.execute("SELECT pg_notify('hotmesh', 't:0')")
-    assert hm.get_handle("orphan").result(timeout=10) == 4
+    assert hm.get_handle("orphan").result(timeout=30) == 4
 
 
 def test_retry_a_failed_workflow_from_the_failed_step(worker: InProcessWorker) -> None:
@@ -274,9 +274,9 @@ def test_retry_a_failed_workflow_from_the_failed_step(worker: InProcessWorker) -
 
     handle = w.step_fails.start()
     with pytest.raises(hm.WorkflowFailed):
-        handle.result(timeout=10)
+        handle.result(timeout=30)
     assert retry_job(handle.id) is True
     assert retry_job(handle.id) is False  # no longer FAILED
     with pytest.raises(hm.WorkflowFailed):
-        handle.result(timeout=10)
+        handle.result(timeout=30)
     assert Counter.objects.get(key="always_fail:uncaught").value == 6
