@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from hotmesh_django.choices import JobStatus
 from hotmesh_django.context import (
+    continue_as_new,
     gather,
     now,
     patched,
@@ -67,6 +68,7 @@ __all__ = [
     "WorkflowDefinition",
     "WorkflowFailed",
     "activity",
+    "continue_as_new",
     "gather",
     "get_handle",
     "now",

@@ -124,5 +124,6 @@ class JournalEvent(models.TextChoices):
     PARKED = "parked", _("Parked")
     CANCELLED = "cancelled", _("Cancelled")
     RETRIED = "retried", _("Retried by an operator")
+    CONTINUED = "continued_as_new", _("Continued as a new run")
     COMPLETED = "completed", _("Completed")
     FAILED = "failed", _("Failed")

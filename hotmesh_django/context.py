@@ -15,7 +15,7 @@ import threading
 import uuid as _uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from django.utils import timezone
 
@@ -85,6 +85,8 @@ class WorkflowContext:
         self.search: dict[str, Any] = {}
         self.state: dict[str, Any] = {}
         self.suspended = False
+        # Set by hm.continue_as_new(): the encoded arguments of the next run.
+        self.continued: Any = None
         self.nondeterminism: NonDeterminismError | None = None
 
     @property
@@ -411,3 +413,16 @@ def set_state(**values: Any) -> None:
     ctx = _require("set_state")
     for key, value in values.items():
         ctx.state[key] = encode_value(value, what=f"state value {key!r}")
+
+
+def continue_as_new(*args: Any, **kwargs: Any) -> NoReturn:
+    """End this run and start a fresh run of the same workflow_id with these
+    arguments and an empty history, so a long-lived loop never grows its journal
+    without bound. Code after the call never runs. Raise TypeError (failing nothing)
+    for arguments that are not JSON."""
+    from hotmesh_django.exceptions import ContinueAsNew
+    from hotmesh_django.serialization import encode_call
+
+    ctx = _require("continue_as_new")
+    ctx.continued = encode_call(args, kwargs)
+    raise ContinueAsNew(ctx.continued)

@@ -70,3 +70,11 @@ class NonDeterminismError(HotmeshError):
 
 class Suspend(BaseException):  # noqa: N818 - control flow, not an error
     """Stop the current workflow turn: it waits for a step, a timer or a signal."""
+
+
+class ContinueAsNew(BaseException):  # noqa: N818 - control flow, not an error
+    """End this run and start a fresh one of the same workflow_id (hm.continue_as_new)."""
+
+    def __init__(self, data: object) -> None:
+        super().__init__("continue as new")
+        self.data = data

@@ -164,3 +164,12 @@ def stateful(total: int) -> int:
         done += int(step)
         hm.set_state(progress=done)
     return done
+
+
+@hm.workflow(name="t.poller")
+def poller(round_no: int, total: int) -> int:
+    a.add(round_no, 0)
+    if round_no < total:
+        hm.continue_as_new(round_no + 1, total)
+        raise AssertionError("code after continue_as_new ran")  # pragma: no cover
+    return round_no

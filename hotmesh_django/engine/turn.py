@@ -24,7 +24,7 @@ from hotmesh_django.context import WorkflowContext, activate
 from hotmesh_django.engine.claim import Claimed
 from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job
 from hotmesh_django.engine.notify import WORK_CHANNEL
-from hotmesh_django.exceptions import Suspend, UnknownDefinition
+from hotmesh_django.exceptions import ContinueAsNew, Suspend, UnknownDefinition
 from hotmesh_django.models import (
     FINISHED_STATUSES,
     Activity,
@@ -148,6 +148,9 @@ def _turn(job: Job, local: Local) -> Claimed | None:
         fields = _job_fields(job, ctx)  # _suspend writes them otherwise
         if fields:
             Job.objects.filter(pk=job.pk).update(**fields)
+    if ctx.continued is not None and error is None:
+        _continue_as_new(job, ctx.continued)
+        return None
     if error is not None:
         logger.info("workflow failed job=%s error=%s", job.workflow_id, type(error).__name__)
         finish_job(job.id, JobStatus.FAILED, error=error_dict(error))
@@ -175,13 +178,15 @@ def _replay(
         try:
             result = func(*args, **kwargs)
             returned = True
-        except Suspend:
+        except (Suspend, ContinueAsNew):
             pass
         except (Exception, SystemExit, KeyboardInterrupt) as exc:
             error = exc
     # Checked after the call, so a user's broad `except` cannot hide either.
     if ctx.nondeterminism is not None:
         return None, ctx.nondeterminism, False
+    if ctx.continued is not None and error is None:
+        return None, None, False
     if returned and ctx.suspended:
         return None, None, False
     return result, error, returned
@@ -453,3 +458,40 @@ def _park(job: Job, message: str) -> None:
         cursor.execute(
             "SELECT pg_notify(%s, %s)", [WORK_CHANNEL, f"t:{time.time() + PARK_SECONDS}"]
         )
+
+
+def _continue_as_new(job: Job, data: Any) -> None:
+    """Close this run under a run id and start the next one under the workflow_id.
+
+    Handles keep following the workflow_id, so `result()` waits for the last run.
+    A parent waiting on this child is handed over to the new run.
+    """
+    workflow_id = job.workflow_id
+    run_id = f"{workflow_id[:230]}#run-{job.pk}"
+    Job.objects.filter(pk=job.pk).update(workflow_id=run_id, parent=None, parent_step=None)
+    finish_job(job.pk, JobStatus.SUCCESSFUL, output={"continued_as_new": workflow_id})
+    following = Job.objects.create(
+        workflow_id=workflow_id,
+        name=job.name,
+        kind=JobKind.WORKFLOW,
+        queue=job.queue,
+        priority=job.priority,
+        input=data,
+        search={**job.search, "previous_run": run_id},
+        state=job.state,
+        parent_id=job.parent_id,
+        parent_step=job.parent_step,
+        concurrency_key=job.concurrency_key,
+    )
+    Journal.objects.bulk_create(
+        [
+            Journal(job=job, event=JournalEvent.CONTINUED, data={"next_run": workflow_id}),
+            Journal(
+                job=following,
+                event=JournalEvent.CREATED,
+                name=job.name,
+                data={"previous_run": run_id},
+            ),
+        ]
+    )
+    enqueue_turn(following.pk)

@@ -49,3 +49,15 @@ def test_published_state_is_read_without_waking_the_workflow(worker: InProcessWo
 def test_set_state_outside_a_workflow_is_refused() -> None:
     with pytest.raises(hm.HotmeshError, match="inside a running workflow"):
         hm.set_state(x=1)
+
+
+def test_continue_as_new_starts_fresh_runs_under_the_same_id(worker: InProcessWorker) -> None:
+    handle = w.poller.using(workflow_id="poll").start(1, 4)
+    assert handle.result(timeout=30) == 4
+    final = Job.objects.get(workflow_id="poll")
+    assert final.input == {"args": [4, 4], "kwargs": {}}
+    assert final.activities.count() == 1  # an empty history each run
+    runs = Job.objects.filter(workflow_id__startswith="poll#run-").order_by("id")
+    assert [r.status for r in runs] == [JobStatus.SUCCESSFUL] * 3
+    assert final.search["previous_run"] == runs.last().workflow_id
+    assert "continued_as_new" in [e.event for e in runs.first().journal.all()]
