@@ -296,6 +296,7 @@ class Journal(models.Model):
         verbose_name_plural = _("journal")
         ordering = ["job", "id"]
         indexes = [models.Index(fields=["job", "id"], name="hotmesh_journal_job_idx")]
+        constraints = [_status_check("journal", "event", JournalEvent)]
 
     def __str__(self) -> str:
         return f"{self.job_id} {self.event} {self.name}"

@@ -41,9 +41,11 @@ _DECODERS: dict[str, Callable[[str], Any]] = {
     "timedelta": parse_duration,
     "decimal": decimal.Decimal,
     "uuid": uuid.UUID,
+    "float": float,
 }
 
 _MAX_DEPTH = 200
+_EXACT_FLOAT_LIMIT = 1e15
 
 
 def to_json(value: Any, *, what: str = "value") -> Any:
@@ -59,6 +61,10 @@ def _encode(value: Any, where: str, depth: int, seen: set[int]) -> Any:
     if isinstance(value, float):
         if not math.isfinite(value):
             raise TypeError(f"{where} is {value!r}, which JSON cannot represent.")
+        if abs(value) >= _EXACT_FLOAT_LIMIT:
+            # JSONB keeps numbers as decimals and prints large ones without an
+            # exponent, so they come back as a different int: keep the exact repr.
+            return {TAG: "float", "v": repr(value)}
         return value
     if depth > _MAX_DEPTH:
         raise TypeError(f"{where} is nested more than {_MAX_DEPTH} levels deep.")

@@ -53,16 +53,27 @@ def _jitter(seconds: float) -> float:
     return seconds * random.uniform(0.9, 1.1)  # noqa: S311 - not for secrets
 
 
-def dispatch(message: claims.Claimed, local: Local) -> None:
-    """Run one claimed message, then whatever step its ack handed this worker."""
+def dispatch(message: claims.Claimed, local: Local, held: set[int] | None = None) -> None:
+    """Run one claimed message, then whatever step its ack handed this worker.
+
+    `held` is the set of message ids whose leases the heartbeat extends: a message
+    handed over is added while it runs and removed when it is done.
+    """
     following: claims.Claimed | None = message
     while following is not None:
-        if following.kind in ("TURN", "TIMER"):
-            with tracing.span("hotmesh.turn", job_id=following.job_id, queue=following.queue):
-                following = run_turn(following, local)
-            faults.point("turn_commit")
-        else:
-            following = run_step(following, local)
+        current = following
+        if held is not None:
+            held.add(current.id)
+        try:
+            if current.kind in ("TURN", "TIMER"):
+                with tracing.span("hotmesh.turn", job_id=current.job_id, queue=current.queue):
+                    following = run_turn(current, local)
+                faults.point("turn_commit")
+            else:
+                following = run_step(current, local)
+        finally:
+            if held is not None:
+                held.discard(current.id)
 
 
 class Worker:
@@ -95,6 +106,8 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self._paused: set[str] = set()
         self._hot: set[str] = set()
+        # Ids of the messages claimed and not yet finished (queued or running).
+        self._held: set[int] = set()
         self._last_full = 0.0
         self._backlog = False
         self._paused_stale = True  # read the paused queues on the first tick
@@ -210,6 +223,7 @@ class Worker:
             for message in batch:
                 with self._lock:
                     self._in_flight += 1
+                self._held.add(message.id)
                 self._inbox.put(message)
             claimed += len(batch)
             free -= len(batch)
@@ -290,7 +304,7 @@ class Worker:
                 connection.close()
                 return
             try:
-                dispatch(message, self._local())
+                dispatch(message, self._local(), self._held)
             except (OperationalError, InterfaceError):
                 # The lease will expire and another worker will re-run it.
                 logger.exception("database error running message id=%s", message.id)
@@ -356,7 +370,10 @@ class Worker:
         fields = self._row_fields()
         if not WorkerRow.objects.filter(id=self.id).update(last_seen=Now(), **fields):
             self._register()  # another worker took us for dead; we are back
-        claims.extend_leases(worker_id=self.id, lease_seconds=lease)
+        # Only the messages this process is really working on: a row it lost track
+        # of (a reply lost with its connection, a database error mid-run) must
+        # expire and be rescued, not be kept alive by a live worker forever.
+        claims.extend_leases(worker_id=self.id, ids=list(self._held), lease_seconds=lease)
         self._paused_stale = True  # the floor under the pause/resume NOTIFY
         claims.rescue(stale_seconds=max(lease, 3 * settings.heartbeat_seconds))
         # Cron slots and retention, each run by whichever worker wins its lock.

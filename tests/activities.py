@@ -139,3 +139,21 @@ def tenant_work(key: str, seconds: float) -> None:
     started = time.time()
     time.sleep(seconds)
     Interval.objects.create(key=key, started=started, ended=time.time())
+
+
+# For chaos tests: faults there are the infrastructure's, so give the retry budget
+# room; what is under test is that nothing is lost or done twice.
+STURDY = RetryPolicy(max_attempts=50, initial_interval=0.02, backoff=1.5, max_interval=0.2)
+
+
+@activity(name="t.sturdy_effect", atomic=True, retry=STURDY)
+def sturdy_effect(key: str) -> str:
+    from tests.models import Effect
+
+    Effect.objects.create(key=key)
+    return key
+
+
+@activity(name="t.sturdy_add", retry=STURDY)
+def sturdy_add(a: int, b: int) -> int:
+    return a + b

@@ -173,3 +173,12 @@ def poller(round_no: int, total: int) -> int:
         hm.continue_as_new(round_no + 1, total)
         raise AssertionError("code after continue_as_new ran")  # pragma: no cover
     return round_no
+
+
+@hm.workflow(name="t.sturdy_steps")
+def sturdy_steps(key: str, n: int) -> int:
+    total = 0
+    for i in range(n):
+        a.sturdy_effect(f"{key}:{i}")
+        total = a.sturdy_add(total, 1)
+    return total

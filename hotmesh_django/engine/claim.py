@@ -86,14 +86,15 @@ SELECT extract(epoch FROM min(visible_at) - clock_timestamp())
 
 _EXTEND = """
 UPDATE {stream} SET lease_expires_at = now() + make_interval(secs => %(lease)s)
- WHERE worker = %(worker)s AND status = 'RUNNING'
+ WHERE worker = %(worker)s AND status = 'RUNNING' AND id = ANY(%(ids)s::bigint[])
 """
 
 # Rows whose lease ran out, or whose worker said goodbye or went silent.
 _EXPIRED = """
 SELECT id FROM {stream}
  WHERE status = 'RUNNING' AND kind IN %(kinds)s
-   AND (lease_expires_at < now() OR worker = ANY(%(workers)s::uuid[]))
+   AND (lease_expires_at IS NULL OR lease_expires_at < now()
+        OR worker = ANY(%(workers)s::uuid[]))
    FOR UPDATE SKIP LOCKED
 """
 
@@ -194,9 +195,13 @@ def seconds_until_next_due() -> float | None:
     return None if row is None or row[0] is None else float(row[0])
 
 
-def extend_leases(*, worker_id: uuid.UUID, lease_seconds: float) -> int:
+def extend_leases(*, worker_id: uuid.UUID, ids: list[int], lease_seconds: float) -> int:
+    """Extend the leases of the messages `ids` that `worker_id` still holds."""
+    if not ids:
+        return 0
+    params: dict[str, Any] = {"worker": worker_id, "ids": ids, "lease": lease_seconds}
     with connection.cursor() as cursor:
-        cursor.execute(_EXTEND.format(**tables()), {"worker": worker_id, "lease": lease_seconds})
+        cursor.execute(_EXTEND.format(**tables()), params)
         return int(cursor.rowcount)
 
 

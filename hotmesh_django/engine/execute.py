@@ -16,7 +16,7 @@ import time
 import uuid
 from typing import Any
 
-from django.db import connection, connections, transaction
+from django.db import InterfaceError, OperationalError, connection, connections, transaction
 from django.db.models.functions import Now
 from psycopg.types.json import Jsonb
 
@@ -327,6 +327,13 @@ def _execute(
     except LeaseLost:
         logger.warning("lease lost, result dropped job=%s step=%s", message.job_id, message.step)
         return None, None
+    except (OperationalError, InterfaceError) as exc:
+        if _connection_lost(exc):
+            # The worker's connection died under the activity: an infrastructure
+            # fault, not the activity's, so it must not use up the retry budget.
+            _release_uncounted(message, local.worker_id, exc)
+            return None, None
+        return None, _record_failure(message, local.worker_id, definition.retry, exc)
     except (Exception, SystemExit, KeyboardInterrupt) as exc:
         # SystemExit and KeyboardInterrupt here come from user code: the worker's own
         # signals are handled by flags, never by raising into the activity.
@@ -337,6 +344,55 @@ def _execute(
         logger.warning("lease lost, result dropped job=%s step=%s", message.job_id, message.step)
         return None, None
     return following, metrics.SUCCESSFUL
+
+
+# SQLSTATE classes that mean the session itself ended: connection exceptions (08) and
+# operator intervention (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot
+# connect now).
+_SESSION_ENDED = ("08", "57P01", "57P02", "57P03")
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """True when `exc` means this thread's database session died (then reset it)."""
+    state = getattr(exc.__cause__, "sqlstate", None) or ""
+    raw = connection.connection
+    broken = raw is None or bool(getattr(raw, "broken", False)) or bool(raw.closed)
+    if broken or state.startswith(_SESSION_ENDED):
+        connection.close()
+        return True
+    return False
+
+
+_RELEASE = """
+WITH m AS (
+    UPDATE {stream} AS s
+       SET status = 'READY', worker = NULL, lease_expires_at = NULL,
+           attempts = greatest(s.attempts - 1, 0)
+     WHERE id = %(id)s AND worker = %(worker)s AND status = 'RUNNING'
+ RETURNING job_id, step, name, queue
+), a AS (
+    UPDATE {activity} AS x SET status = 'READY'
+      FROM m WHERE x.job_id = m.job_id AND x.seq = m.step AND x.status = 'RUNNING'
+), r AS (
+    INSERT INTO {journal} (job_id, step, event, name, attempt, data, created_at)
+    SELECT job_id, step, 'lease_expired', name, %(attempt)s, %(data)s, now() FROM m
+)
+SELECT pg_notify('{channel}', 'q:' || queue) FROM m
+"""
+
+
+def _release_uncounted(message: Claimed, worker_id: uuid.UUID, exc: BaseException) -> None:
+    """Give the message back at once without counting the attempt (on a new
+    connection). If this fails too, the lease expires and the rescue counts it."""
+    params: dict[str, Any] = {
+        "id": message.id,
+        "worker": worker_id,
+        "attempt": message.attempts,
+        "data": Jsonb({"reason": "database connection lost", "error": str(exc)[:500]}),
+    }
+    logger.warning("connection lost mid-step job=%s step=%s", message.job_id, message.step)
+    with connection.cursor() as cursor:
+        cursor.execute(_RELEASE.format(channel=WORK_CHANNEL, **tables()), params)
 
 
 def _record_failure(

@@ -68,13 +68,15 @@ def run_turn(message: Claimed, local: Local) -> Claimed | None:
     to run next on the same thread (None if there is none).
     """
     with transaction.atomic():
+        # The job first, the message second: the order finish_job and cancel take
+        # them in, so the two never deadlock.
+        job = _locked(message.job_id, skip_locked=False)
         mine = Stream.objects.filter(
             id=message.id, worker=local.worker_id, status=StreamStatus.RUNNING
         )
         if not mine.delete()[0]:
             logger.warning("lease lost, turn dropped job=%s", message.job_id)
             return None
-        job = _locked(message.job_id, skip_locked=False)
         if job is None:
             return None
         return _turn(job, local)

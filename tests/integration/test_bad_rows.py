@@ -1,0 +1,166 @@
+"""Hand-edited and corrupted rows, and user code that misbehaves.
+
+Each case ends with a clear error on the job, the worker still running (it runs a
+job afterwards), and nothing else lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from django.db import IntegrityError, transaction
+
+import hotmesh_django as hm
+from hotmesh_django.models import Activity, Job, JobStatus, Journal, Stream
+from hotmesh_django.testing import WorkerThread
+from tests import activities as a
+from tests import workflows as w
+from tests.conftest import wait_until
+from tests.integration import kit_defs as k
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def worker() -> Iterator[WorkerThread]:
+    k.RELEASE.clear()
+    with WorkerThread(concurrency=1) as thread:
+        yield thread
+        # Alive and well: one slot, and it still runs a fresh job.
+        assert a.add.start(20, 22).result(timeout=10) == 42
+        assert thread.is_alive()
+    k.RELEASE.set()
+
+
+def _failure(handle: hm.JobHandle) -> hm.WorkflowFailed:
+    with pytest.raises(hm.WorkflowFailed) as info:
+        handle.result(timeout=15)
+    return info.value
+
+
+def _waiting(handle: hm.JobHandle) -> None:
+    with WorkerThread():
+        wait_until(lambda: handle.status() == JobStatus.WAITING, timeout=15)
+
+
+def test_garbage_step_payload_fails_the_job_clearly(worker: WorkerThread) -> None:
+    with transaction.atomic():
+        handle = a.add.start(1, 2)
+        Stream.objects.filter(job__workflow_id=handle.id).update(payload="not a call")
+    error = _failure(handle)
+    assert "Malformed call payload" in error.message
+
+
+def test_garbage_workflow_input_fails_the_job_clearly(worker: WorkerThread) -> None:
+    with transaction.atomic():
+        handle = w.three_steps.start(1)
+        Job.objects.filter(workflow_id=handle.id).update(input=[1, 2])
+    assert "Malformed call payload" in _failure(handle).message
+
+
+def test_unknown_kinds_and_events_are_refused_by_the_database() -> None:
+    handle = w.three_steps.start(1)
+    job = handle.job()
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Stream.objects.filter(job=job).update(kind="BOMB")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Stream.objects.filter(job=job).update(status="SOMETIME")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Activity.objects.create(job=job, seq=9, kind="TELEPORT", name="x", status="READY")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Job.objects.filter(pk=job.pk).update(status="HALF_DONE")
+
+
+def test_an_unknown_journal_event_is_refused_by_the_database() -> None:
+    job = w.three_steps.start(1).job()
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Journal.objects.create(job=job, event="exploded")
+
+
+def test_a_corrupted_recorded_output_fails_the_job_clearly(worker: WorkerThread) -> None:
+    handle = w.changes.start()
+    _waiting(handle)
+    Activity.objects.filter(job__workflow_id=handle.id, seq=1).update(
+        output={"__hm__": "martian", "v": 1}
+    )
+    handle.signal("continue")
+    error = _failure(handle)
+    assert (error.type, "Unknown value tag 'martian'" in error.message) == ("ValueError", True)
+
+
+def test_an_activity_renamed_under_running_jobs_fails_them_clearly(worker: WorkerThread) -> None:
+    with transaction.atomic():
+        handle = a.add.start(1, 2)
+        Stream.objects.filter(job__workflow_id=handle.id).update(name="t.add_v2")
+    error = _failure(handle)
+    assert "Unknown activity 't.add_v2'" in error.message
+
+
+def test_a_renamed_step_in_the_journal_is_nondeterminism(worker: WorkerThread) -> None:
+    handle = w.changes.start()
+    _waiting(handle)
+    Activity.objects.filter(job__workflow_id=handle.id, seq=1).update(name="t.add_old")
+    handle.signal("continue")
+    error = _failure(handle)
+    assert error.type == "NonDeterminismError"
+    assert "recorded activity 't.add_old' but the code now calls activity 't.add'" in (
+        error.message
+    )
+
+
+def test_a_workflow_renamed_under_a_running_job_is_parked(worker: WorkerThread) -> None:
+    with transaction.atomic():
+        handle = w.three_steps.start(1)
+        Job.objects.filter(workflow_id=handle.id).update(name="t.gone")
+        Stream.objects.filter(job__workflow_id=handle.id).update(name="t.gone")
+    wait_until(lambda: handle.job().error is not None, timeout=10)
+    job = handle.job()
+    assert job.status == JobStatus.WAITING
+    assert job.error["type"] == "UnknownWorkflow"
+    assert Stream.objects.filter(job=job, status="SCHEDULED").exists()  # looked at again
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine bug: a step row deleted under a running job is silently scheduled "
+    "and run again (its step_completed journaled twice) instead of failing the job",
+)
+def test_a_deleted_step_row_fails_the_job_instead_of_rerunning(worker: WorkerThread) -> None:
+    handle = w.changes.start()
+    _waiting(handle)
+    Activity.objects.filter(job__workflow_id=handle.id, seq=1).delete()
+    handle.signal("continue")
+    wait_until(lambda: handle.status() != JobStatus.WAITING or _completions(handle) > 1, 10)
+    assert _completions(handle) == 1
+    assert handle.status() == JobStatus.FAILED
+
+
+def _completions(handle: hm.JobHandle) -> int:
+    return Journal.objects.filter(
+        job__workflow_id=handle.id, event="step_completed", step=1
+    ).count()
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("interrupts", "KeyboardInterrupt: "),
+        ("exits", "SystemExit: asked to exit"),
+        ("never_returns", "ActivityTimeout: The activity ran longer than its timeout of 0.5 s."),
+    ],
+)
+def test_misbehaving_activities_fail_their_step(
+    worker: WorkerThread, name: str, expected: str
+) -> None:
+    assert k.calls.start(name).result(timeout=15) == expected
+
+
+@pytest.mark.parametrize(
+    ("definition", "error_type"),
+    [(k.workflow_interrupts, "KeyboardInterrupt"), (k.workflow_exits, "SystemExit")],
+)
+def test_misbehaving_workflows_fail_the_job(
+    worker: WorkerThread, definition: hm.WorkflowDefinition[[], None], error_type: str
+) -> None:
+    assert _failure(definition.start()).type == error_type
