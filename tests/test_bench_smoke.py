@@ -19,19 +19,52 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.timeout(600)
 def test_bench_runs_every_workload_at_tiny_n(tmp_path: Path) -> None:
     out = tmp_path / "bench.jsonl"
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": str(ROOT),
-           "COLUMNS": "200"}
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "PYTHONPATH": str(ROOT),
+        "COLUMNS": "200",
+    }
     env.pop("HOTMESH_DATABASE_NAME", None)
     cmd = [
-        sys.executable, str(ROOT / "manage.py"), "hotmesh_bench",
-        "--n-w1", "40", "--n-w2", "8", "--n-w3", "3", "--n-timers", "3", "--runs", "1",
-        "--processes", "2", "--concurrency", "2", "--claim-backlogs", "100,1000",
-        "--claim-calls", "10", "--pglimit", "--pglimit-clients", "1",
-        "--pglimit-duration", "1", "--database", f"hotmesh_bench_smoke_{os.getpid()}",
-        "--drop-database", "--json", str(out), "--out-dir", str(tmp_path), "--markdown",
+        sys.executable,
+        str(ROOT / "manage.py"),
+        "hotmesh_bench",
+        "--n-w1",
+        "40",
+        "--n-w2",
+        "8",
+        "--n-w3",
+        "3",
+        "--n-timers",
+        "3",
+        "--runs",
+        "1",
+        "--processes",
+        "2",
+        "--concurrency",
+        "2",
+        "--claim-backlogs",
+        "100,1000",
+        "--claim-calls",
+        "10",
+        "--pglimit",
+        "--pglimit-clients",
+        "1",
+        "--pglimit-duration",
+        "1",
+        "--database",
+        f"hotmesh_bench_smoke_{os.getpid()}",
+        "--drop-database",
+        "--json",
+        str(out),
+        "--out-dir",
+        str(tmp_path),
+        "--markdown",
     ]
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=540,
-                          check=False)
+    proc = subprocess.run(
+        cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=540, check=False
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     records = [json.loads(line) for line in out.read_text().splitlines()]
@@ -51,7 +84,7 @@ def test_bench_runs_every_workload_at_tiny_n(tmp_path: Path) -> None:
     assert not big["seq_scan_on_stream"] and "hotmesh_stream_ready_idx" in big["indexes"], big
     assert 0 < ours["RSS"]["idle_mb"] < 500
     limits = [r for r in records if r.get("bench") == "pglimit"]
-    assert {r["workload"] for r in limits} == {"claim1", "claim100"}
+    assert {r["workload"] for r in limits} == {"insert1", "claim1", "claim100"}
     assert all(r.get("rows_per_s", 0) > 0 for r in limits), limits
 
     assert "W1 drain, jobs/s" in proc.stdout
@@ -60,21 +93,38 @@ def test_bench_runs_every_workload_at_tiny_n(tmp_path: Path) -> None:
 
 
 def test_report_takes_each_peers_best_setting_and_the_ratios() -> None:
-    ours = [{"system": "hotmesh_django", "workload": "W1", "run": i,
-             "enqueue_jobs_per_s": 1000.0, "drain_jobs_per_s": v}
-            for i, v in enumerate([3000.0, 2400.0, 2600.0])]
-    ours += [{"system": "hotmesh_django", "workload": "W3", "run": 0, "p50_ms": 2.0,
-              "p95_ms": 4.0}]
+    ours = [
+        {
+            "system": "hotmesh_django",
+            "workload": "W1",
+            "run": i,
+            "enqueue_jobs_per_s": 1000.0,
+            "drain_jobs_per_s": v,
+        }
+        for i, v in enumerate([3000.0, 2400.0, 2600.0])
+    ]
+    ours += [{"system": "hotmesh_django", "workload": "W3", "run": 0, "p50_ms": 2.0, "p95_ms": 4.0}]
     peers = [
         {"system": "dbos", "workload": "W1", "setting": "default", "drain_jobs_per_s": 900.0},
         {"system": "dbos", "workload": "W1", "setting": "tuned", "drain_jobs_per_s": 1200.0},
-        {"system": "procrastinate", "workload": "W1", "setting": "default",
-         "drain_jobs_per_s": 400.0},
-        {"system": "procrastinate", "workload": "W3", "setting": "default", "p50_ms": 6.0,
-         "p95_ms": 9.0},
+        {
+            "system": "procrastinate",
+            "workload": "W1",
+            "setting": "default",
+            "drain_jobs_per_s": 400.0,
+        },
+        {
+            "system": "procrastinate",
+            "workload": "W3",
+            "setting": "default",
+            "p50_ms": 6.0,
+            "p95_ms": 9.0,
+        },
     ]
-    pglimit = [{"bench": "pglimit", "workload": "claim100", "clients": c, "rows_per_s": v}
-               for c, v in [(1, 4000.0), (2, 5200.0), (2, 5000.0)]]
+    pglimit = [
+        {"bench": "pglimit", "workload": "claim100", "clients": c, "rows_per_s": v}
+        for c, v in [(1, 4000.0), (2, 5200.0), (2, 5000.0)]
+    ]
     built = report.build(ours, peers, pglimit)
     rows = {r.label: r for r in built.rows}
 

@@ -37,15 +37,23 @@ def order_pipeline(order_id: int, cents: int, customer: str = "guest") -> dict[s
     except hm.SignalTimeout:
         # Compensate: nobody approved the order in time.
         return {
-            "order_id": order_id, "status": "not approved", "receipt": receipt,
+            "order_id": order_id,
+            "status": "not approved",
+            "receipt": receipt,
             "refund": refund(order_id, receipt),
         }
     approved_by = str(approval.get("by", "unknown")) if isinstance(approval, dict) else "unknown"
     tracking = ship(order_id, approved_by)
     email = send_email(customer, f"Order {order_id} shipped: {tracking}")
     return {
-        "order_id": order_id, "status": "shipped", "customer": customer, "cents": cents,
-        "reservation": reservation["reservation"], "receipt": receipt,
-        "notified": notified, "approved_by": approved_by, "tracking": tracking,
+        "order_id": order_id,
+        "status": "shipped",
+        "customer": customer,
+        "cents": cents,
+        "reservation": reservation["reservation"],
+        "receipt": receipt,
+        "notified": notified,
+        "approved_by": approved_by,
+        "tracking": tracking,
         "email": email,
     }

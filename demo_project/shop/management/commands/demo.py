@@ -61,8 +61,12 @@ CUSTOMERS = ("ada", "grace", "linus", "guido", "barbara", "ken", "margaret", "de
 IMAGES = ("hero.png", "avatar.jpg", "banner.png", "product.jpg", "logo.png")
 WIDTHS = (160, 320, 640, 1280)
 STATUS_STYLE = {
-    JobStatus.SUCCESSFUL: "green", JobStatus.FAILED: "red", JobStatus.CANCELLED: "yellow",
-    JobStatus.RUNNING: "cyan", JobStatus.WAITING: "magenta", JobStatus.READY: "blue",
+    JobStatus.SUCCESSFUL: "green",
+    JobStatus.FAILED: "red",
+    JobStatus.CANCELLED: "yellow",
+    JobStatus.RUNNING: "cyan",
+    JobStatus.WAITING: "magenta",
+    JobStatus.READY: "blue",
 }
 
 
@@ -128,20 +132,41 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--orders", type=_int_at_least(0), default=20,
-                            help="Order workflows to start (default 20).")
-        parser.add_argument("--jobs", type=_int_at_least(0), default=50,
-                            help="Standalone image jobs to start (default 50).")
-        parser.add_argument("--workers", type=_int_at_least(1), default=2,
-                            help="Worker processes (default 2).")
-        parser.add_argument("--concurrency", type=_int_at_least(1), default=4,
-                            help="Runner threads per worker process (default 4).")
-        parser.add_argument("--timeout", type=positive_seconds, default=120.0,
-                            help="Seconds to wait for every job to finish (default 120).")
-        parser.add_argument("--no-serve", action="store_true",
-                            help="Exit after the summary instead of serving the admin.")
-        parser.add_argument("--port", type=port_number, default=8000,
-                            help="Port for the admin (default 8000).")
+        parser.add_argument(
+            "--orders",
+            type=_int_at_least(0),
+            default=20,
+            help="Order workflows to start (default 20).",
+        )
+        parser.add_argument(
+            "--jobs",
+            type=_int_at_least(0),
+            default=50,
+            help="Standalone image jobs to start (default 50).",
+        )
+        parser.add_argument(
+            "--workers", type=_int_at_least(1), default=2, help="Worker processes (default 2)."
+        )
+        parser.add_argument(
+            "--concurrency",
+            type=_int_at_least(1),
+            default=4,
+            help="Runner threads per worker process (default 4).",
+        )
+        parser.add_argument(
+            "--timeout",
+            type=positive_seconds,
+            default=120.0,
+            help="Seconds to wait for every job to finish (default 120).",
+        )
+        parser.add_argument(
+            "--no-serve",
+            action="store_true",
+            help="Exit after the summary instead of serving the admin.",
+        )
+        parser.add_argument(
+            "--port", type=port_number, default=8000, help="Port for the admin (default 8000)."
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         console = Console()
@@ -209,9 +234,7 @@ class Command(BaseCommand):
             for i in range(1, orders + 1):
                 wid = f"{prefix}order-{i:03d}"
                 customer = CUSTOMERS[i % len(CUSTOMERS)]
-                order_pipeline.using(workflow_id=wid).start(
-                    i, rng.randrange(500, 50_000), customer
-                )
+                order_pipeline.using(workflow_id=wid).start(i, rng.randrange(500, 50_000), customer)
                 run.orders.append(wid)
             for i in range(1, jobs + 1):
                 wid = f"{prefix}image-{i:03d}"
@@ -222,38 +245,54 @@ class Command(BaseCommand):
                 run.jobs.append(wid)
         return run
 
-    def _spawn_worker(self, processes: int, concurrency: int,
-                      log_path: Path) -> subprocess.Popen[bytes]:
+    def _spawn_worker(
+        self, processes: int, concurrency: int, log_path: Path
+    ) -> subprocess.Popen[bytes]:
         command = [
-            sys.executable, str(ROOT / "manage.py"), "hotmesh_worker",
-            "--processes", str(processes), "--concurrency", str(concurrency),
-            "--graceful-timeout", str(GRACEFUL_SECONDS),
+            sys.executable,
+            str(ROOT / "manage.py"),
+            "hotmesh_worker",
+            "--processes",
+            str(processes),
+            "--concurrency",
+            str(concurrency),
+            "--graceful-timeout",
+            str(GRACEFUL_SECONDS),
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         connections.close_all()  # nothing of ours leaks into the child
         with log_path.open("wb") as log:
             # Its own session: a Ctrl-C here does not hit the pool twice; we stop it.
             return subprocess.Popen(  # noqa: S603 - our own interpreter and manage.py
-                command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                command,
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
 
     # -- the run -------------------------------------------------------------------------
 
-    def _watch(self, console: Console, run: Run, worker: subprocess.Popen[bytes],
-               timeout: float) -> None:
+    def _watch(
+        self, console: Console, run: Run, worker: subprocess.Popen[bytes], timeout: float
+    ) -> None:
         deadline = time.monotonic() + timeout
         progress = Progress(
-            SpinnerColumn(), TextColumn("{task.description:<16}"), BarColumn(),
-            MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[detail]}"),
+            SpinnerColumn(),
+            TextColumn("{task.description:<16}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[detail]}"),
             console=console,
         )
         with progress:
             jobs_bar = progress.add_task("jobs finished", total=run.total, detail="")
             signal_bar: TaskID | None = None
             if run.orders:
-                signal_bar = progress.add_task("orders approved", total=len(run.orders),
-                                               detail="")
+                signal_bar = progress.add_task("orders approved", total=len(run.orders), detail="")
             while True:
                 run.counts = self._counts(run)
                 if signal_bar is not None:
@@ -291,7 +330,9 @@ class Command(BaseCommand):
         if not pending:
             return
         waiting = Activity.objects.filter(
-            job__workflow_id__in=pending, kind=StepKind.SIGNAL, name=APPROVAL_SIGNAL,
+            job__workflow_id__in=pending,
+            kind=StepKind.SIGNAL,
+            name=APPROVAL_SIGNAL,
             status=JobStatus.WAITING,
         ).values_list("job__workflow_id", flat=True)
         for wid in sorted(set(waiting)):
@@ -353,20 +394,25 @@ class Command(BaseCommand):
         console.print(metrics)
 
         if run.orders:
-            output = Job.objects.filter(
-                workflow_id=run.orders[0], status=JobStatus.SUCCESSFUL
-            ).values_list("output", flat=True).first()
+            output = (
+                Job.objects.filter(workflow_id=run.orders[0], status=JobStatus.SUCCESSFUL)
+                .values_list("output", flat=True)
+                .first()
+            )
             if output is not None:
                 console.print(f"Result of {run.orders[0]}:", from_json(output))
 
         successful = run.counts.get(JobStatus.SUCCESSFUL, 0)
         ok = successful == run.total
         if ok:
-            console.print(f"[bold green]All {run.total} jobs SUCCESSFUL[/] "
-                          f"(failed attempts retried: {retries}).")
+            console.print(
+                f"[bold green]All {run.total} jobs SUCCESSFUL[/] "
+                f"(failed attempts retried: {retries})."
+            )
         else:
-            console.print(f"[bold red]{run.total - successful} of {run.total} jobs did not "
-                          "succeed.[/]")
+            console.print(
+                f"[bold red]{run.total - successful} of {run.total} jobs did not succeed.[/]"
+            )
             self._report_problems(console, run)
             console.print(f"Worker log: {log_path}", soft_wrap=True)
         if run.worker_exit not in (0, None):
