@@ -96,6 +96,9 @@ class Job(models.Model):
     # Published by the workflow with hm.set_state(); read by handle.state() without
     # waking it.
     state = models.JSONField(_("published state"), default=dict, blank=True)
+    # Set by handle.result() while it waits: only then does finishing NOTIFY. A NOTIFY
+    # serialises commits server-wide, which would cap throughput for unwatched jobs.
+    watched = models.BooleanField(_("watched"), default=False, db_default=False)
     parent = models.ForeignKey(
         "self",
         on_delete=models.SET_NULL,

@@ -58,11 +58,6 @@ def enqueue_turn(job_id: int) -> None:
         cursor.execute(_ENQUEUE_TURN.format(channel=WORK_CHANNEL, **tables()), [job_id])
 
 
-def notify_done(job_id: int) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_notify(%s, %s)", [DONE_CHANNEL, str(job_id)])
-
-
 _FINAL_EVENTS = {
     JobStatus.SUCCESSFUL: JournalEvent.COMPLETED,
     JobStatus.FAILED: JournalEvent.FAILED,
@@ -80,7 +75,7 @@ WITH j AS (
        SET status = %(status)s, output = %(output)s, error = %(error)s,
            finished_at = now(), updated_at = now()
      WHERE id = %(id)s AND status = ANY(%(sources)s)
- RETURNING id, parent_id, parent_step, name
+ RETURNING id, parent_id, parent_step, name, watched
 ), d AS (
     DELETE FROM {stream} AS s USING j WHERE s.job_id = j.id
 ), a AS (
@@ -91,7 +86,7 @@ WITH j AS (
     SELECT id, NULL, %(event)s, '', NULL, %(data)s, now() FROM j
 )
 SELECT parent_id, parent_step, name,
-       (SELECT count(*) FROM (SELECT pg_notify('{done}', id::text) FROM j) AS n)
+       (SELECT count(*) FROM (SELECT pg_notify('{done}', id::text) FROM j WHERE watched) AS n)
   FROM j
 """
 

@@ -85,7 +85,7 @@ WITH m AS (
        SET status = 'SUCCESSFUL', output = %(output)s, error = NULL,
            finished_at = now(), updated_at = now()
       FROM m WHERE x.id = m.job_id AND x.status IN ('READY', 'RUNNING', 'WAITING')
- RETURNING x.id
+ RETURNING x.id, x.watched
 ), r AS (
     INSERT INTO {journal} (job_id, step, event, name, attempt, data, created_at)
     SELECT job_id, %(step)s::int, 'step_completed', %(name)s, %(attempts)s::int, NULL::jsonb,
@@ -94,8 +94,8 @@ WITH m AS (
     UNION ALL
     SELECT id, NULL, 'completed', '', NULL, NULL, now() FROM j
 )
-SELECT (SELECT count(*) FROM m),
-       (SELECT count(*) FROM (SELECT pg_notify('{done}', id::text) FROM j) AS n)
+SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM j),
+       (SELECT count(*) FROM (SELECT pg_notify('{done}', id::text) FROM j WHERE watched) AS n)
 """
 
 

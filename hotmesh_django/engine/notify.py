@@ -69,9 +69,16 @@ def wait_for_job(workflow_id: str, *, deadline: float | None, using: str) -> Job
     job = finished()
     if job is not None:
         return job
-    # LISTEN before looking again, so a completion between the two is not missed.
+    # LISTEN, then mark the job watched (finishing only notifies watched jobs), then
+    # look again: a completion before the mark is seen by the look, one after it
+    # notifies us.
     with connect_raw(using) as conn:
         conn.execute(f"LISTEN {DONE_CHANNEL}")
+        conn.execute(
+            f"UPDATE {tables()['job']} SET watched = true "  # noqa: S608 - table from _meta
+            "WHERE workflow_id = %s AND NOT watched",
+            [workflow_id],
+        )
         while True:
             job = finished()
             if job is not None:

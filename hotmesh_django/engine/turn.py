@@ -484,6 +484,7 @@ def _continue_as_new(job: Job, data: Any) -> None:
         parent_id=job.parent_id,
         parent_step=job.parent_step,
         concurrency_key=job.concurrency_key,
+        watched=job.watched,
     )
     Journal.objects.bulk_create(
         [
