@@ -116,7 +116,7 @@ class WorkflowContext:
         from hotmesh_django.models import Activity, JobStatus
 
         fields.setdefault("status", JobStatus.WAITING)
-        step = Activity(job=self.job, seq=self.seq, **fields)
+        step = Activity(job=self.job, seq=self.seq, created_at=self.db_now, **fields)
         self.steps[self.seq] = step
         self.new_steps.append(step)
         return step

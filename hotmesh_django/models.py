@@ -9,6 +9,7 @@ from typing import Any
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Now
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from hotmesh_django.choices import (
@@ -188,7 +189,8 @@ class Activity(models.Model):
         related_name="+",
         verbose_name=_("child job"),
     )
-    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    # Set by the turn to its database clock, like started_at, so the two compare.
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
     started_at = models.DateTimeField(_("started at"), null=True, blank=True)
     finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
 

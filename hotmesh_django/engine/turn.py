@@ -347,7 +347,7 @@ def _take_one(ctx: WorkflowContext, local: Local) -> Activity | None:
         if local.serves(step.queue) and registry.has_activity(step.name):
             step.status = JobStatus.RUNNING
             step.attempts = 1
-            step.started_at = ctx.db_now
+            step.started_at = ctx.db_now  # the clock created_at uses too
             return step
     return None
 
