@@ -20,9 +20,13 @@ from hotmesh_django.engine.notify import DONE_CHANNEL, WORK_CHANNEL, tables
 from hotmesh_django.models import (
     ACTIVE_STATUSES,
     Activity,
+    Job,
     JobStatus,
     Journal,
     JournalEvent,
+    Stream,
+    StreamKind,
+    StreamStatus,
     sources_of,
 )
 
@@ -42,6 +46,20 @@ WITH t AS (
 )
 SELECT pg_notify('{channel}', 'q:' || queue) FROM t
 """
+
+
+def timer_message(job: Job, step: Activity) -> Stream:
+    """Return the (unsaved) timer message that wakes `job` when `step` is due."""
+    return Stream(
+        queue=job.queue,
+        kind=StreamKind.TIMER,
+        job=job,
+        step=step.seq,
+        name=job.name,
+        priority=job.priority,
+        status=StreamStatus.SCHEDULED,
+        visible_at=step.wake_at or Now(),
+    )
 
 
 def error_dict(exc: BaseException, *, with_traceback: bool = True) -> dict[str, Any]:

@@ -10,9 +10,8 @@ import logging
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, transaction
-from django.db.models.functions import Now
 
-from hotmesh_django.engine.complete import enqueue_turn, finish_job
+from hotmesh_django.engine.complete import enqueue_turn, finish_job, timer_message
 from hotmesh_django.exceptions import JobFinishedError, JobNotFound
 from hotmesh_django.models import (
     ACTIVE_STATUSES,
@@ -144,18 +143,7 @@ def _revive_steps(job: Job) -> None:
             )
         else:
             step.status = JobStatus.WAITING
-            messages.append(
-                Stream(
-                    queue=job.queue,
-                    kind=StreamKind.TIMER,
-                    job=job,
-                    step=step.seq,
-                    name=job.name,
-                    priority=job.priority,
-                    status=StreamStatus.SCHEDULED,
-                    visible_at=step.wake_at or Now(),
-                )
-            )
+            messages.append(timer_message(job, step))
         step.error = None
         step.finished_at = None
     Activity.objects.bulk_update(list(revived), ["status", "error", "finished_at"])
@@ -270,18 +258,7 @@ def _forget_steps(job: Job, seq: int, using: str) -> set[str]:
             )
         elif step.kind == StepKind.SLEEP:
             step.status = JobStatus.WAITING
-            messages.append(
-                Stream(
-                    queue=job.queue,
-                    kind=StreamKind.TIMER,
-                    job=job,
-                    step=step.seq,
-                    name=job.name,
-                    priority=job.priority,
-                    status=StreamStatus.SCHEDULED,
-                    visible_at=step.wake_at or Now(),
-                )
-            )
+            messages.append(timer_message(job, step))
         else:
             step.status = JobStatus.WAITING
         Activity.objects.using(using).filter(pk=step.pk).update(

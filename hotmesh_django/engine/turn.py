@@ -22,7 +22,7 @@ from django.db.models.functions import Now
 from hotmesh_django import registry
 from hotmesh_django.context import WorkflowContext, activate
 from hotmesh_django.engine.claim import Claimed
-from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job
+from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job, timer_message
 from hotmesh_django.engine.notify import WORK_CHANNEL
 from hotmesh_django.exceptions import ContinueAsNew, Suspend, UnknownDefinition
 from hotmesh_django.models import (
@@ -289,18 +289,7 @@ def _write(ctx: WorkflowContext, local: Local) -> Claimed | None:
             )
         )
     for step in ctx.new_timers:
-        messages.append(
-            Stream(
-                queue=job.queue,
-                kind=StreamKind.TIMER,
-                job=job,
-                step=step.seq,
-                name=job.name,
-                priority=job.priority,
-                status=StreamStatus.SCHEDULED,
-                visible_at=step.wake_at or Now(),
-            )
-        )
+        messages.append(timer_message(job, step))
         journal.append(
             Journal(
                 job=job,
