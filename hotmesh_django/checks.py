@@ -21,7 +21,9 @@ _POSITIVE_NUMBERS = {
 }
 
 
-@register(Tags.database, Tags.compatibility, deploy=False)
+# Not tagged "database": it reads settings only, and database-tagged checks are
+# skipped unless `check --database` is asked for (Django 6.1).
+@register(Tags.compatibility)
 def check_database(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """hotmesh.E001: the default database must be PostgreSQL."""
     engine = connections["default"].settings_dict.get("ENGINE", "")
