@@ -9,7 +9,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from hotmesh_django.choices import JobStatus
 from hotmesh_django.engine.replay_check import PROBLEMS, check_jobs, select_jobs
-from hotmesh_django.management.commands.hotmesh_prune import duration, positive_int
+from hotmesh_django.management.commands.hotmesh_prune import duration
+from hotmesh_django.management.commands.hotmesh_worker import positive_int
 
 
 def job_status(value: str) -> str:

@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from hotmesh_django.choices import FINISHED_STATUSES
 from hotmesh_django.engine.prune import DEFAULT_STATUSES, prune
+from hotmesh_django.management.commands.hotmesh_worker import positive_int
 
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _DURATION = re.compile(r"(?P<number>[+-]?\d+(?:\.\d+)?)\s*(?P<unit>[smhdw])", re.IGNORECASE)
@@ -40,16 +41,6 @@ def finished_status(value: str) -> str:
             f"{value!r} is not a finished status; choose from {', '.join(FINISHED_STATUSES)}"
         )
     return status
-
-
-def positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
-    return number
 
 
 class Command(BaseCommand):
