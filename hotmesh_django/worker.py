@@ -176,6 +176,14 @@ class Worker:
         # Cleared before looking, so a NOTIFY that lands while we claim is not lost.
         self._wake.clear()
         now = time.monotonic()
+        # Every poll interval look at every queue; in between only at queues that a
+        # NOTIFY named or that had more work last time, so idle queues cost nothing.
+        full = now - self._last_full >= settings.poll_interval_seconds
+        if full:
+            self._last_full = now
+            # The polling floor covers timers too: a "t:" NOTIFY is lost while the
+            # listener reconnects, and there is none at all in poll-only mode.
+            self._next_due = now
         if self._next_due is not None and self._next_due <= now:
             claims.promote_due()
             self._refresh_next_due()
@@ -186,11 +194,6 @@ class Worker:
             self._paused = queue_control.paused_queues()
         free = self._free()
         claimed = 0
-        # Every poll interval look at every queue; in between only at queues that a
-        # NOTIFY named or that had more work last time, so idle queues cost nothing.
-        full = now - self._last_full >= settings.poll_interval_seconds
-        if full:
-            self._last_full = now
         queues = [q for q in self.queues if q not in self._paused and (full or q in self._hot)]
         backlog = False
         for i in range(len(queues)):
@@ -328,7 +331,11 @@ class Worker:
                 with connect_raw() as conn:
                     conn.execute(f"LISTEN {WORK_CHANNEL}")
                     failures = 0
-                    self._wake.set()  # look once: we may have missed something
+                    # Notifications sent while we were disconnected are gone: look at
+                    # every queue and at the timers once.
+                    self._next_due = 0.0
+                    self._last_full = 0.0
+                    self._wake.set()
                     while not self._stopping.is_set():
                         for note in conn.notifies(timeout=1.0):
                             self._on_notify(note.payload)
