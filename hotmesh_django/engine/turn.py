@@ -24,7 +24,12 @@ from hotmesh_django.context import WorkflowContext, activate
 from hotmesh_django.engine.claim import Claimed
 from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job, timer_message
 from hotmesh_django.engine.notify import WORK_CHANNEL
-from hotmesh_django.exceptions import ContinueAsNew, Suspend, UnknownDefinition
+from hotmesh_django.exceptions import (
+    ContinueAsNew,
+    NonDeterminismError,
+    Suspend,
+    UnknownDefinition,
+)
 from hotmesh_django.models import (
     FINISHED_STATUSES,
     Activity,
@@ -137,6 +142,15 @@ def _turn(job: Job, local: Local) -> Claimed | None:
         finish_job(job.id, JobStatus.FAILED, error=error_dict(exc, with_traceback=False))
         return None
     steps = {step.seq: step for step in Activity.objects.filter(job=job)}
+    missing = _missing_steps(steps)
+    if missing:
+        # Replaying past a hole would run a finished step a second time.
+        hole = NonDeterminismError(
+            f"The job's history has no row for step(s) {', '.join(map(str, missing))} "
+            "(deleted by hand?); replaying would run finished steps again."
+        )
+        finish_job(job.id, JobStatus.FAILED, error=error_dict(hole, with_traceback=False))
+        return None
     ctx = WorkflowContext(
         job=job,
         steps=steps,
@@ -167,6 +181,13 @@ def _turn(job: Job, local: Local) -> Claimed | None:
         return None
     _suspend(job, ctx)
     return following
+
+
+def _missing_steps(steps: dict[int, Activity]) -> list[int]:
+    """Return the step numbers below the highest one that have no row (seq is dense)."""
+    if not steps or len(steps) == max(steps):
+        return []
+    return [seq for seq in range(1, max(steps)) if seq not in steps][:20]
 
 
 def _replay(

@@ -121,11 +121,6 @@ def test_a_workflow_renamed_under_a_running_job_is_parked(worker: WorkerThread) 
     assert Stream.objects.filter(job=job, status="SCHEDULED").exists()  # looked at again
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: a step row deleted under a running job is silently scheduled "
-    "and run again (its step_completed journaled twice) instead of failing the job",
-)
 def test_a_deleted_step_row_fails_the_job_instead_of_rerunning(worker: WorkerThread) -> None:
     handle = w.changes.start()
     _waiting(handle)
@@ -134,6 +129,9 @@ def test_a_deleted_step_row_fails_the_job_instead_of_rerunning(worker: WorkerThr
     wait_until(lambda: handle.status() != JobStatus.WAITING or _completions(handle) > 1, 10)
     assert _completions(handle) == 1
     assert handle.status() == JobStatus.FAILED
+    error = _failure(handle)
+    assert error.type == "NonDeterminismError"
+    assert "no row for step(s) 1 (deleted by hand?)" in error.message
 
 
 def _completions(handle: hm.JobHandle) -> int:
