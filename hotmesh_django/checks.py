@@ -109,6 +109,16 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 id="hotmesh.E007",
             )
         )
+    listen = _number("HOTMESH_LISTEN")
+    if not isinstance(listen, bool):
+        errors.append(
+            Error(
+                f"HOTMESH_LISTEN must be True or False, not {listen!r}.",
+                hint="False makes workers and handle.result() poll (PgBouncer in "
+                "transaction mode); True wakes them with LISTEN/NOTIFY.",
+                id="hotmesh.E011",
+            )
+        )
     queues = _number("HOTMESH_QUEUES")
     if not isinstance(queues, dict):
         errors.append(

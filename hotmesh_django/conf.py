@@ -13,6 +13,10 @@ DEFAULTS: dict[str, Any] = {
     "HOTMESH_HEARTBEAT_SECONDS": 5.0,
     # The polling floor under LISTEN/NOTIFY wake-ups.
     "HOTMESH_POLL_INTERVAL_SECONDS": 1.0,
+    # Wake workers and handle.result() with LISTEN/NOTIFY. Turn off behind PgBouncer in
+    # transaction mode, where a LISTEN does not stay on one server session: then
+    # everything polls every HOTMESH_POLL_INTERVAL_SECONDS.
+    "HOTMESH_LISTEN": True,
     # Modules every worker imports besides activities.py/workflows.py autodiscovery.
     "HOTMESH_IMPORTS": [],
     # Largest serialized argument, result or signal payload, in bytes.
@@ -41,6 +45,10 @@ class Settings:
     @property
     def poll_interval_seconds(self) -> float:
         return float(self._get("HOTMESH_POLL_INTERVAL_SECONDS"))
+
+    @property
+    def listen(self) -> bool:
+        return bool(self._get("HOTMESH_LISTEN"))
 
     @property
     def imports(self) -> list[str]:

@@ -87,12 +87,15 @@ class Worker:
         burst: bool = False,
         graceful_timeout: float = 30.0,
         worker_id: uuid.UUID | None = None,
+        listen: bool | None = None,
     ) -> None:
         self.id = worker_id or uuid.uuid4()
         self.all_queues = not queues
         self.queues: list[str] = list(queues or [])
         self.concurrency = concurrency
         self.burst = burst
+        # None: the HOTMESH_LISTEN setting decides; False polls only (PgBouncer).
+        self.listen = settings.listen if listen is None else listen
         self.graceful_timeout = graceful_timeout
         self.processed = 0
         self._stopping = threading.Event()
@@ -128,9 +131,12 @@ class Worker:
     def run(self) -> None:
         """Work until stop() (or, with burst, until the queues are empty)."""
         self._register()
+        targets = {"heartbeat": self._heartbeat}
+        if self.listen:
+            targets["listen"] = self._listen
         threads = [
-            threading.Thread(target=self._listen, name="hotmesh-listen", daemon=True),
-            threading.Thread(target=self._heartbeat, name="hotmesh-heartbeat", daemon=True),
+            threading.Thread(target=target, name=f"hotmesh-{name}", daemon=True)
+            for name, target in targets.items()
         ]
         threads += [
             threading.Thread(target=self._runner, name=f"hotmesh-run-{i}", daemon=True)
@@ -140,10 +146,11 @@ class Worker:
         for thread in threads:
             thread.start()
         logger.info(
-            "worker started id=%s queues=%s concurrency=%s",
+            "worker started id=%s queues=%s concurrency=%s wake=%s",
             self.id,
             ",".join(self.queues) or "*",
             self.concurrency,
+            "listen" if self.listen else "poll",
         )
         # A random start-up delay spreads a fleet restarted at once.
         self._stopping.wait(random.uniform(0, 0.05))  # noqa: S311

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from django.db import connections
+
+from hotmesh_django.conf import settings
 
 if TYPE_CHECKING:
     from hotmesh_django.models import Job
@@ -69,6 +72,8 @@ def wait_for_job(workflow_id: str, *, deadline: float | None, using: str) -> Job
     job = finished()
     if job is not None:
         return job
+    if not settings.listen:
+        return _poll_for_job(finished, deadline)
     # LISTEN, then mark the job watched (finishing only notifies watched jobs), then
     # look again: a completion before the mark is seen by the look, one after it
     # notifies us.
@@ -91,3 +96,19 @@ def wait_for_job(workflow_id: str, *, deadline: float | None, using: str) -> Job
                 wait = min(wait, remaining)
             for _ in conn.notifies(timeout=wait, stop_after=1):
                 pass
+
+
+def _poll_for_job(finished: Callable[[], Job | None], deadline: float | None) -> Job | None:
+    """Wait for `finished()` by polling: quickly at first, then every poll interval."""
+    wait = 0.01
+    while True:
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            wait = min(wait, remaining)
+        time.sleep(wait)
+        job = finished()
+        if job is not None:
+            return job
+        wait = min(wait * 2, settings.poll_interval_seconds)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import threading
 import uuid
 from typing import Any
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
+from django.test import override_settings
 
 import hotmesh_django as hm
 from hotmesh_django.models import Activity, Job, JobStatus, Journal, Stream
+from hotmesh_django.testing import WorkerThread
 from tests import activities as a
 from tests.conftest import InProcessWorker
 from tests.models import Counter
@@ -214,3 +217,21 @@ def test_run_at_holds_a_job_back(worker: InProcessWorker) -> None:
 def test_run_at_must_be_aware() -> None:
     with pytest.raises(ValueError, match="aware datetime"):
         a.echo.using(run_at=datetime.datetime(2030, 1, 1))
+
+
+def test_poll_only_mode_needs_no_listen_anywhere() -> None:
+    """HOTMESH_LISTEN = False (PgBouncer in transaction mode): the worker and
+    handle.result() poll; no session LISTENs."""
+    with override_settings(HOTMESH_LISTEN=False), WorkerThread(concurrency=2) as thread:
+        handles = [a.add.start(i, 1) for i in range(5)]
+        assert [h.result(timeout=10) for h in handles] == [1, 2, 3, 4, 5]
+        assert thread.worker.listen is False
+        assert not [t for t in threading.enumerate() if t.name == "hotmesh-listen"]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND query ILIKE 'LISTEN%%'"
+            )
+            assert cursor.fetchone() == (0,)
+    # Watching is a LISTEN feature: nothing was marked for a finish NOTIFY.
+    assert not Job.objects.filter(watched=True).exists()

@@ -32,6 +32,7 @@ def test_default_settings_pass() -> None:
         ("HOTMESH_IMPORTS", ["no.such.module"], "hotmesh.E005"),
         ("HOTMESH_MAX_PAYLOAD_BYTES", 0, "hotmesh.E007"),
         ("HOTMESH_QUEUES", {"emails": 2}, "hotmesh.E008"),
+        ("HOTMESH_LISTEN", "no", "hotmesh.E011"),
     ],
 )
 def test_bad_settings_are_reported_with_ids_and_hints(

@@ -88,6 +88,13 @@ class Command(BaseCommand):
             help="Seconds to let in-flight work finish on SIGTERM (default 30).",
         )
 
+        parser.add_argument(
+            "--poll-only",
+            action="store_true",
+            help="Do not LISTEN for wake-ups; poll every HOTMESH_POLL_INTERVAL_SECONDS "
+            "(for PgBouncer in transaction mode; same as HOTMESH_LISTEN = False).",
+        )
+
     def handle(self, *args: Any, **options: Any) -> None:
         for module in [*settings.imports, *options["imports"]]:
             try:
@@ -99,6 +106,7 @@ class Command(BaseCommand):
             "concurrency": options["concurrency"],
             "burst": options["burst"],
             "graceful_timeout": options["graceful_timeout"],
+            "listen": False if options["poll_only"] else None,
         }
         if options["processes"] == 1:
             _run_worker(**kwargs)
