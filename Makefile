@@ -32,4 +32,4 @@ bench: venv  ## side-by-side benchmark; see bench/README.md
 	$(PY) manage.py hotmesh_bench
 
 clean:
-	rm -rf $(VENV) .venv312 *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv312 .venv313 *.egg-info .pytest_cache .mypy_cache .ruff_cache
