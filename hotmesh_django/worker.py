@@ -168,9 +168,10 @@ class Worker:
                     self._stopping.wait(_jitter(delay))
                     continue
                 if self.burst and claimed == 0 and self._drained():
-                    # Look once more: a runner that finished after the claim above
-                    # may have queued the next turn (in_flight is 0, so it committed).
-                    if self._tick() == 0:
+                    # Look once more, at every queue: a runner that finished after the
+                    # claim above may have queued the next turn (in_flight is 0, so it
+                    # committed) and its NOTIFY may not have reached us yet.
+                    if self._tick(full=True) == 0:
                         break
                     continue
                 if claimed == 0 or self._free() == 0:
@@ -178,16 +179,21 @@ class Worker:
         finally:
             self._shutdown()
 
-    def _tick(self) -> int:
-        """Promote due timers, then claim into free slots; return how many claimed."""
+    def _tick(self, *, full: bool = False) -> int:
+        """Promote due timers, then claim into free slots; return how many claimed.
+
+        `full` looks at every queue now, not only at the ones a NOTIFY named.
+        """
         # Cleared before looking, so a NOTIFY that lands while we claim is not lost.
         self._wake.clear()
         now = time.monotonic()
         # Every poll interval look at every queue; in between only at queues that a
         # NOTIFY named or that had more work last time, so idle queues cost nothing.
-        full = now - self._last_full >= settings.poll_interval_seconds
+        full = full or now - self._last_full >= settings.poll_interval_seconds
         if full:
             self._last_full = now
+            if self.burst:
+                self._last_discovery = 0.0  # a new queue must not end a burst early
             # The polling floor covers timers too: a "t:" NOTIFY is lost while the
             # listener reconnects, and there is none at all in poll-only mode.
             self._next_due = now

@@ -40,6 +40,18 @@ def test_burst_worker_drains_and_exits(spawn_worker: Spawn) -> None:
     assert not Worker.objects.exists()
 
 
+def test_burst_worker_finishes_workflows_with_children_before_exiting(spawn_worker: Spawn) -> None:
+    """The parent's turn queues its children's turns: a burst worker must look at every
+    queue before it takes "nothing claimed" for "drained". Polling only, with a long
+    interval, nothing else would make it look again in time."""
+    handles = [w.parent.start(1), w.child_fanout.start(3)]
+    env = {"HOTMESH_POLL_INTERVAL_SECONDS": "30"}
+    proc = spawn_worker("--burst", "--concurrency", "4", "--poll-only", env_extra=env)
+    assert proc.wait(timeout=60) == 0, proc.log()
+    assert not Job.objects.exclude(status=JobStatus.SUCCESSFUL).exists()
+    assert [h.result(timeout=1) for h in handles] == [[101, 100, 101, 102], 303]
+
+
 def test_first_sigterm_lets_the_running_activity_finish(spawn_worker: Spawn) -> None:
     handle = a.slow.start(1.5, "graceful")
     proc = spawn_worker("--concurrency", "2")
