@@ -11,19 +11,24 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import logging
 import time
 import uuid
+from functools import cache
 from typing import Any
 
 from django.db import connection, transaction
+from django.db.models import DateTimeField, TextField
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Now
 
 from hotmesh_django import registry
 from hotmesh_django.context import WorkflowContext, activate
 from hotmesh_django.engine.claim import Claimed
 from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job, timer_message
-from hotmesh_django.engine.notify import WORK_CHANNEL
+from hotmesh_django.engine.notify import WORK_CHANNEL, tables
+from hotmesh_django.engine.rows import write_turn
 from hotmesh_django.exceptions import (
     ContinueAsNew,
     NonDeterminismError,
@@ -88,13 +93,40 @@ def run_turn(message: Claimed, local: Local) -> Claimed | None:
 
 
 def _locked(job_id: int, *, skip_locked: bool) -> Job | None:
-    """Lock the job row and read the transaction's clock in the same round trip."""
+    """Lock the job row; read the transaction's clock and the job's steps (as JSON
+    text, see steps_of()) in the same round trip."""
     return (
         Job.objects.select_for_update(no_key=True, skip_locked=skip_locked)
-        .annotate(db_now=Now())
+        .annotate(db_now=Now(), steps_json=_steps_json())
         .filter(pk=job_id, kind=JobKind.WORKFLOW)
         .first()
     )
+
+
+@cache
+def _steps_json() -> RawSQL:
+    # Table names from the models' _meta; nothing user-supplied goes in.
+    sql = "SELECT json_agg(a)::text FROM {activity} AS a WHERE a.job_id = {job}.id"
+    return RawSQL(sql.format(**tables()), [], output_field=TextField())  # noqa: S611
+
+
+def steps_of(job: Job) -> dict[int, Activity]:
+    """The job's steps by number, built from the JSON `_locked` read with the job."""
+    rows = json.loads(job.steps_json or "[]")  # type: ignore[attr-defined]
+    fields = _STEP_FIELDS
+    steps = {}
+    for row in rows:
+        values = [
+            datetime.datetime.fromisoformat(v) if c in _STEP_TIMES and v is not None else v
+            for c, v in ((f.column, row[f.column]) for f in fields)
+        ]
+        step = Activity.from_db("default", [f.attname for f in fields], values)
+        steps[step.seq] = step
+    return steps
+
+
+_STEP_FIELDS = list(Activity._meta.concrete_fields)
+_STEP_TIMES = {f.column for f in _STEP_FIELDS if isinstance(f, DateTimeField)}
 
 
 def continue_after_step(job_id: int, local: Local, *, busy: bool) -> Claimed | None:
@@ -141,7 +173,7 @@ def _turn(job: Job, local: Local) -> Claimed | None:
     except ValueError as exc:
         finish_job(job.id, JobStatus.FAILED, error=error_dict(exc, with_traceback=False))
         return None
-    steps = {step.seq: step for step in Activity.objects.filter(job=job)}
+    steps = steps_of(job)
     missing = _missing_steps(steps)
     if missing:
         # Replaying past a hole would run a finished step a second time.
@@ -257,23 +289,15 @@ def _write(ctx: WorkflowContext, local: Local) -> Claimed | None:
     messages: list[Stream] = []
     mine = _take_one(ctx, local)
     mine_message: Stream | None = None
-    if ctx.new_steps:
-        Activity.objects.bulk_create(ctx.new_steps)
-    if ctx.changed_steps:
-        Activity.objects.bulk_update(
-            ctx.changed_steps, ["status", "output", "error", "finished_at"]
-        )
-        for step in ctx.changed_steps:
-            if step.kind == StepKind.SLEEP:
-                journal.append(
-                    Journal(job=job, step=step.seq, event=JournalEvent.TIMER_FIRED, name=step.name)
-                )
-            elif step.kind == StepKind.SIGNAL and step.status == JobStatus.FAILED:
-                journal.append(
-                    Journal(
-                        job=job, step=step.seq, event=JournalEvent.SIGNAL_TIMED_OUT, name=step.name
-                    )
-                )
+    for step in ctx.changed_steps:
+        if step.kind == StepKind.SLEEP:
+            journal.append(
+                Journal(job=job, step=step.seq, event=JournalEvent.TIMER_FIRED, name=step.name)
+            )
+        elif step.kind == StepKind.SIGNAL and step.status == JobStatus.FAILED:
+            journal.append(
+                Journal(job=job, step=step.seq, event=JournalEvent.SIGNAL_TIMED_OUT, name=step.name)
+            )
     for step, definition in ctx.new_activity_calls:
         priority = (
             definition.priority
@@ -321,6 +345,7 @@ def _write(ctx: WorkflowContext, local: Local) -> Claimed | None:
             )
         )
     if ctx.new_children:
+        # Creates the child jobs and links the (still unsaved) steps to them.
         messages.extend(_start_children(ctx, journal))
     if ctx.consumed_signals:
         Signal.objects.bulk_update(ctx.consumed_signals, ["step"])
@@ -331,15 +356,18 @@ def _write(ctx: WorkflowContext, local: Local) -> Claimed | None:
             step__in=ctx.cancelled_timers,
             status=StreamStatus.SCHEDULED,
         ).delete()
-    if messages:
-        Stream.objects.bulk_create(messages)
-    if journal:
-        Journal.objects.bulk_create(journal)
-    _notify(messages)
-    if mine is None or mine_message is None:
+    mine_id = write_turn(
+        job.id,
+        new_steps=ctx.new_steps,
+        changed_steps=ctx.changed_steps,
+        messages=messages,
+        journal=journal,
+        notify=_wake_ups(messages),
+    )
+    if mine is None or mine_message is None or mine_id is None:
         return None
     return Claimed(
-        id=mine_message.id,
+        id=mine_id,
         kind=StreamKind.STEP,
         job_id=job.id,
         step=mine.seq,
@@ -406,11 +434,9 @@ def _start_children(ctx: WorkflowContext, journal: list[Journal]) -> list[Stream
         for c in children
     ]
     created = {c.workflow_id: c for c in children}
-    linked: list[Activity] = []
     for workflow_id, (step, _definition, _data) in wanted.items():
         child = created.get(workflow_id) or existing[workflow_id]
         step.child = child
-        linked.append(step)
         journal.append(
             Journal(
                 job=job,
@@ -435,19 +461,20 @@ def _start_children(ctx: WorkflowContext, journal: list[Journal]) -> list[Stream
                 JobStatus.SUCCESSFUL if child.status == JobStatus.SUCCESSFUL else JobStatus.FAILED
             )
             step.output, step.error = child.output, child.error
-    Activity.objects.bulk_update(linked, ["child", "status", "output", "error"])
     return messages
 
 
-def _notify(messages: list[Stream]) -> None:
+def _wake_ups(messages: list[Stream]) -> list[str]:
+    """The NOTIFY payloads that wake workers for these new messages."""
     payloads = {f"q:{m.queue}" for m in messages if m.status == StreamStatus.READY}
-    timers = [m.visible_at for m in messages if m.status == StreamStatus.SCHEDULED]
+    timers = [
+        m.visible_at
+        for m in messages
+        if m.status == StreamStatus.SCHEDULED and isinstance(m.visible_at, datetime.datetime)
+    ]
     if timers:
         payloads.add(f"t:{min(t.timestamp() for t in timers)}")
-    if payloads:
-        with connection.cursor() as cursor:
-            for payload in sorted(payloads):
-                cursor.execute("SELECT pg_notify(%s, %s)", [WORK_CHANNEL, payload])
+    return sorted(payloads)
 
 
 def _park(job: Job, message: str) -> None:

@@ -58,6 +58,12 @@ def _table_mb() -> float:
         return float(cursor.fetchone()[0]) / 2**20
 
 
+def _autovacuum_on() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW autovacuum")
+        return bool(cursor.fetchone()[0] == "on")
+
+
 def test_steady_load_levels_off(spawn_worker: Callable[..., WorkerProcess]) -> None:
     env = {"HOTMESH_PRUNE_AFTER_SECONDS": str(PRUNE_AFTER)}
     procs = [spawn_worker("--concurrency", "4", env_extra=env) for _ in range(2)]
@@ -107,8 +113,9 @@ def test_steady_load_levels_off(spawn_worker: Callable[..., WorkerProcess]) -> N
     settled = [s for s in samples if s.at >= SOAK_SECONDS / 3]
     for i in range(len(procs)):
         assert settled[-1].rss_mb[i] - settled[0].rss_mb[i] < 15, samples
-    if SOAK_SECONDS >= 3 * (PRUNE_AFTER + AUTO_PRUNE_EVERY):
+    if SOAK_SECONDS >= 3 * (PRUNE_AFTER + AUTO_PRUNE_EVERY) and _autovacuum_on():
         # Long enough for retention to bite: tables stop growing in the last half
-        # (what they gain is reused once vacuum catches up).
+        # (what they gain is reused once vacuum catches up; a server with autovacuum
+        # off, like the benchmark machine's, grows by design).
         late = [s for s in samples if s.at >= SOAK_SECONDS / 2]
         assert late[-1].table_mb < 1.25 * late[0].table_mb + 2, samples

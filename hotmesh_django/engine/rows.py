@@ -1,0 +1,145 @@
+"""Write a turn's new rows in one statement.
+
+A workflow turn typically adds a step, its message and two journal entries, and
+marks an earlier step done. Through the ORM that is four statements, each compiled
+in Python and parsed and planned by the server. Here each table's rows travel as one
+JSON document, unpacked server-side with `jsonb_to_recordset`, and every insert and
+update is a data-modifying CTE of a single statement: one round trip per turn.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from collections.abc import Sequence
+from functools import cache
+from typing import Any
+
+from django.db import connection, models
+from django.db.models.expressions import DatabaseDefault
+from django.db.models.functions import Now
+from psycopg.types.json import Jsonb
+
+from hotmesh_django.engine.notify import WORK_CHANNEL
+from hotmesh_django.models import Activity, Journal, Stream
+
+
+@cache
+def _columns(model: type[models.Model]) -> list[models.Field[Any, Any]]:
+    """The model's concrete columns except the serial primary key."""
+    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
+    for field in fields:
+        default = getattr(field, "db_default", models.NOT_PROVIDED)
+        if default is not models.NOT_PROVIDED and not isinstance(default, Now):
+            raise TypeError(f"{model.__name__}.{field.name}: only Now() db_defaults are supported")
+    return fields
+
+
+def _column(field: models.Field[Any, Any]) -> str:
+    return connection.ops.quote_name(str(field.column))
+
+
+def _record_type(model: type[models.Model]) -> str:
+    """The `AS x(col type, ...)` list jsonb_to_recordset unpacks into."""
+    return ", ".join(f"{_column(f)} {f.db_type(connection)}" for f in _columns(model))
+
+
+def _select_list(model: type[models.Model]) -> str:
+    parts = []
+    for field in _columns(model):
+        column = f"x.{_column(field)}"
+        if getattr(field, "db_default", models.NOT_PROVIDED) is not models.NOT_PROVIDED:
+            column = f"COALESCE({column}, now())"
+        parts.append(column)
+    return ", ".join(parts)
+
+
+def _value(field: models.Field[Any, Any], value: Any) -> Any:
+    """The JSON form of one column value, as jsonb_to_recordset reads it back."""
+    if value is None or isinstance(value, DatabaseDefault | Now):
+        return None  # NULL, or now() where the column has a db_default
+    if isinstance(field, models.JSONField):
+        return value
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+def _document(model: type[models.Model], objs: Sequence[models.Model]) -> Jsonb:
+    fields = _columns(model)
+    return Jsonb([{f.column: _value(f, getattr(obj, f.attname)) for f in fields} for obj in objs])
+
+
+def _insert(name: str, model: type[models.Model], returning: str = "") -> str:
+    table = connection.ops.quote_name(model._meta.db_table)
+    columns = ", ".join(_column(f) for f in _columns(model))
+    return (
+        # Identifiers come from the models' _meta, values are bound parameters.
+        f"{name} AS (INSERT INTO {table} ({columns}) SELECT {_select_list(model)}"  # noqa: S608
+        f" FROM jsonb_to_recordset(%({name})s) AS x({_record_type(model)}){returning})"
+    )
+
+
+_CHANGED = (
+    "changed AS (UPDATE {table} AS a SET status = x.status, output = x.output,"
+    " error = x.error, finished_at = x.finished_at"
+    " FROM jsonb_to_recordset(%(changed)s)"
+    " AS x(seq integer, status text, output jsonb, error jsonb, finished_at timestamptz)"
+    " WHERE a.job_id = %(job)s AND a.seq = x.seq)"
+)
+
+
+def write_turn(
+    job_id: int,
+    *,
+    new_steps: Sequence[Activity],
+    changed_steps: Sequence[Activity],
+    messages: Sequence[Stream],
+    journal: Sequence[Journal],
+    notify: Sequence[str] = (),
+) -> int | None:
+    """Insert the new steps, messages and journal rows and update the changed steps
+    of job `job_id` in one statement, then send the `notify` payloads on the work
+    channel. Return the id of the message written RUNNING (the step this worker runs
+    next), if any."""
+    ctes: list[str] = []
+    params: dict[str, Any] = {"job": job_id, "channel": WORK_CHANNEL, "notify": list(notify)}
+    if new_steps:
+        ctes.append(_insert("steps", Activity))
+        params["steps"] = _document(Activity, new_steps)
+    if changed_steps:
+        ctes.append(_CHANGED.format(table=connection.ops.quote_name(Activity._meta.db_table)))
+        params["changed"] = Jsonb(
+            [
+                {
+                    "seq": s.seq,
+                    "status": s.status,
+                    "output": s.output,
+                    "error": s.error,
+                    "finished_at": _value(Activity._meta.get_field("finished_at"), s.finished_at),
+                }
+                for s in changed_steps
+            ]
+        )
+    if journal:
+        ctes.append(_insert("entries", Journal))
+        params["entries"] = _document(Journal, journal)
+    mine = "NULL::bigint"
+    if messages:
+        ctes.append(_insert("messages", Stream, " RETURNING id, status"))
+        params["messages"] = _document(Stream, messages)
+        mine = "(SELECT id FROM messages WHERE status = 'RUNNING' LIMIT 1)"
+    if not ctes and not notify:
+        return None
+    # NOTIFY is transactional: listeners hear it only once these rows are visible.
+    final = (
+        f"SELECT {mine}, (SELECT count(pg_notify(%(channel)s, p))"  # noqa: S608
+        " FROM unnest(%(notify)s::text[]) AS p)"
+    )
+    with_clause = f"WITH {', '.join(ctes)} " if ctes else ""
+    with connection.cursor() as cursor:
+        cursor.execute(with_clause + final, params)
+        row = cursor.fetchone()
+    return None if row is None or row[0] is None else int(row[0])
