@@ -14,7 +14,7 @@ handle.result(timeout=10)
 
 from __future__ import annotations
 
-from hotmesh_django.choices import JobStatus
+from hotmesh_django.choices import HumanTaskStatus, JobStatus
 from hotmesh_django.context import (
     continue_as_new,
     gather,
@@ -58,6 +58,7 @@ __all__ = [
     "ActivityFailed",
     "HotmeshError",
     "HumanTaskError",
+    "HumanTaskStatus",
     "HumanTaskTimeout",
     "JobCancelled",
     "JobFinishedError",

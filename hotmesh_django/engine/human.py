@@ -109,11 +109,12 @@ def _name(user: Any) -> str:
 
 
 def _get(task_id: int) -> HumanTask:
-    if isinstance(task_id, bool) or not isinstance(task_id, int):
-        try:
-            task_id = int(task_id)
-        except (TypeError, ValueError):
-            raise HumanTaskError(f"{task_id!r} is not a human task id.", code="not_found") from None
+    try:
+        if isinstance(task_id, bool):
+            raise TypeError  # int(True) is 1: never take a flag for an id
+        task_id = int(task_id)
+    except (TypeError, ValueError):
+        raise HumanTaskError(f"{task_id!r} is not a human task id.", code="not_found") from None
     task = HumanTask.objects.filter(pk=task_id).first()
     if task is None:
         raise HumanTaskError(f"No human task has id {task_id}.", code="not_found")

@@ -95,7 +95,7 @@ def test_claim_and_resolve_resumes_the_workflow(worker: InProcessWorker, alice: 
     resolved = hm.resolve_task(task.pk, answer, alice)
 
     assert handle.result(timeout=30) == {"answer": answer}
-    assert resolved.status == HumanTaskStatus.RESOLVED
+    assert resolved.status == hm.HumanTaskStatus.RESOLVED == HumanTaskStatus.RESOLVED
     assert resolved.resolved_by == alice and resolved.resolved_at is not None
     step = Activity.objects.get(job__workflow_id=handle.id, seq=1)
     assert (step.kind, step.status) == (StepKind.HUMAN, JobStatus.SUCCESSFUL)
@@ -300,6 +300,7 @@ def test_bad_input() -> None:
         with pytest.raises(ValueError, match="role must be the name of an auth Group"):
             hm.wait_for_human(role)  # type: ignore[arg-type]
     expect("not_found", lambda: hm.claim_task("nope", None))  # type: ignore[arg-type]
+    expect("not_found", lambda: hm.claim_task(True, None))
 
 
 def test_data_that_is_not_json_fails_the_workflow(worker: InProcessWorker) -> None:
@@ -365,3 +366,40 @@ def test_the_inbox_query_uses_the_open_tasks_index(alice: User) -> None:
     plan = inbox.explain()
     assert "hotmesh_task_open_role_idx" in plan, plan
     assert len(inbox) == 20  # i = 300, 600, ... are the approvers' open ones
+
+
+def test_resolve_waits_for_a_turn_holding_the_job(worker: InProcessWorker, alice: User) -> None:
+    """An answer takes the job's row lock as a turn does, so a turn that is expiring
+    the task and the answer run one after the other, never interleaved."""
+    import threading
+
+    from django.db import connections
+
+    from hotmesh_django.engine.notify import connect_raw
+
+    handle = h.approval.start(13)
+    task = task_of(handle)
+    hm.claim_task(task.pk, alice)
+    wait_until(lambda: handle.status() == JobStatus.WAITING)
+    job = Job.objects.get(workflow_id=handle.id)
+    done = threading.Event()
+
+    def answer() -> None:
+        try:
+            hm.resolve_task(task.pk, "after the turn", alice)
+            done.set()
+        finally:
+            connections.close_all()
+
+    # The raw connection stands in for a worker mid-turn.
+    with connect_raw() as turn, turn.transaction():
+        turn.execute(
+            f"SELECT 1 FROM {Job._meta.db_table} WHERE id = %s FOR NO KEY UPDATE", [job.pk]
+        )
+        thread = threading.Thread(target=answer)
+        thread.start()
+        assert not done.wait(0.5)
+        assert HumanTask.objects.get(pk=task.pk).status == HumanTaskStatus.CLAIMED
+    thread.join(10)
+    assert done.is_set()
+    assert handle.result(timeout=30) == {"answer": "after the turn"}
