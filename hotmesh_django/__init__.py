@@ -14,7 +14,7 @@ handle.result(timeout=10)
 
 from __future__ import annotations
 
-from hotmesh_django.choices import JobStatus
+from hotmesh_django.choices import HumanTaskStatus, JobStatus
 from hotmesh_django.context import (
     continue_as_new,
     gather,
@@ -25,6 +25,7 @@ from hotmesh_django.context import (
     set_state,
     sleep,
     uuid4,
+    wait_for_human,
     wait_for_signal,
 )
 from hotmesh_django.definitions import (
@@ -37,6 +38,8 @@ from hotmesh_django.definitions import (
 from hotmesh_django.exceptions import (
     ActivityFailed,
     HotmeshError,
+    HumanTaskError,
+    HumanTaskTimeout,
     JobCancelled,
     JobFinishedError,
     JobNotFound,
@@ -48,11 +51,15 @@ from hotmesh_django.exceptions import (
     WorkflowFailed,
 )
 from hotmesh_django.handles import JobHandle, StepHandle, get_handle, signal
+from hotmesh_django.human_tasks import claim_task, release_task, resolve_task
 
 __all__ = [
     "ActivityDefinition",
     "ActivityFailed",
     "HotmeshError",
+    "HumanTaskError",
+    "HumanTaskStatus",
+    "HumanTaskTimeout",
     "JobCancelled",
     "JobFinishedError",
     "JobHandle",
@@ -68,17 +75,21 @@ __all__ = [
     "WorkflowDefinition",
     "WorkflowFailed",
     "activity",
+    "claim_task",
     "continue_as_new",
     "gather",
     "get_handle",
     "now",
     "patched",
     "random",
+    "release_task",
+    "resolve_task",
     "set_search",
     "set_state",
     "signal",
     "sleep",
     "uuid4",
+    "wait_for_human",
     "wait_for_signal",
     "workflow",
 ]

@@ -18,6 +18,7 @@ from django.db import connections
 from django.db.models import IntegerField, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.functional import cached_property
@@ -320,6 +321,7 @@ class JobAdmin(JobOperationsMixin, ReadOnlyAdmin):
         "error_message",
         "error_traceback",
         "children_links",
+        "human_task_links",
     )
 
     def get_urls(self) -> list[Any]:
@@ -381,6 +383,8 @@ class JobAdmin(JobOperationsMixin, ReadOnlyAdmin):
             )
         if obj.children.exists():
             fieldsets.append((_("Child workflows"), {"fields": ["children_links"]}))
+        if obj.human_tasks.exists():
+            fieldsets.append((_("Human tasks"), {"fields": ["human_task_links"]}))
         return fieldsets
 
     # -- columns and fields -------------------------------------------------------------
@@ -484,6 +488,26 @@ class JobAdmin(JobOperationsMixin, ReadOnlyAdmin):
         if count > MAX_CHILDREN:
             more = format_html("<li>{} more…</li>", count - MAX_CHILDREN)
         return format_html('<ul class="hm-children">{}{}</ul>', items, more)
+
+    @admin.display(description=_("tasks"))
+    def human_task_links(self, obj: Job) -> SafeString:
+        tasks = obj.human_tasks.order_by("step")[:MAX_CHILDREN]
+        items = format_html_join(
+            "",
+            '<li><a href="{}">{} {}</a> {} <span class="hm-muted">{} {}</span></li>',
+            (
+                (
+                    reverse("admin:hotmesh_django_humantask_change", args=[t.pk]),
+                    _("task"),
+                    t.pk,
+                    status_badge(t.status, t.get_status_display()),
+                    _("step %(step)d, role") % {"step": t.step},
+                    t.role,
+                )
+                for t in tasks
+            ),
+        )
+        return format_html('<ul class="hm-children">{}</ul>', items)
 
     # -- the detail page ----------------------------------------------------------------
 
@@ -688,4 +712,5 @@ class WorkerAdmin(ReadOnlyAdmin):
         return status_badge("stale", str(_("stale")))
 
 
-from hotmesh_django import admin_schedules  # noqa: E402, F401 - registers ScheduleAdmin
+# Registered last: they build on the classes above.
+from hotmesh_django import admin_schedules, admin_tasks  # noqa: E402, F401

@@ -43,6 +43,7 @@ from hotmesh_django.models import (
     ACTIVE_STATUSES,
     FINISHED_STATUSES,
     Activity,
+    HumanTask,
     Job,
     JobStatus,
     Queue,
@@ -155,7 +156,9 @@ def diagnose(job: Job, now: datetime.datetime | None = None) -> list[Reason]:
                 _when(signal.created_at, now),
             )
         )
-    waits = any(s.kind in (StepKind.SIGNAL, StepKind.CHILD) for s in open_steps.values())
+    waits = any(
+        s.kind in (StepKind.SIGNAL, StepKind.CHILD, StepKind.HUMAN) for s in open_steps.values()
+    )
     if not messages_ and not waits:
         text = _(
             "Nothing is queued for this job and it waits for no signal or child: no worker "
@@ -323,10 +326,39 @@ def _step_reasons(step: Activity, messages_: list[Stream], now: datetime.datetim
         return [_info(template, step.name, since, step.seq, timeout)]
     if step.kind == StepKind.SLEEP:
         return [_info("Sleeping until {} (step {}).", _when(step.wake_at, now), step.seq)]
+    if step.kind == StepKind.HUMAN:
+        return [_human_reason(step, now)]
     if step.kind == StepKind.ACTIVITY and not any(m.step == step.seq for m in messages_):
         what = _cap(_step_name(step.seq, step.name))
         return [_warn("{} is {} but no message is queued for it.", what, step.status)]
     return []
+
+
+def _human_reason(step: Activity, now: datetime.datetime) -> Reason:
+    timeout = format_html("; it times out {}", _when(step.wake_at, now)) if step.wake_at else ""
+    task = HumanTask.objects.filter(job_id=step.job_id, step=step.seq).first()
+    if task is None:
+        return _warn(
+            "Waiting for role <code>{}</code> (step {}), but its task is missing.",
+            step.name,
+            step.seq,
+        )
+    url = reverse("admin:hotmesh_django_humantask_change", args=[task.pk])
+    holder = (
+        format_html(", claimed by <code>{}</code>", task.claimed_by) if task.claimed_by_id else ""
+    )
+    return _info(
+        "Waiting for a person in role <code>{}</code> since {} (step {}): "
+        '<a href="{}">task {}</a> is {}{}{}.',
+        step.name,
+        _when(step.created_at, now),
+        step.seq,
+        url,
+        task.pk,
+        task.status,
+        holder,
+        timeout,
+    )
 
 
 def _children_reasons(job: Job) -> list[Reason]:

@@ -85,6 +85,8 @@ class StepKind(models.TextChoices):
     SIGNAL = "SIGNAL", _("Signal wait")
     # A recorded value: now(), uuid4(), random(), patched().
     VALUE = "VALUE", _("Recorded value")
+    # A wait for a person to answer a HumanTask (hm.wait_for_human).
+    HUMAN = "HUMAN", _("Human task")
 
 
 class StreamKind(models.TextChoices):
@@ -125,5 +127,50 @@ class JournalEvent(models.TextChoices):
     CANCELLED = "cancelled", _("Cancelled")
     RETRIED = "retried", _("Retried by an operator")
     CONTINUED = "continued_as_new", _("Continued as a new run")
+    TASK_CREATED = "task_created", _("Human task created")
+    TASK_CLAIMED = "task_claimed", _("Human task claimed")
+    TASK_RELEASED = "task_released", _("Human task released")
+    TASK_RESOLVED = "task_resolved", _("Human task resolved")
+    TASK_EXPIRED = "task_expired", _("Human task expired")
     COMPLETED = "completed", _("Completed")
     FAILED = "failed", _("Failed")
+
+
+class HumanTaskStatus(models.TextChoices):
+    # Waiting for someone in its role to claim it.
+    OPEN = "OPEN", _("Open")
+    # Claimed by one person, who alone may resolve or release it.
+    CLAIMED = "CLAIMED", _("Claimed")
+    # Answered; the workflow has the answer.
+    RESOLVED = "RESOLVED", _("Resolved")
+    # Its timeout passed first; the workflow saw HumanTaskTimeout.
+    EXPIRED = "EXPIRED", _("Expired")
+    # Its job finished (cancelled or failed) while it was open.
+    CANCELLED = "CANCELLED", _("Cancelled")
+
+
+OPEN_TASK_STATUSES: Final = (HumanTaskStatus.OPEN, HumanTaskStatus.CLAIMED)
+
+# Which statuses each task status may move to. Anything not listed is refused.
+TASK_TRANSITIONS: Final[Mapping[str, frozenset[str]]] = {
+    HumanTaskStatus.OPEN: frozenset(
+        {HumanTaskStatus.CLAIMED, HumanTaskStatus.EXPIRED, HumanTaskStatus.CANCELLED}
+    ),
+    HumanTaskStatus.CLAIMED: frozenset(
+        {
+            HumanTaskStatus.OPEN,  # released
+            HumanTaskStatus.RESOLVED,
+            HumanTaskStatus.EXPIRED,
+            HumanTaskStatus.CANCELLED,
+        }
+    ),
+    # Its failed job was retried or re-run, so the workflow waits for it again.
+    HumanTaskStatus.CANCELLED: frozenset({HumanTaskStatus.OPEN}),
+    HumanTaskStatus.RESOLVED: frozenset(),
+    HumanTaskStatus.EXPIRED: frozenset(),
+}
+
+
+def task_sources_of(target: str) -> list[str]:
+    """Return the statuses a human task may move to `target` from."""
+    return [s for s, targets in TASK_TRANSITIONS.items() if target in targets]

@@ -22,6 +22,7 @@ from django.utils import timezone
 from hotmesh_django.exceptions import (
     ActivityFailed,
     HotmeshError,
+    HumanTaskTimeout,
     NonDeterminismError,
     SignalTimeout,
     Suspend,
@@ -139,10 +140,16 @@ class WorkflowContext:
             self._try_signal(step)
         if step.kind == StepKind.SLEEP and step.status == JobStatus.WAITING:
             self._try_wake(step)
+        if step.kind == StepKind.HUMAN and step.status == JobStatus.WAITING:
+            self._try_expire(step)
         if step.status == JobStatus.SUCCESSFUL:
             return from_json(step.output)
         if step.status in (JobStatus.FAILED, JobStatus.CANCELLED):
             error = step.error or {}
+            if step.kind == StepKind.HUMAN:
+                raise HumanTaskTimeout(
+                    error.get("message", f"The human task for {step.name!r} was not answered.")
+                )
             if step.kind == StepKind.SIGNAL:
                 raise SignalTimeout(error.get("message", f"Signal {step.name!r} timed out."))
             raise ActivityFailed(
@@ -190,6 +197,24 @@ class WorkflowContext:
             step.error = {
                 "type": "SignalTimeout",
                 "message": f"No signal {step.name!r} arrived before the timeout.",
+            }
+            step.finished_at = self.db_now
+            self._changed(step)
+
+    def _try_expire(self, step: Activity) -> None:
+        """Time out a human task's wait whose due time has passed on the turn's clock.
+
+        An answer is written onto the step by `resolve_task` under the job's row lock,
+        so a step still WAITING here was not answered; the engine expires its task in
+        this turn's transaction.
+        """
+        from hotmesh_django.models import JobStatus
+
+        if step.wake_at is not None and step.wake_at <= self.db_now:
+            step.status = JobStatus.FAILED
+            step.error = {
+                "type": "HumanTaskTimeout",
+                "message": f"No one in role {step.name!r} answered before the timeout.",
             }
             step.finished_at = self.db_now
             self._changed(step)
@@ -275,6 +300,26 @@ class WorkflowContext:
                 self.new_timers.append(step)
         return self.resolve(seq)
 
+    def wait_for_human(self, role: str, data: Any, timeout: float | None) -> Any:
+        from hotmesh_django.models import JobStatus, StepKind
+
+        seq, existing = self._next(StepKind.HUMAN, role)
+        if existing is None:
+            wake_at = None
+            if timeout is not None:
+                wake_at = self.db_now + datetime.timedelta(seconds=timeout)
+            # The engine creates the step's HumanTask when it writes the turn.
+            step = self._add(
+                kind=StepKind.HUMAN,
+                name=role,
+                input={"data": data, "timeout": timeout},
+                wake_at=wake_at,
+            )
+            self._try_expire(step)
+            if wake_at is not None and step.status == JobStatus.WAITING:
+                self.new_timers.append(step)
+        return self.resolve(seq)
+
     def record(self, name: str, make: Any) -> Any:
         """Return the value recorded at this step, or record `make()` now."""
         from hotmesh_django.models import JobStatus, StepKind
@@ -340,6 +385,28 @@ def wait_for_signal(name: str, timeout: float | datetime.timedelta | None = None
         raise ValueError("A signal name must be a non-empty string of at most 255 characters.")
     ctx = _require("wait_for_signal")
     return ctx.wait_for_signal(name, None if timeout is None else _seconds(timeout))
+
+
+def wait_for_human(
+    role: str, data: Any = None, timeout: float | datetime.timedelta | None = None
+) -> Any:
+    """Ask a person in the auth Group `role` and return their JSON answer.
+
+    Creates a HumanTask holding `data` that a member of the group claims and resolves
+    (`hm.claim_task`, `hm.resolve_task`, or the admin); the workflow waits meanwhile.
+    Raise HumanTaskTimeout (a SignalTimeout) when `timeout` passes first; the task is
+    then EXPIRED and can no longer be answered.
+    """
+    from hotmesh_django.serialization import encode_value
+
+    if not isinstance(role, str) or not role.strip() or len(role) > 150:
+        raise ValueError(
+            "A human task's role must be the name of an auth Group: a non-empty string "
+            "of at most 150 characters."
+        )
+    ctx = _require("wait_for_human")
+    encoded = encode_value(data, what="the human task's data")
+    return ctx.wait_for_human(role, encoded, None if timeout is None else _seconds(timeout))
 
 
 def gather(*handles: StepHandle | JobHandle) -> list[Any]:

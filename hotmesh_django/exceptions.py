@@ -64,6 +64,23 @@ class SignalTimeout(HotmeshError, TimeoutError):
     """Raised inside a workflow when `wait_for_signal` times out."""
 
 
+class HumanTaskTimeout(SignalTimeout):
+    """Raised inside a workflow when `wait_for_human` times out; the task is EXPIRED."""
+
+
+class HumanTaskError(HotmeshError):
+    """A claim, release or resolve of a human task was refused.
+
+    `code` says why, for callers that branch on it: "not_found", "not_allowed" (the
+    user is not in the task's role), "not_claimant" (someone else holds the claim,
+    or nobody does), "claimed", "resolved", "expired", "cancelled" or "bad_answer".
+    """
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class NonDeterminismError(HotmeshError):
     """A replay called a different step than the journal recorded at that position."""
 

@@ -1,4 +1,4 @@
-"""Forms of the admin's operations: send a signal, re-run from a step."""
+"""Forms of the admin's operations: send a signal, re-run from a step, answer a task."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from django import forms
 from django.utils.translation import gettext_lazy as _
 
 from hotmesh_django.exceptions import PayloadTooLarge
-from hotmesh_django.serialization import check_size
+from hotmesh_django.serialization import check_size, to_json
 
 
 class SignalForm(forms.Form):
@@ -69,3 +69,31 @@ class RerunForm(forms.Form):
                 choices=steps,
                 help_text=self.fields["step"].help_text,
             )
+
+
+class AnswerForm(forms.Form):
+    """The JSON answer that resolves a human task."""
+
+    answer = forms.CharField(
+        label=_("Answer (JSON)"),
+        strip=True,
+        widget=forms.Textarea(attrs={"rows": 4, "cols": 60, "placeholder": '{"approved": true}'}),
+        help_text=_("Any JSON value; the workflow's hm.wait_for_human() returns it."),
+    )
+
+    def clean_answer(self) -> Any:
+        text = self.cleaned_data["answer"]
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise forms.ValidationError(
+                _("The answer is not valid JSON: %(error)s (line %(line)s, column %(col)s)."),
+                code="invalid_json",
+                params={"error": exc.msg, "line": exc.lineno, "col": exc.colno},
+            ) from None
+        try:
+            check_size(to_json(value, what="The answer"), what="The answer")
+        except (TypeError, PayloadTooLarge) as exc:
+            # TypeError: the reserved "__hm__" key, or text Postgres cannot store.
+            raise forms.ValidationError(str(exc), code="invalid") from None
+        return value

@@ -1,11 +1,13 @@
 """The tables: Job, Activity (a job's durable steps), Stream (the work queue),
-Journal (each job's history), Signal (buffered signals), Worker and Schedule."""
+Journal (each job's history), Signal (buffered signals), HumanTask (a person's
+answer a workflow waits for), Worker and Schedule."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Now
@@ -15,7 +17,9 @@ from django.utils.translation import gettext_lazy as _
 from hotmesh_django.choices import (
     ACTIVE_STATUSES,
     FINISHED_STATUSES,
+    OPEN_TASK_STATUSES,
     TRANSITIONS,
+    HumanTaskStatus,
     JobKind,
     JobStatus,
     JournalEvent,
@@ -23,13 +27,17 @@ from hotmesh_django.choices import (
     StreamKind,
     StreamStatus,
     sources_of,
+    task_sources_of,
 )
 
 __all__ = [
     "ACTIVE_STATUSES",
     "FINISHED_STATUSES",
+    "OPEN_TASK_STATUSES",
     "TRANSITIONS",
     "Activity",
+    "HumanTask",
+    "HumanTaskStatus",
     "Job",
     "JobKind",
     "JobStatus",
@@ -44,6 +52,7 @@ __all__ = [
     "StreamStatus",
     "Worker",
     "sources_of",
+    "task_sources_of",
 ]
 
 
@@ -386,3 +395,103 @@ class Schedule(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class HumanTaskQuerySet(models.QuerySet["HumanTask"]):
+    def transition(self, to: str, **fields: Any) -> int:
+        """Move the tasks in this queryset to `to` where that move is allowed; return
+        how many moved (as JobQuerySet.transition)."""
+        return self.filter(status__in=task_sources_of(to)).update(
+            status=to, updated_at=Now(), **fields
+        )
+
+    def open(self) -> HumanTaskQuerySet:
+        return self.filter(status__in=OPEN_TASK_STATUSES)
+
+    def in_roles_of(self, user: Any) -> HumanTaskQuerySet:
+        """Tasks whose role is one of `user`'s groups; all of them for a superuser."""
+        if not getattr(user, "is_active", False):
+            return self.none()
+        if getattr(user, "is_superuser", False):
+            return self
+        groups = getattr(user, "groups", None)
+        if groups is None:  # a custom user model without groups
+            return self.none()
+        return self.filter(role__in=groups.values("name"))
+
+    def actionable_by(self, user: Any) -> HumanTaskQuerySet:
+        """Tasks `user` can act on now: open ones in their roles, and their claims."""
+        mine = Q(status=HumanTaskStatus.CLAIMED, claimed_by_id=getattr(user, "pk", None))
+        claimable = Q(status=HumanTaskStatus.OPEN) & (Q(due_at__isnull=True) | Q(due_at__gt=Now()))
+        return self.in_roles_of(user).filter(mine | claimable)
+
+
+class HumanTask(models.Model):
+    """A question a workflow asks a person in a role (hm.wait_for_human).
+
+    The workflow's step `step` waits until someone in the Django auth group `role`
+    claims the task and resolves it with an answer, which the step then returns.
+    """
+
+    job = models.ForeignKey(
+        Job,
+        on_delete=models.CASCADE,
+        related_name="human_tasks",
+        verbose_name=_("job"),
+        db_index=False,  # the (job, step) unique index serves lookups by job
+    )
+    step = models.IntegerField(_("step"))
+    # The name of the django.contrib.auth Group whose members may act on it.
+    role = models.CharField(_("role"), max_length=150)
+    data = models.JSONField(_("data"), null=True, blank=True)
+    answer = models.JSONField(_("answer"), null=True, blank=True)
+    status = models.CharField(
+        _("status"),
+        max_length=_max_len(HumanTaskStatus),
+        choices=HumanTaskStatus.choices,
+        default=HumanTaskStatus.OPEN,
+    )
+    claimed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("claimed by"),
+    )
+    resolved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("resolved by"),
+    )
+    created_at = models.DateTimeField(_("created at"), db_default=Now())
+    updated_at = models.DateTimeField(_("updated at"), db_default=Now())
+    claimed_at = models.DateTimeField(_("claimed at"), null=True, blank=True)
+    resolved_at = models.DateTimeField(_("resolved at"), null=True, blank=True)
+    # When the workflow stops waiting (HumanTaskTimeout); NULL: it waits for ever.
+    due_at = models.DateTimeField(_("due at"), null=True, blank=True)
+
+    objects = HumanTaskQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("human task")
+        verbose_name_plural = _("human tasks")
+        ordering = ["-id"]
+        indexes = [
+            # The inbox: open tasks of a person's roles, oldest first.
+            models.Index(
+                fields=["role", "id"],
+                name="hotmesh_task_open_role_idx",
+                condition=Q(status__in=["OPEN", "CLAIMED"]),
+            ),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "step"], name="hotmesh_task_job_step"),
+            _status_check("humantask", "status", HumanTaskStatus),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.role} ({self.status})"

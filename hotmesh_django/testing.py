@@ -164,8 +164,8 @@ def run_workflow(definition: Any, *args: Any, timeout: float = 30.0, **kwargs: A
 
 # Due now: every scheduled message except a workflow's deadline timer (its turn would
 # find the deadline not yet passed, and the timer would be gone) and, unless asked,
-# the timeout timers of signal waits. Sleep steps get wake_at = now() too, because
-# the replay compares the step's wake_at with the turn's clock.
+# the timeout timers of signal and human-task waits. Sleep steps get wake_at = now()
+# too, because the replay compares the step's wake_at with the turn's clock.
 _SKIP = """
 WITH due AS (
     SELECT s.id, s.job_id, s.step FROM {stream} AS s
@@ -175,12 +175,12 @@ WITH due AS (
                 WHERE j.id = s.job_id AND j.deadline_at = s.visible_at))
        AND (%(timeouts)s OR NOT (s.kind = 'TIMER' AND EXISTS (
                SELECT 1 FROM {activity} AS a
-                WHERE a.job_id = s.job_id AND a.seq = s.step AND a.kind = 'SIGNAL')))
+                WHERE a.job_id = s.job_id AND a.seq = s.step AND a.kind IN ('SIGNAL', 'HUMAN'))))
        FOR UPDATE OF s SKIP LOCKED
 ), w AS (
     UPDATE {activity} AS a SET wake_at = now()
       FROM due
-     WHERE a.job_id = due.job_id AND a.seq = due.step AND a.kind IN ('SLEEP', 'SIGNAL')
+     WHERE a.job_id = due.job_id AND a.seq = due.step AND a.kind IN ('SLEEP', 'SIGNAL', 'HUMAN')
        AND a.status = 'WAITING' AND a.wake_at > now()
 ), m AS (
     UPDATE {stream} AS s SET visible_at = now() FROM due WHERE s.id = due.id RETURNING s.id
@@ -239,9 +239,9 @@ def skip_time(
 
     Every `interval` seconds, scheduled messages (durable sleeps, retry back-offs,
     delayed starts, parked jobs) are made due now and the workers are woken. With
-    `timeouts=True` the timeouts of `hm.wait_for_signal` fire at once too. A
-    workflow's own `timeout=` is left alone. Time is skipped, not faked: `hm.now()`
-    still reads the real clock.
+    `timeouts=True` the timeouts of `hm.wait_for_signal` and `hm.wait_for_human`
+    fire at once too. A workflow's own `timeout=` is left alone. Time is skipped,
+    not faked: `hm.now()` still reads the real clock.
     """
     skipper = TimeSkipper(timeouts=timeouts, interval=interval, using=using).start()
     try:

@@ -222,6 +222,13 @@ def _step_lane(
         lane.spans = [_span("signal", step.created_at, end, what)]
         if step.status == JobStatus.SUCCESSFUL and step.finished_at:
             lane.marks.append((step.finished_at, "▲", f"signal {step.name} received"))
+    elif step.kind == StepKind.HUMAN:
+        what = f"waiting for a person in role {step.name}"
+        if step.status == JobStatus.FAILED:
+            what += " (timed out)"
+        lane.spans = [_span("signal", step.created_at, end, what)]
+        if step.status == JobStatus.SUCCESSFUL and step.finished_at:
+            lane.marks.append((step.finished_at, "▲", f"task for {step.name} resolved"))
     elif step.kind == StepKind.CHILD:
         lane.spans = [_span("child", step.created_at, end, f"child workflow {step.name}")]
         lane.href = child_url

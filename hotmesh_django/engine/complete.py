@@ -85,8 +85,9 @@ _FINAL_EVENTS = {
 
 # Finishing a job in one statement: the guarded status move, dropping its queued
 # messages (running ones too: their guarded acks will find nothing and discard the
-# late result), closing its open steps so the admin never shows them running, the
-# journal entry and the wake-up of result() waiters.
+# late result), closing its open steps so the admin never shows them running,
+# cancelling its open human tasks, the journal entry and the wake-up of result()
+# waiters.
 _FINISH = """
 WITH j AS (
     UPDATE {job}
@@ -99,6 +100,9 @@ WITH j AS (
 ), a AS (
     UPDATE {activity} AS x SET status = 'CANCELLED', finished_at = now()
       FROM j WHERE x.job_id = j.id AND x.status IN ('READY', 'RUNNING', 'WAITING')
+), h AS (
+    UPDATE {human_task} AS t SET status = 'CANCELLED', updated_at = now()
+      FROM j WHERE t.job_id = j.id AND t.status IN ('OPEN', 'CLAIMED')
 ), r AS (
     INSERT INTO {journal} (job_id, step, event, name, attempt, data, created_at)
     SELECT id, NULL, %(event)s, '', NULL, %(data)s, now() FROM j

@@ -11,6 +11,7 @@ from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, transaction
 
+from hotmesh_django.engine import human
 from hotmesh_django.engine.complete import enqueue_turn, finish_job, timer_message
 from hotmesh_django.exceptions import JobFinishedError, JobNotFound
 from hotmesh_django.models import (
@@ -148,11 +149,13 @@ def _revive_steps(job: Job) -> None:
         step.finished_at = None
     Activity.objects.bulk_update(list(revived), ["status", "error", "finished_at"])
     Stream.objects.bulk_create(messages)
-    # Steps cut off by the failure that cannot be revived (signal waits, children)
-    # go back to waiting; their next turn looks at them afresh.
+    # Steps cut off by the failure that cannot be revived (signal waits, children,
+    # human tasks) go back to waiting; their next turn looks at them afresh.
+    waiting = list(Activity.objects.filter(job=job, status=JobStatus.CANCELLED))
     Activity.objects.filter(job=job, status=JobStatus.CANCELLED).update(
         status=JobStatus.WAITING, finished_at=None
     )
+    human.reopen_tasks(job, waiting)
     for child in Job.objects.filter(parent=job, status=JobStatus.FAILED):
         retry_job(child.workflow_id)
         Activity.objects.filter(job=job, child=child).update(status=JobStatus.RUNNING, error=None)
@@ -238,8 +241,10 @@ def _forget_steps(job: Job, seq: int, using: str) -> set[str]:
         )
         return {job.queue}
     steps.filter(seq__gte=seq).delete()
+    human.forget_tasks(job, seq)
     queues: set[str] = set()
     messages = []
+    waiting: list[Activity] = []
     for step in steps.filter(seq__lt=seq, status=JobStatus.CANCELLED).order_by("seq"):
         if step.kind == StepKind.ACTIVITY:
             step.status = JobStatus.READY
@@ -261,10 +266,12 @@ def _forget_steps(job: Job, seq: int, using: str) -> set[str]:
             messages.append(timer_message(job, step))
         else:
             step.status = JobStatus.WAITING
+            waiting.append(step)
         Activity.objects.using(using).filter(pk=step.pk).update(
             status=step.status, error=None, finished_at=None
         )
     Stream.objects.using(using).bulk_create(messages)
+    human.reopen_tasks(job, waiting)
     return queues
 
 

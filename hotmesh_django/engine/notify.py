@@ -45,6 +45,7 @@ def tables() -> dict[str, str]:
             "stream": models.Stream,
             "journal": models.Journal,
             "signal": models.Signal,
+            "human_task": models.HumanTask,
             "worker": models.Worker,
         }.items()
     }

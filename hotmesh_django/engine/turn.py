@@ -25,6 +25,7 @@ from django.db.models.functions import Now
 
 from hotmesh_django import registry
 from hotmesh_django.context import WorkflowContext, activate
+from hotmesh_django.engine import human
 from hotmesh_django.engine.claim import Claimed
 from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job, timer_message
 from hotmesh_django.engine.notify import WORK_CHANNEL, tables
@@ -347,6 +348,7 @@ def _write(ctx: WorkflowContext, local: Local) -> Claimed | None:
     if ctx.new_children:
         # Creates the child jobs and links the (still unsaved) steps to them.
         messages.extend(_start_children(ctx, journal))
+    human.write_tasks(ctx, journal)
     if ctx.consumed_signals:
         Signal.objects.bulk_update(ctx.consumed_signals, ["step"])
     if ctx.cancelled_timers:
