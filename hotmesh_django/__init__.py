@@ -48,6 +48,7 @@ from hotmesh_django.exceptions import (
     WorkflowFailed,
 )
 from hotmesh_django.handles import JobHandle, StepHandle, get_handle, signal
+from hotmesh_django.middleware import headers
 
 __all__ = [
     "ActivityDefinition",
@@ -71,6 +72,7 @@ __all__ = [
     "continue_as_new",
     "gather",
     "get_handle",
+    "headers",
     "now",
     "patched",
     "random",

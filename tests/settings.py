@@ -14,6 +14,8 @@ HOTMESH_IMPORTS = ["tests.activities", "tests.workflows"]
 HOTMESH_LEASE_SECONDS = env.float("HOTMESH_LEASE_SECONDS", default=2.0)
 HOTMESH_HEARTBEAT_SECONDS = env.float("HOTMESH_HEARTBEAT_SECONDS", default=0.5)
 HOTMESH_POLL_INTERVAL_SECONDS = env.float("HOTMESH_POLL_INTERVAL_SECONDS", default=0.2)
+# Set by process tests that run worker subprocesses with middleware.
+HOTMESH_MIDDLEWARE = env.list("HOTMESH_MIDDLEWARE", default=[])
 
 # A test database of its own per test run, so parallel runs on one server (the
 # embedded one is shared by every checkout process) cannot drop each other's.

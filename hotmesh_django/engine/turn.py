@@ -19,7 +19,7 @@ from typing import Any
 from django.db import connection, transaction
 from django.db.models.functions import Now
 
-from hotmesh_django import registry
+from hotmesh_django import middleware, registry
 from hotmesh_django.context import WorkflowContext, activate
 from hotmesh_django.engine.claim import Claimed
 from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job, timer_message
@@ -39,7 +39,7 @@ from hotmesh_django.models import (
     StreamKind,
     StreamStatus,
 )
-from hotmesh_django.serialization import decode_call, encode_value
+from hotmesh_django.serialization import decode_call, decode_headers, encode_value
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +133,7 @@ def _turn(job: Job, local: Local) -> Claimed | None:
         return None
     try:
         args, kwargs = decode_call(job.input)
+        headers = decode_headers(job.input)
     except ValueError as exc:
         finish_job(job.id, JobStatus.FAILED, error=error_dict(exc, with_traceback=False))
         return None
@@ -143,8 +144,16 @@ def _turn(job: Job, local: Local) -> Claimed | None:
         # Read only when the workflow waits for a signal.
         signals=lambda: list(Signal.objects.filter(job=job, step__isnull=True).order_by("id")),
         db_now=db_now,
+        headers=headers,
     )
-    result, error, returned = _replay(ctx, definition.func, args, kwargs)
+    func = middleware.workflow_runner(
+        definition.func,
+        name=job.name,
+        workflow_id=job.workflow_id,
+        queue=job.queue,
+        headers=headers,
+    )
+    result, error, returned = _replay(ctx, func, args, kwargs)
     following = _write(ctx, local)
     if error is not None or returned:
         fields = _job_fields(job, ctx)  # _suspend writes them otherwise
