@@ -25,6 +25,7 @@ import contextvars
 import dataclasses
 import functools
 import inspect
+import threading
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -187,14 +188,33 @@ class Chain:
     execute_workflow: tuple[Callable[..., Any], ...] = ()
 
 
-@functools.cache
+_lock = threading.Lock()
+_chain: Chain | None = None
+
+
 def loaded() -> Chain:
     """Return the chain for HOTMESH_MIDDLEWARE, built on first use.
 
     Raise ImproperlyConfigured for an entry that cannot be used (the hotmesh.E03x
     checks report the same at startup).
     """
-    paths = settings.middleware
+    chain = _chain
+    if chain is None:
+        chain = _build()
+    return chain
+
+
+def _build() -> Chain:
+    global _chain  # the per-process cache that _reset empties
+    # Locked, so threads racing to the first start or step create each middleware
+    # once, as documented.
+    with _lock:
+        if _chain is None:
+            _chain = _make_chain(settings.middleware)
+        return _chain
+
+
+def _make_chain(paths: object) -> Chain:
     if not isinstance(paths, list | tuple):
         raise MiddlewareError(
             f"HOTMESH_MIDDLEWARE must be a list of dotted paths, not {paths!r}.",
@@ -215,8 +235,10 @@ def loaded() -> Chain:
 
 @receiver(setting_changed)
 def _reset(*, setting: str, **kwargs: Any) -> None:
+    global _chain
     if setting == "HOTMESH_MIDDLEWARE":
-        loaded.cache_clear()
+        with _lock:
+            _chain = None
 
 
 C = TypeVar("C")
