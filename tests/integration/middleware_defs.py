@@ -7,6 +7,7 @@ HOTMESH_MIDDLEWARE through the environment).
 from __future__ import annotations
 
 import contextvars
+import importlib.util
 import inspect
 import threading
 from collections.abc import Callable
@@ -232,3 +233,14 @@ def tenant_branch() -> str:
         whoami_timed()
     hm.wait_for_signal("done")
     return "done"
+
+
+HAS_TASKS = importlib.util.find_spec("django.tasks") is not None
+
+if HAS_TASKS:
+    from django.tasks import task
+
+    @task
+    def seen_task() -> dict[str, Any]:
+        """A Django 6 task run by HotMeshBackend: middleware wraps it too."""
+        return _seen()

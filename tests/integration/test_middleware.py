@@ -224,3 +224,16 @@ def test_replay_check_runs_workflows_through_the_middleware(
     as_tenant("someone-else")  # the checker's own context must not matter
     result = replay_job(Job.objects.get(workflow_id=handle.id))
     assert result.ok, result.detail
+
+
+@pytest.mark.skipif(not d.HAS_TASKS, reason="django.tasks needs Django 6+")
+@_mw("TenantMiddleware")
+def test_django_tasks_carry_the_tenant(
+    worker: InProcessWorker, as_tenant: Callable[[str], None], settings: Any
+) -> None:
+    settings.TASKS = {"default": {"BACKEND": "hotmesh_django.tasks.HotMeshBackend"}}
+    as_tenant("acme")
+    result = d.seen_task.enqueue()
+    hm.get_handle(result.id).result(timeout=30)
+    result.refresh()
+    assert _acme(result.return_value)
