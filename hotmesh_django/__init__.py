@@ -52,6 +52,7 @@ from hotmesh_django.exceptions import (
 )
 from hotmesh_django.handles import JobHandle, StepHandle, get_handle, signal
 from hotmesh_django.human_tasks import claim_task, release_task, resolve_task
+from hotmesh_django.middleware import headers
 
 __all__ = [
     "ActivityDefinition",
@@ -79,6 +80,7 @@ __all__ = [
     "continue_as_new",
     "gather",
     "get_handle",
+    "headers",
     "now",
     "patched",
     "random",

@@ -177,3 +177,30 @@ def check_schedules(
                 )
             )
     return errors
+
+
+@register()
+def check_middleware(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """hotmesh.E030-E034: HOTMESH_MIDDLEWARE lists importable Middleware subclasses."""
+    from hotmesh_django.middleware import MiddlewareError, middleware_class
+
+    paths = _number("HOTMESH_MIDDLEWARE")
+    hint = (
+        'For example HOTMESH_MIDDLEWARE = ["shop.middleware.TenantMiddleware"], naming '
+        "a subclass of hotmesh_django.middleware.Middleware."
+    )
+    if not isinstance(paths, list | tuple):
+        return [
+            Error(
+                f"HOTMESH_MIDDLEWARE must be a list of dotted paths, not {paths!r}.",
+                hint=hint,
+                id="hotmesh.E030",
+            )
+        ]
+    errors: list[CheckMessage] = []
+    for path in paths:
+        try:
+            middleware_class(path)
+        except MiddlewareError as exc:
+            errors.append(Error(str(exc), hint=hint, id=exc.check_id))
+    return errors

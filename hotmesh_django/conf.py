@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings as django_settings
@@ -25,6 +26,9 @@ DEFAULTS: dict[str, Any] = {
     "HOTMESH_QUEUES": {},
     # Delete finished jobs this long after they finish (None: keep them).
     "HOTMESH_PRUNE_AFTER_SECONDS": None,
+    # Dotted paths of middleware classes wrapping starts, activities and turns,
+    # outermost first (like Django's MIDDLEWARE).
+    "HOTMESH_MIDDLEWARE": [],
 }
 
 
@@ -61,6 +65,13 @@ class Settings:
     @property
     def queues(self) -> dict[str, dict[str, Any]]:
         return dict(self._get("HOTMESH_QUEUES"))
+
+    @property
+    def middleware(self) -> Sequence[str]:
+        # Not coerced: a bare string must reach the hotmesh.E030 check, not become
+        # a list of one-letter paths.
+        value: Sequence[str] = self._get("HOTMESH_MIDDLEWARE")
+        return value
 
 
 settings = Settings()

@@ -13,7 +13,7 @@ import datetime
 import random as _random
 import threading
 import uuid as _uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -68,8 +68,11 @@ class WorkflowContext:
         steps: dict[int, Activity],
         signals: Callable[[], list[Signal]],
         db_now: datetime.datetime,
+        headers: Mapping[str, Any] | None = None,
     ) -> None:
         self.job = job
+        # The job's middleware headers: its new steps and children inherit them.
+        self.headers: Mapping[str, Any] = headers or {}
         self.steps = steps
         self._load_signals = signals
         self._signals: list[Signal] | None = None
@@ -238,7 +241,7 @@ class WorkflowContext:
                 name=definition.name,
                 queue=definition.options.queue or definition.queue,
                 status=JobStatus.READY,
-                input=encode_call(args, kwargs),
+                input=encode_call(args, kwargs, self.headers),
             )
             self.new_activity_calls.append((step, definition))
         return StepHandle(self, seq)
@@ -260,7 +263,7 @@ class WorkflowContext:
                 name=definition.name,
                 queue=definition.options.queue or definition.queue,
                 status=JobStatus.RUNNING,
-                input=encode_call(args, kwargs),
+                input=encode_call(args, kwargs, self.headers),
             )
             self.new_children.append((step, definition, step.input))
         return StepHandle(self, seq)
@@ -491,5 +494,5 @@ def continue_as_new(*args: Any, **kwargs: Any) -> NoReturn:
     from hotmesh_django.serialization import encode_call
 
     ctx = _require("continue_as_new")
-    ctx.continued = encode_call(args, kwargs)
+    ctx.continued = encode_call(args, kwargs, ctx.headers)
     raise ContinueAsNew(ctx.continued)

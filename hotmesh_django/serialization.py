@@ -136,16 +136,24 @@ def check_size(data: Any, *, what: str) -> None:
         )
 
 
-def encode_call(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+def encode_call(
+    args: tuple[Any, ...], kwargs: Mapping[str, Any], headers: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Serialize call arguments as {"args": [...], "kwargs": {...}}.
 
-    Raise TypeError naming the first argument that is not JSON, so nothing is
-    enqueued with half its input.
+    Middleware headers, when there are any, ride along as a "headers" key, so they
+    are stored (and retried, re-run, encoded) with the payload they belong to and
+    need no column of their own. Raise TypeError naming the first argument or
+    header that is not JSON, so nothing is enqueued with half its input.
     """
     data = {
         "args": [to_json(a, what=f"argument {i}") for i, a in enumerate(args)],
         "kwargs": {k: to_json(v, what=f"argument {k!r}") for k, v in kwargs.items()},
     }
+    if headers:
+        if not isinstance(headers, Mapping):
+            raise TypeError(f"headers must be a dict, not {type(headers).__name__}.")
+        data["headers"] = to_json(dict(headers), what="headers")
     check_size(data, what="The arguments")
     return data
 
@@ -159,6 +167,17 @@ def decode_call(data: Any) -> tuple[list[Any], dict[str, Any]]:
     ):
         raise ValueError(f"Malformed call payload: {str(data)[:200]!r}")
     return from_json(data.get("args", [])), from_json(data.get("kwargs", {}))
+
+
+def decode_headers(data: Any) -> dict[str, Any]:
+    """Return the headers of an `encode_call` structure ({} when it has none);
+    ValueError if malformed."""
+    found = data.get("headers") if isinstance(data, dict) else None
+    if not found:
+        return {}
+    if not isinstance(found, dict):
+        raise ValueError(f"Malformed headers in call payload: {str(found)[:200]!r}")
+    return from_json(found)  # type: ignore[no-any-return]
 
 
 def encode_value(value: Any, *, what: str) -> Any:

@@ -16,6 +16,8 @@ HOTMESH_HEARTBEAT_SECONDS = env.float("HOTMESH_HEARTBEAT_SECONDS", default=0.5)
 HOTMESH_POLL_INTERVAL_SECONDS = env.float("HOTMESH_POLL_INTERVAL_SECONDS", default=0.2)
 # Off unless a test's worker subprocess asks (the soak test).
 HOTMESH_PRUNE_AFTER_SECONDS = env.float("HOTMESH_PRUNE_AFTER_SECONDS", default=None)
+# Set by process tests that run worker subprocesses with middleware.
+HOTMESH_MIDDLEWARE = env.list("HOTMESH_MIDDLEWARE", default=[])
 
 # A test database of its own per test run, so parallel runs on one server (the
 # embedded one is shared by every checkout process) cannot drop each other's.

@@ -20,7 +20,7 @@ from django.db import InterfaceError, OperationalError, connection, connections,
 from django.db.models.functions import Now
 from psycopg.types.json import Jsonb
 
-from hotmesh_django import faults, metrics, registry, tracing
+from hotmesh_django import faults, metrics, middleware, registry, tracing
 from hotmesh_django.engine.claim import Claimed
 from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job
 from hotmesh_django.engine.notify import DONE_CHANNEL, WORK_CHANNEL, tables
@@ -35,7 +35,7 @@ from hotmesh_django.models import (
     Stream,
     StreamStatus,
 )
-from hotmesh_django.serialization import decode_call, encode_value
+from hotmesh_django.serialization import decode_call, decode_headers, encode_value
 
 logger = logging.getLogger(__name__)
 
@@ -277,9 +277,21 @@ def run_step(message: Claimed, local: Local) -> Claimed | None:
         return None
     try:
         args, kwargs = decode_call(message.payload)
+        headers = decode_headers(message.payload)
     except (ValueError, TypeError) as exc:
         ack_failure(message, worker_id, error_dict(exc, with_traceback=False))
         return None
+    # definition.func itself unless HOTMESH_MIDDLEWARE or the job's headers need a
+    # wrapper: the no-middleware hot path pays one cached lookup.
+    func = middleware.activity_runner(
+        definition.func,
+        name=message.name,
+        job_id=message.job_id,
+        step=message.step,
+        attempt=message.attempts,
+        queue=message.queue,
+        headers=headers,
+    )
 
     logger.debug(
         "activity start job=%s step=%s name=%s attempt=%s",
@@ -297,21 +309,27 @@ def run_step(message: Claimed, local: Local) -> Claimed | None:
         attempt=message.attempts,
         queue=message.queue,
     ):
-        following, outcome = _execute(definition, message, local, args, kwargs)
+        following, outcome = _execute(definition, func, message, local, args, kwargs)
     if outcome is not None:
         metrics.observe_step(message.name, message.queue, time.monotonic() - started, outcome)
     return following
 
 
 def _execute(
-    definition: Any, message: Claimed, local: Local, args: list[Any], kwargs: dict[str, Any]
+    definition: Any,
+    func: Any,
+    message: Claimed,
+    local: Local,
+    args: list[Any],
+    kwargs: dict[str, Any],
 ) -> tuple[Claimed | None, str | None]:
-    """Call the activity and ack; return (next message, metrics outcome or None)."""
+    """Call `func` (the activity, perhaps wrapped in middleware) and ack; return
+    (next message, metrics outcome or None)."""
     faults.point("step_start")
     try:
         if definition.atomic:
             with transaction.atomic():
-                output = _encode_result(definition.func(*args, **kwargs))
+                output = _encode_result(func(*args, **kwargs))
                 faults.point("step_done")
                 acked, following = ack_success(message, local, output)
                 if not acked:
@@ -319,9 +337,9 @@ def _execute(
             faults.point("ack_commit")
             return following, metrics.SUCCESSFUL
         if definition.timeout is not None:
-            result = _call_with_timeout(definition.func, args, kwargs, definition.timeout)
+            result = _call_with_timeout(func, args, kwargs, definition.timeout)
         else:
-            result = definition.func(*args, **kwargs)
+            result = func(*args, **kwargs)
         output = _encode_result(result)
         faults.point("step_done")
     except LeaseLost:

@@ -19,7 +19,7 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.db.models.functions import Now
 
-from hotmesh_django import registry
+from hotmesh_django import middleware, registry
 from hotmesh_django.context import WorkflowContext, activate
 from hotmesh_django.exceptions import (
     ActivityFailed,
@@ -36,7 +36,7 @@ from hotmesh_django.models import (
     JobStatus,
     Signal,
 )
-from hotmesh_django.serialization import decode_call
+from hotmesh_django.serialization import decode_call, decode_headers
 
 OK = "ok"
 MISMATCH = "mismatch"
@@ -108,6 +108,7 @@ def replay_job(job: Job) -> ReplayResult:
         return result(MISSING, str(exc))
     try:
         args, kwargs = decode_call(job.input)
+        headers = decode_headers(job.input)
     except (TypeError, ValueError) as exc:
         return result(ERROR, f"Cannot decode the job's input: {exc}")
     with transaction.atomic():
@@ -123,8 +124,18 @@ def replay_job(job: Job) -> ReplayResult:
             steps=steps,
             signals=lambda: list(Signal.objects.filter(job=job, step__isnull=True).order_by("id")),
             db_now=db_now,
+            headers=headers,
         )
-        returned, error = _run(ctx, definition.func, args, kwargs)
+        # Through the execute_workflow middleware too: code that reads what the
+        # middleware sets (a tenant, say) replays as it ran.
+        func = middleware.workflow_runner(
+            definition.func,
+            name=job.name,
+            workflow_id=job.workflow_id,
+            queue=job.queue,
+            headers=headers,
+        )
+        returned, error = _run(ctx, func, args, kwargs)
         transaction.set_rollback(True)
     if ctx.nondeterminism is not None:
         return result(MISMATCH, str(ctx.nondeterminism))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import uuid
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from psycopg.types.json import Jsonb
 
-from hotmesh_django import metrics
+from hotmesh_django import metrics, middleware
 from hotmesh_django.definitions import ActivityDefinition, WorkflowDefinition
 from hotmesh_django.engine.notify import WORK_CHANNEL, tables
 from hotmesh_django.handles import JobHandle
@@ -71,11 +72,58 @@ def start_job(
 
     Idempotent on workflow_id: if a job with that id exists, in any state, return a
     handle to it and write nothing. Raise TypeError naming the argument that is not
-    JSON before anything is written.
+    JSON before anything is written. With HOTMESH_MIDDLEWARE, the start passes
+    through each middleware's start() hook first; what one raises reaches the
+    caller and nothing is written.
     """
+    hooks = middleware.loaded().start
+    # Started from inside an activity (or a workflow turn): carry its headers on.
+    inherited = middleware.headers()
+    if hooks:
+        return _start_through(hooks, definition, args, kwargs, inherited, using)
+    return _start(definition, args, kwargs, inherited, using)
+
+
+def _start_through(
+    hooks: tuple[Callable[..., Any], ...],
+    definition: ActivityDefinition[Any, Any] | WorkflowDefinition[Any, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    inherited: Mapping[str, Any],
+    using: str,
+) -> JobHandle:
+    # The workflow_id is chosen before the chain, so middleware sees the final one.
+    workflow_id = definition.options.workflow_id or str(uuid.uuid4())
+    definition = definition.using(workflow_id=workflow_id)
+    call = middleware.StartCall(
+        definition=definition,
+        name=definition.name,
+        kind="activity" if isinstance(definition, ActivityDefinition) else "workflow",
+        workflow_id=workflow_id,
+        queue=definition.options.queue or definition.queue,
+        args=tuple(args),
+        kwargs=dict(kwargs),
+        headers=dict(inherited),
+    )
+
+    def insert(final: middleware.StartCall) -> JobHandle:
+        return _start(definition, final.args, dict(final.kwargs), final.headers, using)
+
+    # A savepoint, so a middleware that raises after call_next leaves no job behind.
+    with transaction.atomic(using=using):
+        return middleware.run(hooks, call, insert)
+
+
+def _start(
+    definition: ActivityDefinition[Any, Any] | WorkflowDefinition[Any, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    headers: Mapping[str, Any],
+    using: str,
+) -> JobHandle:
     options = definition.options
     delay = options.delay_seconds()
-    data = encode_call(args, kwargs)
+    data = encode_call(args, kwargs, headers)
     search = to_json(dict(options.search or {}), what="search")
     is_activity = isinstance(definition, ActivityDefinition)
     workflow_id = options.workflow_id or str(uuid.uuid4())

@@ -23,7 +23,7 @@ from django.db.models import DateTimeField, TextField
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Now
 
-from hotmesh_django import registry
+from hotmesh_django import middleware, registry
 from hotmesh_django.context import WorkflowContext, activate
 from hotmesh_django.engine import human
 from hotmesh_django.engine.claim import Claimed
@@ -50,7 +50,7 @@ from hotmesh_django.models import (
     StreamKind,
     StreamStatus,
 )
-from hotmesh_django.serialization import decode_call, encode_value
+from hotmesh_django.serialization import decode_call, decode_headers, encode_value
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +171,7 @@ def _turn(job: Job, local: Local) -> Claimed | None:
         return None
     try:
         args, kwargs = decode_call(job.input)
+        headers = decode_headers(job.input)
     except ValueError as exc:
         finish_job(job.id, JobStatus.FAILED, error=error_dict(exc, with_traceback=False))
         return None
@@ -190,8 +191,16 @@ def _turn(job: Job, local: Local) -> Claimed | None:
         # Read only when the workflow waits for a signal.
         signals=lambda: list(Signal.objects.filter(job=job, step__isnull=True).order_by("id")),
         db_now=db_now,
+        headers=headers,
     )
-    result, error, returned = _replay(ctx, definition.func, args, kwargs)
+    func = middleware.workflow_runner(
+        definition.func,
+        name=job.name,
+        workflow_id=job.workflow_id,
+        queue=job.queue,
+        headers=headers,
+    )
+    result, error, returned = _replay(ctx, func, args, kwargs)
     following = _write(ctx, local)
     if error is not None or returned:
         fields = _job_fields(job, ctx)  # _suspend writes them otherwise
