@@ -36,6 +36,7 @@ from hotmesh_django.definitions import (
 )
 from hotmesh_django.exceptions import (
     ActivityFailed,
+    CodecError,
     HotmeshError,
     JobCancelled,
     JobFinishedError,
@@ -52,6 +53,7 @@ from hotmesh_django.handles import JobHandle, StepHandle, get_handle, signal
 __all__ = [
     "ActivityDefinition",
     "ActivityFailed",
+    "CodecError",
     "HotmeshError",
     "JobCancelled",
     "JobFinishedError",

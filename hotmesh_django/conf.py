@@ -21,6 +21,25 @@ DEFAULTS: dict[str, Any] = {
     "HOTMESH_QUEUES": {},
     # Delete finished jobs this long after they finish (None: keep them).
     "HOTMESH_PRUNE_AFTER_SECONDS": None,
+    # Dotted path to the codec every stored value passes through (None: plain JSON),
+    # e.g. "hotmesh_django.codecs.FernetCodec".
+    "HOTMESH_CODEC": None,
+    # FernetCodec's keys: the first encrypts, all decrypt.
+    "HOTMESH_CODEC_KEYS": None,
+    # Regular expressions (searched, case-insensitive) for dict keys whose values the
+    # admin and the worker's log lines show as "********". [] turns it off.
+    "HOTMESH_REDACT_KEYS": [
+        "password",
+        "passwd",
+        "passphrase",
+        "secret",
+        "token",
+        "api[-_]?key",
+        "private[-_]?key",
+        "authorization",
+        "cookie",
+        "credential",
+    ],
 }
 
 
@@ -53,6 +72,11 @@ class Settings:
     @property
     def queues(self) -> dict[str, dict[str, Any]]:
         return dict(self._get("HOTMESH_QUEUES"))
+
+    @property
+    def redact_keys(self) -> Any:
+        # Checked by hotmesh.E025; redaction treats a malformed value as "hide all".
+        return self._get("HOTMESH_REDACT_KEYS") or []
 
 
 settings = Settings()

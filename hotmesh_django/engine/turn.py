@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import logging
 import time
 import uuid
 from typing import Any
@@ -24,7 +23,7 @@ from hotmesh_django.context import WorkflowContext, activate
 from hotmesh_django.engine.claim import Claimed
 from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job, timer_message
 from hotmesh_django.engine.notify import WORK_CHANNEL
-from hotmesh_django.exceptions import ContinueAsNew, Suspend, UnknownDefinition
+from hotmesh_django.exceptions import CodecError, ContinueAsNew, Suspend, UnknownDefinition
 from hotmesh_django.models import (
     FINISHED_STATUSES,
     Activity,
@@ -39,9 +38,10 @@ from hotmesh_django.models import (
     StreamKind,
     StreamStatus,
 )
-from hotmesh_django.serialization import decode_call, encode_value
+from hotmesh_django.redaction import get_logger
+from hotmesh_django.serialization import decode_call, encode_value, readable
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # How long a job whose workflow code this worker lacks waits before another look.
 PARK_SECONDS = 30.0
@@ -131,12 +131,16 @@ def _turn(job: Job, local: Local) -> Claimed | None:
     except UnknownDefinition as exc:
         _park(job, str(exc))
         return None
+    steps = {step.seq: step for step in Activity.objects.filter(job=job)}
     try:
         args, kwargs = decode_call(job.input)
+        _check_readable(job, steps.values())
+    except CodecError as exc:
+        _wait_for_codec(job, exc)
+        return None
     except ValueError as exc:
         finish_job(job.id, JobStatus.FAILED, error=error_dict(exc, with_traceback=False))
         return None
-    steps = {step.seq: step for step in Activity.objects.filter(job=job)}
     ctx = WorkflowContext(
         job=job,
         steps=steps,
@@ -145,6 +149,9 @@ def _turn(job: Job, local: Local) -> Claimed | None:
         db_now=db_now,
     )
     result, error, returned = _replay(ctx, definition.func, args, kwargs)
+    if ctx.codec_error is not None:  # nothing is written yet
+        _wait_for_codec(job, ctx.codec_error)
+        return None
     following = _write(ctx, local)
     if error is not None or returned:
         fields = _job_fields(job, ctx)  # _suspend writes them otherwise
@@ -436,6 +443,49 @@ def _park(job: Job, message: str) -> None:
     if job.error != error:
         Journal.objects.create(job=job, event=JournalEvent.PARKED, name=job.name, data=error)
     Job.objects.filter(pk=job.pk).transition(JobStatus.WAITING, error=error)
+    Stream.objects.create(
+        queue=job.queue,
+        kind=StreamKind.TIMER,
+        job=job,
+        name=job.name,
+        priority=job.priority,
+        status=StreamStatus.SCHEDULED,
+        visible_at=Now() + datetime.timedelta(seconds=PARK_SECONDS),
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_notify(%s, %s)", [WORK_CHANNEL, f"t:{time.time() + PARK_SECONDS}"]
+        )
+
+
+def _check_readable(job: Job, steps: Any) -> None:
+    """Raise CodecError unless every stored value the replay may use was unsealed."""
+    for value in (job.input, job.state):
+        readable(value)
+    for step in steps:
+        readable(step.output)
+        readable(step.error)
+
+
+def _wait_for_codec(job: Job, error: CodecError) -> None:
+    """Put a job aside whose stored values this process cannot unseal, and look again
+    in PARK_SECONDS. The job's own rows are left alone: a process with a wrong key
+    must write nothing sealed that the others then could not read either, and once
+    the key is fixed the job goes on from where it was."""
+    logger.error(
+        "cannot unseal stored values, job put aside job=%s retry_in=%s error=%s "
+        "(check HOTMESH_CODEC and HOTMESH_CODEC_KEYS)",
+        job.workflow_id,
+        PARK_SECONDS,
+        error,
+    )
+    # One timer is enough, however many turns of the job failed at once.
+    due = Now() + datetime.timedelta(seconds=PARK_SECONDS + 1)
+    pending = Stream.objects.filter(
+        job=job, kind=StreamKind.TIMER, step__isnull=True, status=StreamStatus.SCHEDULED
+    )
+    if pending.filter(visible_at__lte=due).exists():
+        return
     Stream.objects.create(
         queue=job.queue,
         kind=StreamKind.TIMER,
