@@ -44,7 +44,7 @@ def sealed_columns() -> Iterator[tuple[str, str]]:
     for model in apps.get_app_config("hotmesh_django").get_models():
         for field in model._meta.concrete_fields:
             if isinstance(field, SealedJSONField):
-                yield model._meta.db_table, field.column
+                yield model._meta.db_table, str(field.column)
 
 
 def reseal(
