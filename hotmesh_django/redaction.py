@@ -111,15 +111,19 @@ class RedactingFilter(logging.Filter):
     formats it. Attached to the engine's loggers by `get_logger`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if _matcher() is None:
-            return True
-        message = record.getMessage()
-        masked = redact_text(message)
-        if masked != message:
-            record.msg, record.args = masked, None
-        if record.exc_info and not record.exc_text:
-            # Formatters reuse exc_text when it is set, so they print this one.
-            record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info))
+        try:
+            if _matcher() is None:
+                return True
+            message = record.getMessage()
+            masked = redact_text(message)
+            if masked != message:
+                record.msg, record.args = masked, None
+            if record.exc_info and not record.exc_text:
+                # Formatters reuse exc_text when it is set, so they print this one.
+                text = logging.Formatter().formatException(record.exc_info)
+                record.exc_text = redact_text(text)
+        except Exception:  # noqa: BLE001, S110 - a log call must never raise
+            pass
         return True
 
 

@@ -455,6 +455,8 @@ def _wait_for_codec(message: Claimed, worker_id: uuid.UUID, error: CodecError) -
             _step(message).filter(status=JobStatus.RUNNING).update(
                 status=JobStatus.READY, attempts=Greatest(F("attempts") - 1, 0)
             )
+            if message.kind == "TASK":
+                Job.objects.filter(pk=message.job_id).transition(JobStatus.READY)
             with connection.cursor() as cursor:
                 cursor.execute(
                     "SELECT pg_notify(%s, %s)",
