@@ -291,3 +291,18 @@ def test_a_signal_sealed_with_a_wrong_key_stops_the_turn_not_the_job(
         assert handle.status() != JobStatus.FAILED
         step = Activity.objects.get(job__workflow_id=handle.id, kind="SIGNAL")
         assert step.status == JobStatus.WAITING  # the signal was not consumed
+
+
+def test_reseal_dry_run_writes_nothing_and_batches_cover_every_row() -> None:
+    with codec_off():
+        handles = [d.waits.start({"n": i, "note": d.MARK}) for i in range(5)]
+    with fernet(KEY_A):
+        out = io.StringIO()
+        call_command("hotmesh_reseal", dry_run=True, batch_size=2, stdout=out)
+        assert "hotmesh_django_job.input: 5 would be rewritten" in out.getvalue()
+        assert plaintext_hits()["hotmesh_django_job"] == 5
+        out = io.StringIO()
+        call_command("hotmesh_reseal", batch_size=2, stdout=out)  # 2 + 2 + 1 rows
+        assert "hotmesh_django_job.input: 5 rewritten" in out.getvalue()
+        assert plaintext_hits() == {}
+        assert [h.job().input["args"][0]["n"] for h in handles] == list(range(5))
