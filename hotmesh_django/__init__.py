@@ -37,6 +37,7 @@ from hotmesh_django.definitions import (
 )
 from hotmesh_django.exceptions import (
     ActivityFailed,
+    CodecError,
     HotmeshError,
     HumanTaskError,
     HumanTaskTimeout,
@@ -57,6 +58,7 @@ from hotmesh_django.middleware import headers
 __all__ = [
     "ActivityDefinition",
     "ActivityFailed",
+    "CodecError",
     "HotmeshError",
     "HumanTaskError",
     "HumanTaskStatus",

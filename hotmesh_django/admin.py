@@ -33,7 +33,8 @@ from hotmesh_django.admin_views import (
     diagnose,
     job_url,
     live_cutoff,
-    pretty_json,
+    shown_error,
+    shown_json,
     status_badge,
 )
 from hotmesh_django.forms import RerunForm, SignalForm
@@ -48,6 +49,8 @@ from hotmesh_django.models import (
     Worker,
     sources_of,
 )
+from hotmesh_django.redaction import redact
+from hotmesh_django.serialization import Unreadable
 
 # A job's detail page draws and lists at most this many steps and journal entries.
 MAX_STEPS = 500
@@ -180,6 +183,38 @@ class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    # The read-only detail pages would print sealed fields with Django's JSON display:
+    # in full, secrets and all. Each is swapped for a display that masks them.
+    _SHOWN = {"input", "output", "error", "state", "payload", "data"}
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        fields = super().get_fields(request, obj)
+        return [f"shown_{f}" if f in self._SHOWN else f for f in fields]
+
+    @admin.display(description=_("input"))
+    def shown_input(self, obj: Any) -> SafeString:
+        return shown_json(obj.input)
+
+    @admin.display(description=_("output"))
+    def shown_output(self, obj: Any) -> SafeString:
+        return shown_json(obj.output)
+
+    @admin.display(description=_("error"))
+    def shown_error(self, obj: Any) -> SafeString:
+        return shown_json(obj.error)
+
+    @admin.display(description=_("published state"))
+    def shown_state(self, obj: Any) -> SafeString:
+        return shown_json(obj.state)
+
+    @admin.display(description=_("payload"))
+    def shown_payload(self, obj: Any) -> SafeString:
+        return shown_json(obj.payload)
+
+    @admin.display(description=_("data"))
+    def shown_data(self, obj: Any) -> SafeString:
+        return shown_json(obj.data)
+
 
 def when(value: Any, fmt: str = "Y-m-d H:i:s") -> str:
     """Format a datetime in the current time zone, to the second: ops need seconds."""
@@ -265,10 +300,11 @@ class ActivityInline(admin.TabularInline):  # type: ignore[type-arg]
     def error_summary(self, obj: Activity) -> SafeString | str:
         if not obj.error:
             return "—"
+        error = shown_error(obj.error)
         return format_html(
             '<span class="hm-error"><b>{}</b>: {}</span>',
-            obj.error.get("type", ""),
-            str(obj.error.get("message", ""))[:300],
+            error.get("type", ""),
+            str(error.get("message", ""))[:300],
         )
 
     @admin.display(description=_("child"))
@@ -317,6 +353,7 @@ class JobAdmin(JobOperationsMixin, ReadOnlyAdmin):
         "search_table",
         "input_json",
         "output_json",
+        "state_json",
         "error_type",
         "error_message",
         "error_traceback",
@@ -372,6 +409,8 @@ class JobAdmin(JobOperationsMixin, ReadOnlyAdmin):
         fieldsets.append((_("Input"), {"fields": ["input_json"]}))
         if obj.output is not None:
             fieldsets.append((_("Output"), {"fields": ["output_json"]}))
+        if obj.state:  # an empty dict until the workflow calls hm.set_state()
+            fieldsets.append((_("Published state"), {"fields": ["state_json"]}))
         if obj.error:
             fieldsets.append(
                 (
@@ -395,7 +434,8 @@ class JobAdmin(JobOperationsMixin, ReadOnlyAdmin):
         if not obj.error:
             return badge
         # The error on hover, so the list stays narrow.
-        title = f"{obj.error.get('type', '')}: {obj.error.get('message', '')}"[:300]
+        error = shown_error(obj.error)
+        title = f"{error.get('type', '')}: {error.get('message', '')}"[:300]
         return format_html('<span title="{}">{}</span>', title, badge)
 
     @admin.display(description=_("attempts"))
@@ -442,32 +482,38 @@ class JobAdmin(JobOperationsMixin, ReadOnlyAdmin):
             "<tr><th><code>{}</code></th><td><code>{}</code></td></tr>",
             (
                 (key, json.dumps(value, ensure_ascii=False))
-                for key, value in sorted((obj.search or {}).items())
+                # Search attributes are stored plain (they are searched), but shown
+                # with the same masking as every other value.
+                for key, value in sorted(redact(obj.search or {}).items())
             ),
         )
         return format_html('<table class="hm-kv">{}</table>', rows)
 
     @admin.display(description=_("input"))
     def input_json(self, obj: Job) -> SafeString:
-        return pretty_json(obj.input)
+        return shown_json(obj.input)
 
     @admin.display(description=_("output"))
     def output_json(self, obj: Job) -> SafeString:
-        return pretty_json(obj.output)
+        return shown_json(obj.output)
+
+    @admin.display(description=_("published state"))
+    def state_json(self, obj: Job) -> SafeString:
+        return shown_json(obj.state)
 
     @admin.display(description=_("type"))
     def error_type(self, obj: Job) -> str:
-        return str((obj.error or {}).get("type", ""))
+        return str(shown_error(obj.error).get("type", ""))
 
     @admin.display(description=_("message"))
     def error_message(self, obj: Job) -> SafeString:
         return format_html(
-            '<pre class="hm-message">{}</pre>', str((obj.error or {}).get("message", ""))
+            '<pre class="hm-message">{}</pre>', str(shown_error(obj.error).get("message", ""))
         )
 
     @admin.display(description=_("traceback"))
     def error_traceback(self, obj: Job) -> SafeString | str:
-        text = (obj.error or {}).get("traceback")
+        text = shown_error(obj.error).get("traceback")
         if not text:
             return "—"
         return format_html('<pre class="hm-traceback">{}</pre>', text)
@@ -533,6 +579,7 @@ class JobAdmin(JobOperationsMixin, ReadOnlyAdmin):
         can_operate = self.has_operate_permission(request)
         return {
             "hm_job": job,
+            "hm_error": shown_error(job.error),
             "hm_can_operate": can_operate,
             "hm_active": job.status in ACTIVE_STATUSES,
             "hm_can_retry": job.status == JobStatus.FAILED,
@@ -561,10 +608,13 @@ def _without_tracebacks(data: Any) -> Any:
 
 
 def _data_text(data: Any, limit: int = 600) -> str:
-    """Return a journal entry's data as one line of JSON; tracebacks are on the job."""
+    """Return a journal entry's data as one line of JSON, secrets masked; tracebacks
+    are on the job."""
     if data is None:
         return ""
-    text = json.dumps(_without_tracebacks(data), ensure_ascii=False, default=str)
+    if isinstance(data, Unreadable):
+        return str(_("Cannot decode this value: %(error)s") % {"error": data.error})
+    text = json.dumps(redact(_without_tracebacks(data)), ensure_ascii=False, default=str)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

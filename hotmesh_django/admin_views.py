@@ -54,6 +54,8 @@ from hotmesh_django.models import (
     StreamStatus,
     Worker,
 )
+from hotmesh_django.redaction import redact
+from hotmesh_django.serialization import Unreadable
 from hotmesh_django.timeline import human_duration
 
 if TYPE_CHECKING:
@@ -78,6 +80,29 @@ def pretty_json(value: Any, *, limit: int = 100_000) -> SafeString:
     if len(text) > limit:
         text = text[:limit] + f"\n… ({len(text) - limit} more characters)"
     return format_html('<pre class="hm-json">{}</pre>', text)
+
+
+def shown_json(value: Any) -> SafeString:
+    """Return a stored value as the admin shows it: unsealed, secrets masked, pretty
+    and escaped. A value this process cannot unseal says so instead."""
+    if isinstance(value, Unreadable):
+        text = _("Cannot decode this value: %(error)s") % {"error": value.error}
+        return format_html('<pre class="hm-json hm-unreadable">{}</pre>', text)
+    return pretty_json(redact(value))
+
+
+def shown_error(error: Any) -> dict[str, Any]:
+    """Return a stored error dict ({"type", "message", "traceback"}) for display, with
+    secrets masked; a stand-in when it cannot be unsealed."""
+    if isinstance(error, Unreadable):
+        return {
+            "type": _("(unreadable)"),
+            "message": _("Cannot decode this value: %(error)s") % {"error": error.error},
+        }
+    if not isinstance(error, dict):
+        return {}
+    shown: dict[str, Any] = redact(error)
+    return shown
 
 
 def job_url(job_id: int) -> str:
@@ -185,7 +210,7 @@ def _message_reasons(
 def _scheduled_reason(
     job: Job, message: Stream, what: SafeString, now: datetime.datetime
 ) -> Reason:
-    error = job.error or {}
+    error = shown_error(job.error)
     at = _when(message.visible_at, now)
     if message.step is None and error.get("type") == "UnknownWorkflow":
         return _warn("Parked: {}. It looks again {}.", error.get("message", ""), at)

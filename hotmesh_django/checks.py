@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import importlib
+import json
+import re
 from typing import Any
 
 from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Error, Tags, register
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connections, transaction
+from django.utils.module_loading import import_string
 
 from hotmesh_django import registry
+from hotmesh_django.codecs import FernetCodec, active_codec, fernet_key_problems
 from hotmesh_django.conf import DEFAULTS
 from hotmesh_django.engine.schedules import validate_schedule
 from hotmesh_django.models import Schedule
@@ -203,4 +208,126 @@ def check_middleware(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
             middleware_class(path)
         except MiddlewareError as exc:
             errors.append(Error(str(exc), hint=hint, id=exc.check_id))
+    return errors
+
+
+_KEY_HINT = (
+    "Make a key with: python -c 'from cryptography.fernet import Fernet; "
+    "print(Fernet.generate_key().decode())', keep it out of the code (e.g. "
+    'HOTMESH_CODEC_KEYS = env.list("HOTMESH_CODEC_KEYS")) and list new keys first.'
+)
+
+
+@register()
+def check_codec(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """hotmesh.E020-E025: HOTMESH_CODEC names a working codec, with good keys."""
+    path = getattr(django_settings, "HOTMESH_CODEC", None)
+    if path is None:
+        return []
+    hint = 'For example HOTMESH_CODEC = "hotmesh_django.codecs.FernetCodec", or None for off.'
+    if not isinstance(path, str) or not path:
+        return [
+            Error(
+                f"HOTMESH_CODEC must be a dotted path, not {path!r}.", hint=hint, id="hotmesh.E020"
+            )
+        ]
+    try:
+        found = import_string(path)
+    except ImportError as exc:
+        return [
+            Error(
+                f"HOTMESH_CODEC names {path!r}, which cannot be imported: {exc}",
+                hint=hint,
+                id="hotmesh.E020",
+            )
+        ]
+    if isinstance(found, type) and issubclass(found, FernetCodec):
+        keys = getattr(django_settings, "HOTMESH_CODEC_KEYS", None)
+        if keys is None or (isinstance(keys, list | tuple) and not keys):
+            return [
+                Error(
+                    "HOTMESH_CODEC is FernetCodec but HOTMESH_CODEC_KEYS is not set.",
+                    hint=_KEY_HINT,
+                    id="hotmesh.E022",
+                )
+            ]
+        problems = fernet_key_problems(keys)
+        if problems:
+            return [Error(problem, hint=_KEY_HINT, id="hotmesh.E023") for problem in problems]
+    try:
+        codec = active_codec()
+    except ImproperlyConfigured as exc:
+        return [
+            Error(
+                str(exc),
+                hint="encode() and decode() must take and return JSON data.",
+                id="hotmesh.E021",
+            )
+        ]
+    except Exception as exc:  # noqa: BLE001 - the codec's own constructor failed
+        return [
+            Error(
+                f"HOTMESH_CODEC {path!r} could not be made: {type(exc).__name__}: {exc}",
+                hint="A class is called with no arguments; name an object to configure it.",
+                id="hotmesh.E021",
+            )
+        ]
+    return _check_round_trip(path, codec)
+
+
+def _check_round_trip(path: str, codec: Any) -> list[CheckMessage]:
+    """hotmesh.E024: the codec gives back what it was given, as JSON."""
+    probe = {"s": "hotmesh ✓", "n": [1, 2.5, None, True], "o": {"k": "v"}}
+    try:
+        sealed = codec.encode(probe)
+        json.dumps(sealed)  # it must be storable in a jsonb column
+        opened = codec.decode(json.loads(json.dumps(sealed)))
+    except Exception as exc:  # noqa: BLE001 - any failure of user code is the finding
+        return [
+            Error(
+                f"HOTMESH_CODEC {path!r} failed a round trip: {type(exc).__name__}: {exc}",
+                hint="encode() must return JSON data and decode() must reverse it.",
+                id="hotmesh.E024",
+            )
+        ]
+    if opened != probe:
+        return [
+            Error(
+                f"HOTMESH_CODEC {path!r} does not give back what it encoded.",
+                hint="decode(encode(data)) must equal data for any JSON value.",
+                id="hotmesh.E024",
+            )
+        ]
+    return []
+
+
+@register()
+def check_redaction(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """hotmesh.E025: HOTMESH_REDACT_KEYS is a list of regular expressions."""
+    keys = getattr(django_settings, "HOTMESH_REDACT_KEYS", DEFAULTS["HOTMESH_REDACT_KEYS"])
+    hint = 'For example HOTMESH_REDACT_KEYS = ["password", "token", "^pin$"], or [] for off.'
+    if keys is None:
+        return []
+    if isinstance(keys, str | bytes) or not isinstance(keys, list | tuple):
+        return [
+            Error(
+                f"HOTMESH_REDACT_KEYS must be a list of key names or regular expressions, "
+                f"not {type(keys).__name__}.",
+                hint=hint,
+                id="hotmesh.E025",
+            )
+        ]
+    errors: list[CheckMessage] = []
+    for i, pattern in enumerate(keys):
+        if not isinstance(pattern, str) or not pattern:
+            problem = f"HOTMESH_REDACT_KEYS[{i}] must be a non-empty string, not {pattern!r}."
+        else:
+            try:
+                re.compile(pattern)
+                continue
+            except re.error as exc:
+                problem = (
+                    f"HOTMESH_REDACT_KEYS[{i}] {pattern!r} is not a regular expression: {exc}."
+                )
+        errors.append(Error(problem, hint=hint, id="hotmesh.E025"))
     return errors

@@ -29,6 +29,25 @@ DEFAULTS: dict[str, Any] = {
     # Dotted paths of middleware classes wrapping starts, activities and turns,
     # outermost first (like Django's MIDDLEWARE).
     "HOTMESH_MIDDLEWARE": [],
+    # Dotted path to the codec every stored value passes through (None: plain JSON),
+    # e.g. "hotmesh_django.codecs.FernetCodec".
+    "HOTMESH_CODEC": None,
+    # FernetCodec's keys: the first encrypts, all decrypt.
+    "HOTMESH_CODEC_KEYS": None,
+    # Regular expressions (searched, case-insensitive) for dict keys whose values the
+    # admin and the worker's log lines show as "********". [] turns it off.
+    "HOTMESH_REDACT_KEYS": [
+        "password",
+        "passwd",
+        "passphrase",
+        "secret",
+        "token",
+        "api[-_]?key",
+        "private[-_]?key",
+        "authorization",
+        "cookie",
+        "credential",
+    ],
 }
 
 
@@ -72,6 +91,11 @@ class Settings:
         # a list of one-letter paths.
         value: Sequence[str] = self._get("HOTMESH_MIDDLEWARE")
         return value
+
+    @property
+    def redact_keys(self) -> Any:
+        # Checked by hotmesh.E025; redaction treats a malformed value as "hide all".
+        return self._get("HOTMESH_REDACT_KEYS") or []
 
 
 settings = Settings()

@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from hotmesh_django.exceptions import (
     ActivityFailed,
+    CodecError,
     HotmeshError,
     HumanTaskTimeout,
     NonDeterminismError,
@@ -92,6 +93,9 @@ class WorkflowContext:
         # Set by hm.continue_as_new(): the encoded arguments of the next run.
         self.continued: Any = None
         self.nondeterminism: NonDeterminismError | None = None
+        # A recorded outcome or signal payload this process cannot unseal. Kept here
+        # for the same reason: the turn must stop, whatever the workflow catches.
+        self.codec_error: CodecError | None = None
 
     @property
     def buffered_signals(self) -> list[Signal]:
@@ -136,7 +140,7 @@ class WorkflowContext:
     def resolve(self, seq: int) -> Any:
         """Return step `seq`'s result, raise its recorded error, or suspend."""
         from hotmesh_django.models import JobStatus, StepKind
-        from hotmesh_django.serialization import from_json
+        from hotmesh_django.serialization import Unreadable, from_json
 
         step = self.steps[seq]
         if step.kind == StepKind.SIGNAL and step.status == JobStatus.WAITING:
@@ -145,6 +149,10 @@ class WorkflowContext:
             self._try_wake(step)
         if step.kind == StepKind.HUMAN and step.status == JobStatus.WAITING:
             self._try_expire(step)
+        for value in (step.output, step.error):
+            if isinstance(value, Unreadable):
+                self.codec_error = value.error
+                raise value.error
         if step.status == JobStatus.SUCCESSFUL:
             return from_json(step.output)
         if step.status in (JobStatus.FAILED, JobStatus.CANCELLED):

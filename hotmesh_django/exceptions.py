@@ -28,6 +28,14 @@ class PayloadTooLarge(HotmeshError, ValueError):
     """A serialized value is larger than HOTMESH_MAX_PAYLOAD_BYTES."""
 
 
+class CodecError(HotmeshError):
+    """A stored value could not be encoded or decoded by HOTMESH_CODEC.
+
+    Usually a key problem: the value was sealed with a key that is not (or no longer)
+    in HOTMESH_CODEC_KEYS, or sealed while a codec was on and read with it off.
+    """
+
+
 class UnknownDefinition(HotmeshError, LookupError):
     """No activity or workflow is registered under this name in this process."""
 

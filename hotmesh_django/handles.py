@@ -62,7 +62,7 @@ class JobHandle:
         """
         from hotmesh_django.engine.notify import wait_for_job
         from hotmesh_django.models import JobStatus
-        from hotmesh_django.serialization import from_json
+        from hotmesh_django.serialization import from_json, readable
 
         deadline = None if timeout is None else time.monotonic() + timeout
         job = wait_for_job(self.id, deadline=deadline, using=self._using)
@@ -70,7 +70,7 @@ class JobHandle:
             raise TimeoutError(f"Job {self.id!r} did not finish within {timeout} seconds.")
         if job.status == JobStatus.SUCCESSFUL:
             return from_json(job.output)
-        error = job.error or {}
+        error = readable(job.error) or {}
         cls = JobCancelled if job.status == JobStatus.CANCELLED else WorkflowFailed
         raise cls(
             f"Job {self.id!r} {job.status.lower()}: {error.get('type', '')}: "
@@ -114,6 +114,7 @@ class JobHandle:
     def journal(self) -> list[dict[str, Any]]:
         """Return the job's history as a list of events, oldest first."""
         from hotmesh_django.models import Journal
+        from hotmesh_django.serialization import readable
 
         job = self.job()
         return [
@@ -123,7 +124,7 @@ class JobHandle:
                 "step": e.step,
                 "name": e.name,
                 "attempt": e.attempt,
-                "data": e.data,
+                "data": readable(e.data),
                 "created_at": e.created_at,
             }
             for i, e in enumerate(
@@ -134,7 +135,7 @@ class JobHandle:
     def activities(self) -> list[dict[str, Any]]:
         """Return the job's steps in order, with their status, attempts and outcome."""
         from hotmesh_django.models import Activity
-        from hotmesh_django.serialization import from_json
+        from hotmesh_django.serialization import from_json, readable
 
         job = self.job()
         return [
@@ -146,7 +147,7 @@ class JobHandle:
                 "attempts": a.attempts,
                 "input": from_json(a.input),
                 "output": from_json(a.output),
-                "error": a.error,
+                "error": readable(a.error),
                 "started_at": a.started_at,
                 "finished_at": a.finished_at,
             }

@@ -56,6 +56,35 @@ __all__ = [
 ]
 
 
+class SealedJSONField(models.JSONField):
+    """A JSONField whose values pass through HOTMESH_CODEC (see `serialization.seal`).
+
+    Sealed on every save path (save, create, update, bulk_create, bulk_update all call
+    get_db_prep_save), unsealed when loaded. A value this process cannot unseal loads
+    as `serialization.Unreadable` instead of failing the whole row.
+    """
+
+    def get_db_prep_save(self, value: Any, connection: Any) -> Any:
+        from hotmesh_django.serialization import Unreadable, seal
+
+        if isinstance(value, Unreadable):
+            value = value.stored
+        elif value is not None and not hasattr(value, "resolve_expression"):
+            value = seal(value)
+        return super().get_db_prep_save(value, connection)
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
+        from hotmesh_django.serialization import open_stored
+
+        return open_stored(super().from_db_value(value, expression, connection))
+
+    def deconstruct(self) -> Any:
+        # The column is plain jsonb either way: migrations see a JSONField, so turning
+        # the codec on or off never needs a schema change.
+        name, _path, args, kwargs = super().deconstruct()
+        return name, "django.db.models.JSONField", args, kwargs
+
+
 def _max_len(choices: type[models.TextChoices]) -> int:
     return max(len(v) for v in choices.values)
 
@@ -99,13 +128,15 @@ class Job(models.Model):
     priority = models.IntegerField(_("priority"), default=0)
     # Copied onto the job's messages, for per-key limits (e.g. a tenant id).
     concurrency_key = models.CharField(_("concurrency key"), max_length=255, null=True, blank=True)
-    input = models.JSONField(_("input"), default=dict)
-    output = models.JSONField(_("output"), null=True, blank=True)
-    error = models.JSONField(_("error"), null=True, blank=True)
+    input = SealedJSONField(_("input"), default=dict)
+    output = SealedJSONField(_("output"), null=True, blank=True)
+    error = SealedJSONField(_("error"), null=True, blank=True)
+    # Plain on purpose, whatever HOTMESH_CODEC says: search attributes exist to be
+    # searched (GIN index, admin filter), so they must stay readable by Postgres.
     search = models.JSONField(_("search attributes"), default=dict, blank=True)
     # Published by the workflow with hm.set_state(); read by handle.state() without
     # waking it.
-    state = models.JSONField(_("published state"), default=dict, blank=True)
+    state = SealedJSONField(_("published state"), default=dict, blank=True)
     # Set by handle.result() while it waits: only then does finishing NOTIFY. A NOTIFY
     # serialises commits server-wide, which would cap throughput for unwatched jobs.
     watched = models.BooleanField(_("watched"), default=False, db_default=False)
@@ -185,9 +216,9 @@ class Activity(models.Model):
         default=JobStatus.READY,
     )
     attempts = models.IntegerField(_("attempts"), default=0)
-    input = models.JSONField(_("input"), null=True, blank=True)
-    output = models.JSONField(_("output"), null=True, blank=True)
-    error = models.JSONField(_("error"), null=True, blank=True)
+    input = SealedJSONField(_("input"), null=True, blank=True)
+    output = SealedJSONField(_("output"), null=True, blank=True)
+    error = SealedJSONField(_("error"), null=True, blank=True)
     # When a sleep ends or a signal wait times out.
     wake_at = models.DateTimeField(_("wake at"), null=True, blank=True)
     child = models.ForeignKey(
@@ -225,7 +256,7 @@ class Stream(models.Model):
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="+", verbose_name=_("job"))
     step = models.IntegerField(_("step"), null=True, blank=True)
     name = models.CharField(_("name"), max_length=255, default="")
-    payload = models.JSONField(_("payload"), null=True, blank=True)
+    payload = SealedJSONField(_("payload"), null=True, blank=True)
     priority = models.IntegerField(_("priority"), default=0)
     # Groups messages for HOTMESH_QUEUES[...]["key_concurrency"] (e.g. a tenant).
     concurrency_key = models.CharField(_("concurrency key"), max_length=255, null=True, blank=True)
@@ -302,7 +333,7 @@ class Journal(models.Model):
     event = models.CharField(_("event"), max_length=32, choices=JournalEvent.choices)
     name = models.CharField(_("name"), max_length=255, default="", blank=True)
     attempt = models.IntegerField(_("attempt"), null=True, blank=True)
-    data = models.JSONField(_("data"), null=True, blank=True)
+    data = SealedJSONField(_("data"), null=True, blank=True)
     created_at = models.DateTimeField(_("created at"), db_default=Now())
 
     class Meta:
@@ -321,7 +352,7 @@ class Signal(models.Model):
 
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="signals", db_index=False)
     name = models.CharField(_("name"), max_length=255)
-    payload = models.JSONField(_("payload"), null=True, blank=True)
+    payload = SealedJSONField(_("payload"), null=True, blank=True)
     # The step that consumed it; NULL while buffered.
     step = models.IntegerField(_("step"), null=True, blank=True)
     created_at = models.DateTimeField(_("created at"), db_default=Now())
@@ -381,6 +412,8 @@ class Schedule(models.Model):
 
     name = models.CharField(_("name"), max_length=255, unique=True)
     workflow = models.CharField(_("workflow"), max_length=255)
+    # Operator configuration, edited in the admin: stored plain (see README, "Payload
+    # codec"). The jobs a schedule starts have their input sealed like any other.
     args = models.JSONField(_("arguments"), default=list, blank=True)
     kwargs = models.JSONField(_("keyword arguments"), default=dict, blank=True)
     cron = models.CharField(_("cron expression"), max_length=255)

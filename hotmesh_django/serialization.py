@@ -4,6 +4,12 @@ Values are stored as plain JSON in JSONB columns. Types JSON lacks but Django us
 pass every day (datetimes, dates, times, durations, decimals, UUIDs) are written as
 a small tagged object, so they come back as the same type: `{"__hm__": "date",
 "v": "2026-11-25"}`. Tuples come back as lists, as in any JSON round trip.
+
+With HOTMESH_CODEC set, every stored value also passes through the codec: `seal`
+turns the JSON into `{"__hm__": "codec", "v": codec.encode(json)}` before it is
+written, `unseal` reverses it after it is read. The sealed fields do it themselves
+(`models.SealedJSONField`); the engine's raw SQL calls `seal` for its parameters, and
+`from_json` unseals what raw SQL read.
 """
 
 from __future__ import annotations
@@ -19,10 +25,13 @@ from typing import Any
 from django.utils.dateparse import parse_date, parse_datetime, parse_duration, parse_time
 from django.utils.duration import duration_iso_string
 
+from hotmesh_django.codecs import active_codec
 from hotmesh_django.conf import settings
-from hotmesh_django.exceptions import PayloadTooLarge
+from hotmesh_django.exceptions import CodecError, PayloadTooLarge
 
 TAG = "__hm__"
+# The tag of a value stored through HOTMESH_CODEC.
+SEALED = "codec"
 
 _ENCODERS: list[tuple[type, str, Callable[[Any], str]]] = [
     # datetime before date: a datetime is a date too.
@@ -110,12 +119,19 @@ def _check_text(text: str, where: str) -> None:
 
 
 def from_json(data: Any) -> Any:
-    """Return the Python value a `to_json` structure stands for."""
+    """Return the Python value a `to_json` structure stands for.
+
+    Raise CodecError for a sealed value that HOTMESH_CODEC cannot open.
+    """
+    if isinstance(data, Unreadable):
+        raise data.error
     if isinstance(data, list):
         return [from_json(item) for item in data]
     if isinstance(data, dict):
         tag = data.get(TAG)
         if tag is not None and len(data) == 2 and "v" in data:
+            if tag == SEALED:
+                return from_json(unseal(data))
             decoder = _DECODERS.get(tag)
             if decoder is None:
                 raise ValueError(f"Unknown value tag {tag!r} in stored payload.")
@@ -159,7 +175,11 @@ def encode_call(
 
 
 def decode_call(data: Any) -> tuple[list[Any], dict[str, Any]]:
-    """Return (args, kwargs) from an `encode_call` structure; ValueError if malformed."""
+    """Return (args, kwargs) from an `encode_call` structure; ValueError if malformed.
+
+    Raise CodecError when it is sealed and cannot be unsealed.
+    """
+    data = unseal(data)
     if (
         not isinstance(data, dict)
         or not isinstance(data.get("args", []), list)
@@ -171,7 +191,8 @@ def decode_call(data: Any) -> tuple[list[Any], dict[str, Any]]:
 
 def decode_headers(data: Any) -> dict[str, Any]:
     """Return the headers of an `encode_call` structure ({} when it has none);
-    ValueError if malformed."""
+    ValueError if malformed, CodecError when sealed and it cannot be unsealed."""
+    data = unseal(data)
     found = data.get("headers") if isinstance(data, dict) else None
     if not found:
         return {}
@@ -185,3 +206,97 @@ def encode_value(value: Any, *, what: str) -> Any:
     data = to_json(value, what=what)
     check_size(data, what=what[:1].upper() + what[1:])
     return data
+
+
+# -- the codec envelope ------------------------------------------------------------------
+
+
+def is_sealed(data: Any) -> bool:
+    """True when `data` is a value stored through HOTMESH_CODEC."""
+    return isinstance(data, dict) and len(data) == 2 and data.get(TAG) == SEALED and "v" in data
+
+
+def seal(data: Any) -> Any:
+    """Return JSON `data` as it is to be stored: through HOTMESH_CODEC when one is set.
+
+    None stays None (SQL NULL, and nothing to hide), and a value that is already
+    sealed is kept as it is, so copying a stored value from row to row (a child's
+    result to its parent's step) never seals twice. User data cannot look sealed:
+    `to_json` refuses the reserved key.
+    """
+    if data is None or is_sealed(data):
+        return data
+    codec = active_codec()
+    if codec is None:
+        return data
+    try:
+        return {TAG: SEALED, "v": codec.encode(data)}
+    except CodecError:
+        raise
+    except Exception as exc:
+        raise CodecError(
+            f"HOTMESH_CODEC could not encode a value: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def unseal(data: Any) -> Any:
+    """Return the JSON a stored value stands for; values stored plain pass through.
+
+    Raise CodecError when the value is sealed and cannot be opened.
+    """
+    if isinstance(data, Unreadable):
+        raise data.error
+    if not is_sealed(data):
+        return data
+    codec = active_codec()
+    if codec is None:
+        raise CodecError(
+            "A stored value was sealed by HOTMESH_CODEC, but no codec is set in this "
+            "process: set HOTMESH_CODEC (and its keys) as the process that wrote it had."
+        )
+    try:
+        return codec.decode(data["v"])
+    except CodecError:
+        raise
+    except Exception as exc:
+        raise CodecError(
+            f"HOTMESH_CODEC could not decode a value: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+class Unreadable:
+    """A stored value this process cannot unseal, as loaded into a model field.
+
+    Loading a row never fails on it (the admin still lists the job, the worker can
+    still move the job aside); using the value does: `from_json` and `unseal` raise
+    the CodecError. Saved back, it writes the stored value unchanged.
+    """
+
+    __slots__ = ("error", "stored")
+
+    def __init__(self, stored: Any, error: CodecError) -> None:
+        self.stored = stored
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"<Unreadable: {self.error}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Unreadable) and other.stored == self.stored
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def readable(value: Any) -> Any:
+    """Return `value`, or raise its CodecError when it could not be unsealed."""
+    if isinstance(value, Unreadable):
+        raise value.error
+    return value
+
+
+def open_stored(data: Any) -> Any:
+    """Unseal a value read from a sealed column; an Unreadable one on failure."""
+    try:
+        return unseal(data)
+    except CodecError as exc:
+        return Unreadable(data, exc)

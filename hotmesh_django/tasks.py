@@ -334,7 +334,7 @@ class HotMeshBackend(BaseTaskBackend):
 
     def _to_result(self, job: Job) -> TaskResult[Any, Any]:
         from hotmesh_django.models import JobStatus
-        from hotmesh_django.serialization import decode_call, from_json
+        from hotmesh_django.serialization import decode_call, from_json, readable
 
         _, call = decode_call(job.input)
         task = self._task(str(call.get("task", "")), job, call.get("run_after"))
@@ -355,7 +355,7 @@ class HotMeshBackend(BaseTaskBackend):
                 )
             )
         elif job.error and status == TaskResultStatus.FAILED:
-            error = job.error
+            error = readable(job.error)
             errors.append(
                 TaskError(
                     exception_class_path=_exception_class_path(error),

@@ -159,7 +159,8 @@ def _activity_spans(
             spans.append(
                 _span("attempt", visible, failed_at, f"attempt {event.attempt or '?'} failed")
             )
-            delay = float((event.data or {}).get("delay") or 0)
+            data = event.data if isinstance(event.data, dict) else {}  # or Unreadable
+            delay = float(data.get("delay") or 0)
             visible = failed_at + datetime.timedelta(seconds=delay)
             if delay:
                 spans.append(_span("backoff", failed_at, visible, "retry back-off"))

@@ -14,7 +14,6 @@ Threads in a worker process:
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import queue as queue_mod
 import random
@@ -42,8 +41,9 @@ from hotmesh_django.engine.execute import run_step
 from hotmesh_django.engine.notify import WORK_CHANNEL, connect_raw, tables
 from hotmesh_django.engine.turn import Local, run_turn
 from hotmesh_django.models import Worker as WorkerRow
+from hotmesh_django.redaction import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # Burst mode exits only when nothing scheduled is due sooner than this.
 BURST_HORIZON_SECONDS = 2.0

@@ -27,3 +27,10 @@ DATABASES["default"]["TEST"] = {  # noqa: F405
 
 HOTMESH_QUEUES = {"limited": {"concurrency": 2}, "rated": {"rate": "5/s"}}
 HOTMESH_QUEUES["tenants"] = {"key_concurrency": 1}
+
+# HOTMESH_TEST_CODEC=1 runs the suite with every stored value encrypted (the codec
+# tests turn it on themselves). The key is a test fixture, not a secret.
+TEST_FERNET_KEY = "0q3Yc4nFh5y8KqkVJc1yE0y3cQ2Hn3vXb6oG8tG2ZkE="
+if env.bool("HOTMESH_TEST_CODEC", default=False):
+    HOTMESH_CODEC = "hotmesh_django.codecs.FernetCodec"
+    HOTMESH_CODEC_KEYS = env.list("HOTMESH_CODEC_KEYS", default=[TEST_FERNET_KEY])

@@ -29,6 +29,7 @@ from hotmesh_django.models import (
     StreamStatus,
     sources_of,
 )
+from hotmesh_django.serialization import seal
 
 logger = logging.getLogger(__name__)
 
@@ -129,10 +130,10 @@ def finish_job(
         "id": job_id,
         "status": str(status),
         "sources": sources_of(status),
-        "output": None if output is None else Jsonb(output),
-        "error": None if error is None else Jsonb(error),
+        "output": None if output is None else Jsonb(seal(output)),
+        "error": None if error is None else Jsonb(seal(error)),
         "event": str(_FINAL_EVENTS[status]),
-        "data": Jsonb(data or error) if (data or error) else None,
+        "data": Jsonb(seal(data or error)) if (data or error) else None,
     }
     with connection.cursor() as cursor:
         cursor.execute(_FINISH.format(done=DONE_CHANNEL, **tables()), params)

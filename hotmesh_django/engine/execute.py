@@ -10,6 +10,7 @@ finished or was cancelled) the ack moves nothing and the late result is dropped.
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import threading
 import time
@@ -17,15 +18,21 @@ import uuid
 from typing import Any
 
 from django.db import InterfaceError, OperationalError, connection, connections, transaction
-from django.db.models.functions import Now
+from django.db.models import F
+from django.db.models.functions import Greatest, Now
 from psycopg.types.json import Jsonb
 
 from hotmesh_django import faults, metrics, middleware, registry, tracing
 from hotmesh_django.engine.claim import Claimed
 from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job
 from hotmesh_django.engine.notify import DONE_CHANNEL, WORK_CHANNEL, tables
-from hotmesh_django.engine.turn import Local, continue_after_step
-from hotmesh_django.exceptions import HotmeshError, NonRetryableError, UnknownDefinition
+from hotmesh_django.engine.turn import PARK_SECONDS, Local, continue_after_step
+from hotmesh_django.exceptions import (
+    CodecError,
+    HotmeshError,
+    NonRetryableError,
+    UnknownDefinition,
+)
 from hotmesh_django.models import (
     Activity,
     Job,
@@ -35,9 +42,10 @@ from hotmesh_django.models import (
     Stream,
     StreamStatus,
 )
-from hotmesh_django.serialization import decode_call, decode_headers, encode_value
+from hotmesh_django.redaction import get_logger, redact
+from hotmesh_django.serialization import decode_call, decode_headers, encode_value, seal, unseal
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 class LeaseLost(HotmeshError):
@@ -50,6 +58,26 @@ class ActivityTimeout(HotmeshError, TimeoutError):
 
 class BadResult(NonRetryableError, TypeError):
     """The activity returned something that cannot be stored; retrying won't help."""
+
+
+def loggable(data: Any, limit: int = 500) -> str:
+    """Return stored JSON `data` as one log-friendly line: unsealed, secrets masked."""
+    try:
+        text = json.dumps(redact(unseal(data)), ensure_ascii=False, default=str)
+    except CodecError as exc:
+        text = f"<cannot unseal: {exc}>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _debug_result(message: Claimed, output: Any) -> None:
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug(
+            "activity done job=%s step=%s name=%s result=%s",
+            message.job_id,
+            message.step,
+            message.name,
+            loggable(output),
+        )
 
 
 def _encode_result(result: Any) -> Any:
@@ -127,7 +155,7 @@ def _ack_params(message: Claimed, worker_id: uuid.UUID, output: Any) -> dict[str
     return {
         "id": message.id,
         "worker": worker_id,
-        "output": Jsonb(output),
+        "output": Jsonb(seal(output)),
         "attempts": message.attempts,
         "step": message.step,
         "name": message.name,
@@ -278,6 +306,9 @@ def run_step(message: Claimed, local: Local) -> Claimed | None:
     try:
         args, kwargs = decode_call(message.payload)
         headers = decode_headers(message.payload)
+    except CodecError as exc:
+        _wait_for_codec(message, worker_id, exc)
+        return None
     except (ValueError, TypeError) as exc:
         ack_failure(message, worker_id, error_dict(exc, with_traceback=False))
         return None
@@ -293,13 +324,15 @@ def run_step(message: Claimed, local: Local) -> Claimed | None:
         headers=headers,
     )
 
-    logger.debug(
-        "activity start job=%s step=%s name=%s attempt=%s",
-        message.job_id,
-        message.step,
-        message.name,
-        message.attempts,
-    )
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug(
+            "activity start job=%s step=%s name=%s attempt=%s args=%s",
+            message.job_id,
+            message.step,
+            message.name,
+            message.attempts,
+            loggable(message.payload),
+        )
     started = time.monotonic()
     with tracing.span(
         "hotmesh.step",
@@ -330,6 +363,7 @@ def _execute(
         if definition.atomic:
             with transaction.atomic():
                 output = _encode_result(func(*args, **kwargs))
+                _debug_result(message, output)
                 faults.point("step_done")
                 acked, following = ack_success(message, local, output)
                 if not acked:
@@ -341,6 +375,7 @@ def _execute(
         else:
             result = func(*args, **kwargs)
         output = _encode_result(result)
+        _debug_result(message, output)
         faults.point("step_done")
     except LeaseLost:
         logger.warning("lease lost, result dropped job=%s step=%s", message.job_id, message.step)
@@ -406,11 +441,45 @@ def _release_uncounted(message: Claimed, worker_id: uuid.UUID, exc: BaseExceptio
         "id": message.id,
         "worker": worker_id,
         "attempt": message.attempts,
-        "data": Jsonb({"reason": "database connection lost", "error": str(exc)[:500]}),
+        # The database's message may quote a value, so it is sealed like one.
+        "data": Jsonb(seal({"reason": "database connection lost", "error": str(exc)[:500]})),
     }
     logger.warning("connection lost mid-step job=%s step=%s", message.job_id, message.step)
     with connection.cursor() as cursor:
         cursor.execute(_RELEASE.format(channel=WORK_CHANNEL, **tables()), params)
+
+
+def _wait_for_codec(message: Claimed, worker_id: uuid.UUID, error: CodecError) -> None:
+    """Give back a step whose arguments this process cannot unseal, to be tried again
+    in PARK_SECONDS, without counting the attempt: a wrong key is the deployment's
+    fault, not the activity's, and failing the step would lose it for good."""
+    logger.error(
+        "cannot unseal stored values, step put aside job=%s step=%s retry_in=%s error=%s "
+        "(check HOTMESH_CODEC and HOTMESH_CODEC_KEYS)",
+        message.job_id,
+        message.step,
+        PARK_SECONDS,
+        error,
+    )
+    with transaction.atomic():
+        moved = _mine(message, worker_id).update(
+            status=StreamStatus.SCHEDULED,
+            worker=None,
+            lease_expires_at=None,
+            visible_at=Now() + datetime.timedelta(seconds=PARK_SECONDS),
+            attempts=Greatest(F("attempts") - 1, 0),
+        )
+        if moved:
+            _step(message).filter(status=JobStatus.RUNNING).update(
+                status=JobStatus.READY, attempts=Greatest(F("attempts") - 1, 0)
+            )
+            if message.kind == "TASK":
+                Job.objects.filter(pk=message.job_id).transition(JobStatus.READY)
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_notify(%s, %s)",
+                    [WORK_CHANNEL, f"t:{time.time() + PARK_SECONDS}"],
+                )
 
 
 def _record_failure(

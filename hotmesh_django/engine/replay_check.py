@@ -23,6 +23,7 @@ from hotmesh_django import middleware, registry
 from hotmesh_django.context import WorkflowContext, activate
 from hotmesh_django.exceptions import (
     ActivityFailed,
+    CodecError,
     NonDeterminismError,
     SignalTimeout,
     Suspend,
@@ -36,7 +37,7 @@ from hotmesh_django.models import (
     JobStatus,
     Signal,
 )
-from hotmesh_django.serialization import decode_call, decode_headers
+from hotmesh_django.serialization import Unreadable, decode_call, decode_headers
 
 OK = "ok"
 MISMATCH = "mismatch"
@@ -109,7 +110,7 @@ def replay_job(job: Job) -> ReplayResult:
     try:
         args, kwargs = decode_call(job.input)
         headers = decode_headers(job.input)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, CodecError) as exc:
         return result(ERROR, f"Cannot decode the job's input: {exc}")
     with transaction.atomic():
         with connection.cursor() as cursor:
@@ -171,7 +172,7 @@ def _judge_error(
 ) -> ReplayResult:
     """A replay that raises is fine where the job recorded the same failure."""
     name = type(error).__name__
-    recorded = (job.error or {}).get("type")
+    recorded = None if isinstance(job.error, Unreadable) else (job.error or {}).get("type")
     if job.status == JobStatus.FAILED and recorded == name:
         return result(OK, f"fails again with {name}, as recorded")
     if isinstance(error, ActivityFailed | SignalTimeout) and job.status in ACTIVE_STATUSES:

@@ -21,7 +21,8 @@ from django.db.models.functions import Now
 from psycopg.types.json import Jsonb
 
 from hotmesh_django.engine.notify import WORK_CHANNEL
-from hotmesh_django.models import Activity, Journal, Stream
+from hotmesh_django.models import Activity, Journal, SealedJSONField, Stream
+from hotmesh_django.serialization import Unreadable, seal
 
 
 @cache
@@ -58,6 +59,9 @@ def _value(field: models.Field[Any, Any], value: Any) -> Any:
     """The JSON form of one column value, as jsonb_to_recordset reads it back."""
     if value is None or isinstance(value, DatabaseDefault | Now):
         return None  # NULL, or now() where the column has a db_default
+    if isinstance(field, SealedJSONField):
+        # Through HOTMESH_CODEC, as the field's get_db_prep_save does for the ORM.
+        return value.stored if isinstance(value, Unreadable) else seal(value)
     if isinstance(field, models.JSONField):
         return value
     if isinstance(value, datetime.datetime):
@@ -65,6 +69,12 @@ def _value(field: models.Field[Any, Any], value: Any) -> Any:
     if isinstance(value, uuid.UUID):
         return str(value)
     return value
+
+
+def _field(model: type[models.Model], name: str) -> models.Field[Any, Any]:
+    field = model._meta.get_field(name)
+    assert isinstance(field, models.Field)
+    return field
 
 
 def _document(model: type[models.Model], objs: Sequence[models.Model]) -> Jsonb:
@@ -116,9 +126,9 @@ def write_turn(
                 {
                     "seq": s.seq,
                     "status": s.status,
-                    "output": s.output,
-                    "error": s.error,
-                    "finished_at": _value(Activity._meta.get_field("finished_at"), s.finished_at),
+                    "output": _value(_field(Activity, "output"), s.output),
+                    "error": _value(_field(Activity, "error"), s.error),
+                    "finished_at": _value(_field(Activity, "finished_at"), s.finished_at),
                 }
                 for s in changed_steps
             ]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import logging
 import threading
 import uuid
 import zoneinfo
@@ -36,9 +35,10 @@ from hotmesh_django import registry
 from hotmesh_django.exceptions import UnknownDefinition
 from hotmesh_django.handles import JobHandle
 from hotmesh_django.models import Schedule
+from hotmesh_django.redaction import get_logger
 from hotmesh_django.serialization import from_json
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # Differs from the rescue lock (claim.RESCUE_LOCK_KEY) and the prune lock, so a
 # worker busy rescuing does not keep schedules from firing.

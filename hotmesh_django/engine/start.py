@@ -14,7 +14,7 @@ from hotmesh_django import metrics, middleware
 from hotmesh_django.definitions import ActivityDefinition, WorkflowDefinition
 from hotmesh_django.engine.notify import WORK_CHANNEL, tables
 from hotmesh_django.handles import JobHandle
-from hotmesh_django.serialization import encode_call, to_json
+from hotmesh_django.serialization import encode_call, seal, to_json
 
 # Every CTE runs whether or not the final SELECT reads it (they modify data), and all
 # of them see the same snapshot: when ON CONFLICT skips the job, `j` is empty and so
@@ -124,6 +124,7 @@ def _start(
     options = definition.options
     delay = options.delay_seconds()
     data = encode_call(args, kwargs, headers)
+    sealed = seal(data)  # one token for the job's input and its message's payload
     search = to_json(dict(options.search or {}), what="search")
     is_activity = isinstance(definition, ActivityDefinition)
     workflow_id = options.workflow_id or str(uuid.uuid4())
@@ -136,7 +137,7 @@ def _start(
         "kind": "ACTIVITY" if is_activity else "WORKFLOW",
         "queue": queue,
         "priority": priority,
-        "input": Jsonb(data),
+        "input": Jsonb(sealed),
         "search": Jsonb(search),
         "delay": delay,
         "timeout": timeout,
@@ -144,7 +145,7 @@ def _start(
         # job, and a promoted TURN could collide with one queued by a signal.
         "skind": "TASK" if is_activity else ("TIMER" if delay > 0 else "TURN"),
         "step": 1 if is_activity else None,
-        "payload": Jsonb(data) if is_activity else None,
+        "payload": Jsonb(sealed) if is_activity else None,
         "sstatus": "SCHEDULED" if delay > 0 else "READY",
         "channel": WORK_CHANNEL,
         "ckey": options.concurrency_key,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import logging
 import time
 import uuid
 from functools import cache
@@ -31,6 +30,7 @@ from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job,
 from hotmesh_django.engine.notify import WORK_CHANNEL, tables
 from hotmesh_django.engine.rows import write_turn
 from hotmesh_django.exceptions import (
+    CodecError,
     ContinueAsNew,
     NonDeterminismError,
     Suspend,
@@ -44,15 +44,23 @@ from hotmesh_django.models import (
     JobStatus,
     Journal,
     JournalEvent,
+    SealedJSONField,
     Signal,
     StepKind,
     Stream,
     StreamKind,
     StreamStatus,
 )
-from hotmesh_django.serialization import decode_call, decode_headers, encode_value
+from hotmesh_django.redaction import get_logger
+from hotmesh_django.serialization import (
+    decode_call,
+    decode_headers,
+    encode_value,
+    open_stored,
+    readable,
+)
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # How long a job whose workflow code this worker lacks waits before another look.
 PARK_SECONDS = 30.0
@@ -117,17 +125,24 @@ def steps_of(job: Job) -> dict[int, Activity]:
     fields = _STEP_FIELDS
     steps = {}
     for row in rows:
-        values = [
-            datetime.datetime.fromisoformat(v) if c in _STEP_TIMES and v is not None else v
-            for c, v in ((f.column, row[f.column]) for f in fields)
-        ]
+        values = [_step_value(f, row[f.column]) for f in fields]
         step = Activity.from_db("default", [f.attname for f in fields], values)
         steps[step.seq] = step
     return steps
 
 
 _STEP_FIELDS = list(Activity._meta.concrete_fields)
-_STEP_TIMES = {f.column for f in _STEP_FIELDS if isinstance(f, DateTimeField)}
+
+
+def _step_value(field: Any, value: Any) -> Any:
+    """A column of a step row read as JSON, as the ORM would have loaded it."""
+    if value is None:
+        return None
+    if isinstance(field, DateTimeField):
+        return datetime.datetime.fromisoformat(value)
+    if isinstance(field, SealedJSONField):
+        return open_stored(value)  # through HOTMESH_CODEC, as from_db_value does
+    return value
 
 
 def continue_after_step(job_id: int, local: Local, *, busy: bool) -> Claimed | None:
@@ -169,13 +184,17 @@ def _turn(job: Job, local: Local) -> Claimed | None:
     except UnknownDefinition as exc:
         _park(job, str(exc))
         return None
+    steps = steps_of(job)
     try:
         args, kwargs = decode_call(job.input)
         headers = decode_headers(job.input)
+        _check_readable(job, steps.values())
+    except CodecError as exc:
+        _wait_for_codec(job, exc)
+        return None
     except ValueError as exc:
         finish_job(job.id, JobStatus.FAILED, error=error_dict(exc, with_traceback=False))
         return None
-    steps = steps_of(job)
     missing = _missing_steps(steps)
     if missing:
         # Replaying past a hole would run a finished step a second time.
@@ -201,6 +220,9 @@ def _turn(job: Job, local: Local) -> Claimed | None:
         headers=headers,
     )
     result, error, returned = _replay(ctx, func, args, kwargs)
+    if ctx.codec_error is not None:  # nothing is written yet
+        _wait_for_codec(job, ctx.codec_error)
+        return None
     following = _write(ctx, local)
     if error is not None or returned:
         fields = _job_fields(job, ctx)  # _suspend writes them otherwise
@@ -495,6 +517,49 @@ def _park(job: Job, message: str) -> None:
     if job.error != error:
         Journal.objects.create(job=job, event=JournalEvent.PARKED, name=job.name, data=error)
     Job.objects.filter(pk=job.pk).transition(JobStatus.WAITING, error=error)
+    Stream.objects.create(
+        queue=job.queue,
+        kind=StreamKind.TIMER,
+        job=job,
+        name=job.name,
+        priority=job.priority,
+        status=StreamStatus.SCHEDULED,
+        visible_at=Now() + datetime.timedelta(seconds=PARK_SECONDS),
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_notify(%s, %s)", [WORK_CHANNEL, f"t:{time.time() + PARK_SECONDS}"]
+        )
+
+
+def _check_readable(job: Job, steps: Any) -> None:
+    """Raise CodecError unless every stored value the replay may use was unsealed."""
+    for value in (job.input, job.state):
+        readable(value)
+    for step in steps:
+        readable(step.output)
+        readable(step.error)
+
+
+def _wait_for_codec(job: Job, error: CodecError) -> None:
+    """Put a job aside whose stored values this process cannot unseal, and look again
+    in PARK_SECONDS. The job's own rows are left alone: a process with a wrong key
+    must write nothing sealed that the others then could not read either, and once
+    the key is fixed the job goes on from where it was."""
+    logger.error(
+        "cannot unseal stored values, job put aside job=%s retry_in=%s error=%s "
+        "(check HOTMESH_CODEC and HOTMESH_CODEC_KEYS)",
+        job.workflow_id,
+        PARK_SECONDS,
+        error,
+    )
+    # One timer is enough, however many turns of the job failed at once.
+    due = Now() + datetime.timedelta(seconds=PARK_SECONDS + 1)
+    pending = Stream.objects.filter(
+        job=job, kind=StreamKind.TIMER, step__isnull=True, status=StreamStatus.SCHEDULED
+    )
+    if pending.filter(visible_at__lte=due).exists():
+        return
     Stream.objects.create(
         queue=job.queue,
         kind=StreamKind.TIMER,

@@ -27,8 +27,10 @@ Spawn = Callable[..., WorkerProcess]
 
 def _running(key: str) -> bool:
     """True once the activity for `key` is inside its body (it counted the call)."""
-    return Counter.objects.filter(key=key, value__gte=1).exists() and (
-        Activity.objects.filter(status="RUNNING", input__args__1=key).exists()
+    # Compared in Python, not with an `input__args__1` lookup: with HOTMESH_CODEC on
+    # the column holds a sealed envelope that SQL cannot look into.
+    return Counter.objects.filter(key=key, value__gte=1).exists() and any(
+        step.input["args"][1] == key for step in Activity.objects.filter(status="RUNNING")
     )
 
 
