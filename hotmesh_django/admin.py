@@ -358,6 +358,7 @@ class JobAdmin(JobOperationsMixin, ReadOnlyAdmin):
         "error_message",
         "error_traceback",
         "children_links",
+        "run_links",
         "human_task_links",
     )
 
@@ -422,6 +423,8 @@ class JobAdmin(JobOperationsMixin, ReadOnlyAdmin):
             )
         if obj.children.exists():
             fieldsets.append((_("Child workflows"), {"fields": ["children_links"]}))
+        if _runs(obj):
+            fieldsets.append((_("Runs"), {"fields": ["run_links"]}))
         if obj.human_tasks.exists():
             fieldsets.append((_("Human tasks"), {"fields": ["human_task_links"]}))
         return fieldsets
@@ -535,6 +538,14 @@ class JobAdmin(JobOperationsMixin, ReadOnlyAdmin):
             more = format_html("<li>{} more…</li>", count - MAX_CHILDREN)
         return format_html('<ul class="hm-children">{}{}</ul>', items, more)
 
+    @admin.display(description=_("continue-as-new"))
+    def run_links(self, obj: Job) -> SafeString:
+        return format_html_join(
+            "",
+            '<p>{} <a href="{}">{}</a></p>',
+            ((label, job_url(pk), workflow_id) for label, pk, workflow_id in _runs(obj)),
+        )
+
     @admin.display(description=_("tasks"))
     def human_task_links(self, obj: Job) -> SafeString:
         tasks = obj.human_tasks.order_by("step")[:MAX_CHILDREN]
@@ -597,6 +608,29 @@ class JobAdmin(JobOperationsMixin, ReadOnlyAdmin):
                 ]
             ),
         }
+
+
+def _runs(job: Job) -> list[tuple[str, int, str]]:
+    """Return (label, pk, workflow_id) of the runs before and after `job`.
+
+    hm.continue_as_new renames the closed run to `<id>#run-<pk>` and starts the
+    next under the workflow_id with a `previous_run` search attribute naming it;
+    the GIN index on `search` finds the next run from the earlier one.
+    """
+    runs: list[tuple[str, int, str]] = []
+    previous = (job.search or {}).get("previous_run")
+    if isinstance(previous, str):
+        pk = Job.objects.filter(workflow_id=previous).values_list("pk", flat=True).first()
+        if pk is not None:
+            runs.append((str(_("Continues the run")), pk, previous))
+    following = (
+        Job.objects.filter(search__contains={"previous_run": job.workflow_id})
+        .values_list("pk", "workflow_id")
+        .first()
+    )
+    if following is not None:
+        runs.append((str(_("Continued as new in")), *following))
+    return runs
 
 
 def _without_tracebacks(data: Any) -> Any:

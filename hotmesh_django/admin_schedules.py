@@ -50,31 +50,46 @@ class ScheduleAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             obj.next_run_at = schedules.next_run_after(obj.cron, obj.timezone, tz.now())
         super().save_model(request, obj, form, change)
 
+    def _set_enabled(self, request: HttpRequest, queryset: QuerySet[Schedule], on: bool) -> int:
+        """Enable or disable the selection; record who changed which in the admin log.
+
+        Actions bypass save_model, so without this only edits through the form would
+        appear in "Recent actions".
+        """
+        names = list(queryset.values_list("name", flat=True))
+        moving = list(queryset.exclude(enabled=on))
+        changed = schedules.set_enabled(names, on)
+        for schedule in moving:
+            self.log_change(request, schedule, "Enabled." if on else "Disabled.")
+        return changed
+
     @admin.action(description="Enable selected schedules", permissions=["change"])
     def enable(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
-        names = list(queryset.values_list("name", flat=True))
-        changed = schedules.set_enabled(names, True)
+        total = queryset.count()
+        changed = self._set_enabled(request, queryset, True)
         self.message_user(
-            request, f"{changed} schedule(s) enabled; {len(names) - changed} skipped (already on)."
+            request, f"{changed} schedule(s) enabled; {total - changed} skipped (already on)."
         )
 
     @admin.action(description="Disable selected schedules", permissions=["change"])
     def disable(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
-        names = list(queryset.values_list("name", flat=True))
-        changed = schedules.set_enabled(names, False)
+        total = queryset.count()
+        changed = self._set_enabled(request, queryset, False)
         self.message_user(
             request,
-            f"{changed} schedule(s) disabled; {len(names) - changed} skipped (already off).",
+            f"{changed} schedule(s) disabled; {total - changed} skipped (already off).",
         )
 
     @admin.action(description="Trigger selected schedules now", permissions=["change"])
     def trigger_now(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
         started, failed = [], []
-        for name in queryset.values_list("name", flat=True):
+        for schedule in queryset:
             try:
-                started.append(schedules.trigger_now(name).id)
+                started.append(schedules.trigger_now(schedule.name).id)
             except (HotmeshError, TypeError, ValueError) as exc:
-                failed.append(f"{name}: {exc}")
+                failed.append(f"{schedule.name}: {exc}")
+            else:
+                self.log_change(request, schedule, f"Triggered now: started {started[-1]}.")
         self.message_user(request, f"{len(started)} workflow(s) started: {', '.join(started)}.")
         for problem in failed:
             self.message_user(request, f"Skipped {problem}", level=messages.WARNING)

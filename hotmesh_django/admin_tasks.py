@@ -27,12 +27,13 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
 from hotmesh_django.admin import ReadOnlyAdmin, when
-from hotmesh_django.admin_views import job_url, pretty_json, status_badge
+from hotmesh_django.admin_views import job_url, shown_json, status_badge
 from hotmesh_django.engine import human
 from hotmesh_django.exceptions import HumanTaskError
 from hotmesh_django.forms import AnswerForm
 from hotmesh_django.models import HumanTask, HumanTaskStatus
-from hotmesh_django.serialization import from_json
+from hotmesh_django.redaction import redact
+from hotmesh_django.serialization import Unreadable, from_json
 
 if TYPE_CHECKING:
     from django.urls import URLPattern
@@ -40,6 +41,17 @@ if TYPE_CHECKING:
 # The list's default: what the user can act on now.
 ACTIONABLE = "actionable"
 ALL = "all"
+
+
+def _shown(value: Any) -> SafeString:
+    """Return a task's data or answer decoded, with secrets masked like job values.
+
+    A person's answer (an IBAN, a password reset code) is as sensitive as a job's
+    arguments, so HOTMESH_REDACT_KEYS applies here too.
+    """
+    if isinstance(value, Unreadable):
+        return shown_json(value)
+    return shown_json(from_json(value))
 
 
 def task_url(task_id: int) -> str:
@@ -188,7 +200,9 @@ class HumanTaskAdmin(ReadOnlyAdmin):
 
     @admin.display(description=gettext_lazy("data"))
     def summary(self, obj: HumanTask) -> str:
-        text = json.dumps(from_json(obj.data), ensure_ascii=False, default=str)
+        if isinstance(obj.data, Unreadable):
+            return _("Cannot decode this value")
+        text = json.dumps(redact(from_json(obj.data)), ensure_ascii=False, default=str)
         return text if len(text) <= 80 else text[:79] + "…"
 
     @admin.display(description=gettext_lazy("job"))
@@ -213,13 +227,13 @@ class HumanTaskAdmin(ReadOnlyAdmin):
 
     @admin.display(description=gettext_lazy("data"))
     def data_json(self, obj: HumanTask) -> SafeString:
-        return pretty_json(from_json(obj.data))
+        return _shown(obj.data)
 
     @admin.display(description=gettext_lazy("answer"))
     def answer_json(self, obj: HumanTask) -> SafeString | str:
         if obj.status != HumanTaskStatus.RESOLVED:
             return "—"
-        return pretty_json(from_json(obj.answer))
+        return _shown(obj.answer)
 
     # -- the detail page ------------------------------------------------------------------
 

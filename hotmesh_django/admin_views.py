@@ -585,6 +585,7 @@ class JobOperationsMixin:
     get_object: Callable[..., Job | None]
     get_actions: Callable[..., Any]
     has_view_permission: Callable[..., bool]
+    log_change: Callable[..., Any]
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
         """May this user run actions? The admin never edits a job, so change = operate."""
@@ -813,6 +814,10 @@ class JobOperationsMixin:
             self.message_user(request, str(exc), messages.ERROR)
         else:
             if changed:
+                # A queue is not a job, so it has no journal: the admin's own log
+                # (LogEntry, "Recent actions") records who paused it and when.
+                queue = Queue.objects.get(name=name)
+                self.log_change(request, queue, "Paused." if paused else "Resumed.")
                 self.message_user(
                     request,
                     _("Queue %(queue)s %(verb)s.") % {"queue": name, "verb": verb},

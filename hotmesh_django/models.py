@@ -476,8 +476,10 @@ class HumanTask(models.Model):
     step = models.IntegerField(_("step"))
     # The name of the django.contrib.auth Group whose members may act on it.
     role = models.CharField(_("role"), max_length=150)
-    data = models.JSONField(_("data"), null=True, blank=True)
-    answer = models.JSONField(_("answer"), null=True, blank=True)
+    # Sealed like every other user value: the data a workflow hands a person and
+    # their answer are as private as the job's arguments and result.
+    data = SealedJSONField(_("data"), null=True, blank=True)
+    answer = SealedJSONField(_("answer"), null=True, blank=True)
     status = models.CharField(
         _("status"),
         max_length=_max_len(HumanTaskStatus),

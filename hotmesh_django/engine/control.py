@@ -78,14 +78,21 @@ def cancel_job(workflow_id: str, *, using: str = DEFAULT_DB_ALIAS, actor: str = 
     """Cancel the job and its active children; return False if it had finished."""
     with transaction.atomic(using=using):
         job = _get(workflow_id, using)
-        return _cancel(job.id, actor)
+        if not _cancel(job.id, actor):
+            return False
+    logger.info("job cancelled job=%s by=%s", workflow_id, actor or "-")
+    return True
 
 
 def _cancel(job_id: int, actor: str) -> bool:
     error = {"type": "JobCancelled", "message": "Cancelled on request."}
+    # The journal names the operator as a key of its own, as retry and signal do,
+    # so an audit reads "by" and never parses the message.
+    data: dict[str, Any] | None = None
     if actor:
         error["message"] = f"Cancelled by {actor}."
-    if not finish_job(job_id, JobStatus.CANCELLED, error=error):
+        data = {**error, "by": actor}
+    if not finish_job(job_id, JobStatus.CANCELLED, error=error, data=data):
         return False
     for child_id in Job.objects.filter(parent_id=job_id, status__in=ACTIVE_STATUSES).values_list(
         "id", flat=True

@@ -82,6 +82,8 @@ def test_cancel_button(admin_client) -> None:
     assert "1 job cancelled." in messages_text(response)
     assert status(job) == JobStatus.CANCELLED
     assert job.error["message"] == "Cancelled by admin."
+    cancelled = Journal.objects.get(job=job, event=JournalEvent.CANCELLED)
+    assert cancelled.data["by"] == "admin"
     response = admin_client.post(url("cancel", job), follow=True)
     assert "0 jobs cancelled; 1 skipped (already finished: CANCELLED)." in messages_text(response)
 
@@ -163,6 +165,16 @@ def test_bulk_retry_reports_moved_and_skipped(admin_client) -> None:
     response = bulk(admin_client, "retry_failed", jobs)
     assert "2 jobs re-queued; 1 skipped (not FAILED: it is SUCCESSFUL)." in messages_text(response)
     assert [status(j) for j in jobs] == [JobStatus.READY, JobStatus.READY, JobStatus.SUCCESSFUL]
+
+
+def test_bulk_actions_journal_the_acting_user(operator_client) -> None:
+    retried, cancelled = failed_job(), JobFactory(status=JobStatus.WAITING)
+    child = JobFactory(status=JobStatus.WAITING, parent=cancelled)
+    bulk(operator_client, "retry_failed", [retried])
+    bulk(operator_client, "cancel_jobs", [cancelled])
+    assert Journal.objects.get(job=retried, event=JournalEvent.RETRIED).data == {"by": "operator"}
+    for job in (cancelled, child):  # the cascade to children names the operator too
+        assert Journal.objects.get(job=job, event=JournalEvent.CANCELLED).data["by"] == "operator"
 
 
 def test_bulk_cancel_groups_skip_reasons(admin_client) -> None:

@@ -7,7 +7,7 @@ import datetime
 import factory
 import pytest
 from django.contrib.auth.models import Group, Permission, User
-from django.test import Client
+from django.test import Client, override_settings
 from django.urls import reverse
 from django.utils import timezone
 
@@ -21,6 +21,7 @@ from hotmesh_django.models import (
     Stream,
     StreamKind,
 )
+from hotmesh_django.redaction import MASK
 from tests.admin.factories import ActivityFactory, JobFactory
 from tests.integration import human_defs
 
@@ -260,6 +261,24 @@ def test_unknown_task_is_404(approver_client) -> None:
 
 
 # -- escaping ----------------------------------------------------------------------------
+
+
+@override_settings(HOTMESH_REDACT_KEYS=["password", "^iban$"])
+def test_task_pages_mask_secrets_in_data_and_answer(admin_client) -> None:
+    secret = "s3cr3t-in-a-task"
+    task = HumanTaskFactory(
+        data={"customer": "acme", "iban": secret},
+        status=HumanTaskStatus.RESOLVED,
+        answer={"ok": True, "password": secret},
+    )
+    for page in (
+        reverse("admin:hotmesh_django_humantask_changelist") + "?status=all",
+        url("change", task),
+    ):
+        html = admin_client.get(page).content.decode()
+        assert secret not in html, page
+        assert MASK in html and "acme" in html, page
+    assert fresh(task).answer == {"ok": True, "password": secret}  # stored as it was
 
 
 def test_task_pages_escape_user_data(admin_client) -> None:

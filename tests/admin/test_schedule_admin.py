@@ -3,6 +3,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.contrib.admin.models import LogEntry
+from django.contrib.contenttypes.models import ContentType
 from django.urls import reverse
 
 from hotmesh_django.models import Job, Schedule
@@ -45,3 +47,42 @@ def test_schedule_actions_report_what_moved(admin_client: Any) -> None:
     )
     assert "2 workflow(s) started" in response.content.decode()
     assert Job.objects.filter(workflow_id__startswith="schedule:").count() == 2
+
+
+def _admin_log(model: type[Any]) -> list[tuple[str, str, str]]:
+    """(user, object, message) of the admin log entries about `model`, oldest first."""
+    entries = LogEntry.objects.filter(
+        content_type=ContentType.objects.get_for_model(model)
+    ).order_by("id")
+    return [(e.user.get_username(), e.object_repr, e.change_message) for e in entries]
+
+
+def test_schedule_actions_are_audited_with_the_acting_user(admin_client: Any) -> None:
+    import tests.integration.schedule_defs  # noqa: F401 - registers sched.ping
+
+    Schedule.objects.create(name="on", workflow="sched.ping", cron="* * * * *", enabled=True)
+    Schedule.objects.create(name="off", workflow="sched.ping", cron="* * * * *", enabled=False)
+    url = reverse("admin:hotmesh_django_schedule_changelist")
+    ids = [str(pk) for pk in Schedule.objects.order_by("name").values_list("pk", flat=True)]
+    admin_client.post(url, {"action": "enable", "_selected_action": ids})
+    admin_client.post(url, {"action": "disable", "_selected_action": ids})
+    admin_client.post(url, {"action": "trigger_now", "_selected_action": ids[:1]})
+    log = _admin_log(Schedule)
+    started = Job.objects.get(workflow_id__startswith="schedule:").workflow_id
+    # Only what moved is recorded: "on" was already enabled.
+    assert log[0] == ("admin", "off", "Enabled.")
+    assert sorted(log[1:3]) == [("admin", "off", "Disabled."), ("admin", "on", "Disabled.")]
+    assert log[3] == ("admin", "off", f"Triggered now: started {started}.")
+
+
+def test_queue_pause_and_resume_are_audited_with_the_acting_user(admin_client: Any) -> None:
+    from hotmesh_django.models import Queue
+    from tests.admin.factories import JobFactory
+
+    JobFactory(queue="emails")
+    pause = reverse("admin:hotmesh_django_job_pause_queue")
+    resume = reverse("admin:hotmesh_django_job_resume_queue")
+    admin_client.post(pause, {"queue": "emails"})
+    admin_client.post(pause, {"queue": "emails"})  # already paused: nothing to record
+    admin_client.post(resume, {"queue": "emails"})
+    assert _admin_log(Queue) == [("admin", "emails", "Paused."), ("admin", "emails", "Resumed.")]

@@ -167,6 +167,32 @@ def test_change_view_shows_json_traceback_inline_journal_children(admin_client) 
     assert "hm-tl-backoff" in html and "hm-tl-attempt" in html and "hm-tl-sleep" in html
 
 
+def test_change_view_links_the_runs_of_a_continued_workflow(admin_client) -> None:
+    """hm.continue_as_new: each run links the one before and the one after it."""
+    first = JobFactory(workflow_id="poll<&>#run-1", status=JobStatus.SUCCESSFUL)
+    second = JobFactory(
+        workflow_id="poll<&>#run-2",
+        status=JobStatus.SUCCESSFUL,
+        search={"previous_run": first.workflow_id},
+    )
+    current = JobFactory(workflow_id="poll<&>", search={"previous_run": second.workflow_id})
+    pages = {
+        job.pk: admin_client.get(change_url(job)).content.decode()
+        for job in (first, second, current)
+    }
+
+    def link(job) -> str:
+        return f'<a href="{change_url(job)}">{job.workflow_id.replace("<&>", "&lt;&amp;&gt;")}</a>'
+
+    assert "Continued as new in " + link(second) in pages[first.pk]
+    assert "Continues the run " + link(first) in pages[second.pk]
+    assert "Continued as new in " + link(current) in pages[second.pk]
+    assert "Continues the run " + link(second) in pages[current.pk]
+    assert "Continued as new in" not in pages[current.pk]
+    plain = JobFactory()
+    assert "Continues the run" not in admin_client.get(change_url(plain)).content.decode()
+
+
 def test_change_view_of_unknown_job_redirects(admin_client) -> None:
     response = admin_client.get(reverse("admin:hotmesh_django_job_change", args=[999999]))
     assert response.status_code == 302

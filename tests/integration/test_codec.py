@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
 from django.apps import apps
+from django.contrib.auth.models import Group, User
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
@@ -20,12 +21,21 @@ from django.urls import reverse
 
 import hotmesh_django as hm
 from hotmesh_django.handles import JobHandle
-from hotmesh_django.models import Activity, Job, JobStatus, Stream, StreamKind, StreamStatus
+from hotmesh_django.models import (
+    Activity,
+    HumanTask,
+    Job,
+    JobStatus,
+    Stream,
+    StreamKind,
+    StreamStatus,
+)
 from hotmesh_django.redaction import MASK
 from hotmesh_django.serialization import is_sealed
 from hotmesh_django.testing import skip_time
 from tests.conftest import InProcessWorker, wait_until
 from tests.integration import codec_defs as d
+from tests.integration import human_defs as h
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -133,6 +143,26 @@ def test_with_the_codec_on_no_plaintext_reaches_any_table(worker: InProcessWorke
         assert inputs and all(is_sealed(v) for v in inputs)
         payloads = raw("hotmesh_django_stream", "payload", "payload IS NOT NULL", [])
         assert payloads and all(is_sealed(v) for v in payloads)
+    assert hits == {}, hits
+
+
+def test_human_task_data_and_answers_are_sealed(worker: InProcessWorker) -> None:
+    """What a workflow shows a person, and their answer, are user values too."""
+    carol = User.objects.create_user("carol")
+    carol.groups.add(Group.objects.create(name="approvers"))
+    with fernet(KEY_A):
+        handle = h.approval.start(d.MARK)
+        task = wait_until(lambda: HumanTask.objects.filter(job__workflow_id=handle.id).first())
+        wait_until(lambda: handle.status() == JobStatus.WAITING)
+        hm.claim_task(task.pk, carol)
+        hm.resolve_task(task.pk, {"note": d.MARK}, carol)
+        assert handle.result(timeout=30) == {"answer": {"note": d.MARK}}
+        task.refresh_from_db()
+        assert (task.data, task.answer) == ({"amount": d.MARK}, {"note": d.MARK})
+        stored = raw("hotmesh_django_humantask", "data", "true", [])
+        stored += raw("hotmesh_django_humantask", "answer", "true", [])
+        assert len(stored) == 2 and all(is_sealed(v) for v in stored)
+        hits = plaintext_hits()
     assert hits == {}, hits
 
 

@@ -66,9 +66,33 @@ def test_non_postgres_database_fails_the_system_check(tmp_path: Any) -> None:
     )
     assert result.returncode != 0
     assert "hotmesh.E001" in result.stderr and "needs PostgreSQL" in result.stderr
+    assert "HINT: Set DATABASES" in result.stderr
 
 
 @pytest.mark.parametrize("value", [0, -5, "7d", True])
 def test_bad_prune_setting_is_reported(value: Any) -> None:
     with override_settings(HOTMESH_PRUNE_AFTER_SECONDS=value):
         assert "hotmesh.E009" in _ids(check_settings())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "check_id"),
+    [
+        ({"HOTMESH_LEASE_SECONDS": 5, "HOTMESH_HEARTBEAT_SECONDS": 10}, "hotmesh.E006"),
+        ({"HOTMESH_PRUNE_AFTER_SECONDS": "7d"}, "hotmesh.E009"),
+        ({"HOTMESH_QUEUES": {"emails": {"rate": "fast"}}}, "hotmesh.E008"),
+        ({"HOTMESH_CODEC": "no.such.Codec"}, "hotmesh.E020"),
+        ({"HOTMESH_CODEC": "hotmesh_django.codecs.FernetCodec"}, "hotmesh.E022"),
+        ({"HOTMESH_REDACT_KEYS": ["("]}, "hotmesh.E025"),
+        ({"HOTMESH_MIDDLEWARE": "not.a.list"}, "hotmesh.E030"),
+        ({"HOTMESH_MIDDLEWARE": ["no.such.Middleware"]}, "hotmesh.E031"),
+    ],
+)
+def test_every_hotmesh_check_gives_a_hint(overrides: dict[str, Any], check_id: str) -> None:
+    """Every error names its id and says how to fix it, whichever check reports it."""
+    from django.core.checks import run_checks
+
+    with override_settings(HOTMESH_CODEC_KEYS=None, **overrides):
+        errors = [e for e in run_checks() if e.id and e.id.startswith("hotmesh.")]
+    assert check_id in _ids(errors)
+    assert all(e.hint and e.hint.strip() for e in errors), [(e.id, e.hint) for e in errors]
