@@ -37,7 +37,8 @@ from hotmesh_django.conf import settings
 from hotmesh_django.engine import claim as claims
 from hotmesh_django.engine import prune, schedules
 from hotmesh_django.engine import queues as queue_control
-from hotmesh_django.engine.execute import run_step
+from hotmesh_django.engine.acks import AckBatcher
+from hotmesh_django.engine.execute import Handoff, run_step
 from hotmesh_django.engine.notify import WORK_CHANNEL, connect_raw, tables
 from hotmesh_django.engine.turn import Local, run_turn
 from hotmesh_django.models import Worker as WorkerRow
@@ -53,27 +54,34 @@ def _jitter(seconds: float) -> float:
     return seconds * random.uniform(0.9, 1.1)  # noqa: S311 - not for secrets
 
 
-def dispatch(message: claims.Claimed, local: Local, held: set[int] | None = None) -> None:
+def dispatch(message: claims.Claimed, local: Local, held: set[int] | None = None) -> bool:
     """Run one claimed message, then whatever step its ack handed this worker.
 
     `held` is the set of message ids whose leases the heartbeat extends: a message
-    handed over is added while it runs and removed when it is done.
+    handed over is added while it runs and removed when it is done. Return True when
+    the last message's ack went to `local.acks`: it stays held until that commits.
     """
     following: claims.Claimed | None = message
     while following is not None:
         current = following
         if held is not None:
             held.add(current.id)
+        pending = False
         try:
             if current.kind in ("TURN", "TIMER"):
                 with tracing.span("hotmesh.turn", job_id=current.job_id, queue=current.queue):
                     following = run_turn(current, local)
                 faults.point("turn_commit")
             else:
-                following = run_step(current, local)
+                outcome = run_step(current, local)
+                pending = outcome is Handoff.ACK_PENDING
+                following = outcome if isinstance(outcome, claims.Claimed) else None
         finally:
-            if held is not None:
+            if held is not None and not pending:
                 held.discard(current.id)
+        if pending:
+            return True
+    return False
 
 
 class Worker:
@@ -114,6 +122,7 @@ class Worker:
         self._last_full = 0.0
         self._backlog = False
         self._paused_stale = True  # read the paused queues on the first tick
+        self._acks: AckBatcher | None = None
 
     # -- control -----------------------------------------------------------------------
 
@@ -131,6 +140,7 @@ class Worker:
     def run(self) -> None:
         """Work until stop() (or, with burst, until the queues are empty)."""
         self._register()
+        self._acks = AckBatcher(worker_id=self.id, on_done=self._ack_done).start()
         targets = {"heartbeat": self._heartbeat}
         if self.listen:
             targets["listen"] = self._listen
@@ -255,6 +265,7 @@ class Worker:
             queues=queues,
             lease_seconds=settings.lease_seconds,
             excluded=excluded,
+            acks=self._acks,
         )
 
     def _free(self) -> int:
@@ -319,8 +330,9 @@ class Worker:
             if message is None:
                 connection.close()
                 return
+            pending = False
             try:
-                dispatch(message, self._local(), self._held)
+                pending = dispatch(message, self._local(), self._held)
             except (OperationalError, InterfaceError):
                 # The lease will expire and another worker will re-run it.
                 logger.exception("database error running message id=%s", message.id)
@@ -329,11 +341,22 @@ class Worker:
                 logger.exception("engine error running message id=%s", message.id)
                 close_old_connections()
             finally:
-                with self._lock:
-                    self._in_flight -= 1
-                    self.processed += 1
-                    self._idle.notify_all()
-                self._wake.set()
+                if not pending:
+                    self._finished()
+
+    def _ack_done(self, message: claims.Claimed, acked: bool) -> None:
+        """The AckBatcher wrote (or gave up on) the ack of `message`."""
+        self._held.discard(message.id)
+        self._finished()
+
+    def _finished(self) -> None:
+        # A message is done once its ack committed: until then it holds its slot, so
+        # acks waiting for a batch never let the worker claim more than it can run.
+        with self._lock:
+            self._in_flight -= 1
+            self.processed += 1
+            self._idle.notify_all()
+        self._wake.set()
 
     # -- listener ----------------------------------------------------------------------
 
@@ -426,6 +449,10 @@ class Worker:
         # Runners that finished exit at once; a stuck one stays behind (daemon).
         for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()) + 1.5)
+        if self._acks is not None:
+            # Acks handed over by runners that finished late are written before the
+            # leases are released below.
+            self._acks.close(timeout=max(0.0, deadline - time.monotonic()) + 1.5)
         try:
             # Whatever did not finish goes back to the queue now, not after the lease.
             moved = claims.requeue_expired(workers=[self.id])

@@ -10,11 +10,13 @@ finished or was cancelled) the ack moves nothing and the late result is dropped.
 from __future__ import annotations
 
 import datetime
+import enum
 import json
 import logging
 import threading
 import time
 import uuid
+from functools import cache
 from typing import Any
 
 from django.db import InterfaceError, OperationalError, connection, connections, transaction
@@ -26,7 +28,14 @@ from hotmesh_django import faults, metrics, middleware, registry, tracing
 from hotmesh_django.engine.claim import Claimed
 from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job
 from hotmesh_django.engine.notify import DONE_CHANNEL, WORK_CHANNEL, tables
-from hotmesh_django.engine.turn import PARK_SECONDS, Local, continue_after_step
+from hotmesh_django.engine.turn import (
+    PARK_SECONDS,
+    AckedStep,
+    Local,
+    continue_after_step,
+    job_from_row,
+    job_select,
+)
 from hotmesh_django.exceptions import (
     CodecError,
     HotmeshError,
@@ -43,9 +52,23 @@ from hotmesh_django.models import (
     StreamStatus,
 )
 from hotmesh_django.redaction import get_logger, redact
-from hotmesh_django.serialization import decode_call, decode_headers, encode_value, seal, unseal
+from hotmesh_django.serialization import (
+    decode_call,
+    decode_headers,
+    encode_value,
+    open_stored,
+    seal,
+    unseal,
+)
 
 logger = get_logger(__name__)
+
+
+class Handoff(enum.Enum):
+    """What run_step returns when the message is not finished when it returns."""
+
+    # The success ack went to the worker's AckBatcher, which reports when it commits.
+    ACK_PENDING = "ack pending"
 
 
 class LeaseLost(HotmeshError):
@@ -128,8 +151,10 @@ SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM j),
 
 
 # A workflow step's success in one statement: drop the message (guarded), record the
-# step, journal it, and say whether other steps of the job are still pending (the
-# snapshot still shows this step RUNNING, hence `seq <> step`).
+# step, journal it, say whether other steps of the job are still pending (the
+# snapshot still shows this step RUNNING, hence `seq <> step`) and, when none are,
+# lock the job (SKIP LOCKED: a worker mid-turn on it keeps it) and read it for the
+# next turn, which then runs in this same transaction.
 _ACK_STEP = """
 WITH m AS (
     DELETE FROM {stream}
@@ -140,15 +165,35 @@ WITH m AS (
        SET status = 'SUCCESSFUL', output = %(output)s, error = NULL,
            attempts = %(attempts)s, finished_at = now()
       FROM m WHERE x.job_id = m.job_id AND x.seq = %(step)s
+ RETURNING x.output, x.finished_at
 ), r AS (
     INSERT INTO {journal} (job_id, step, event, name, attempt, data, created_at)
     SELECT job_id, %(step)s, 'step_completed', %(name)s, %(attempts)s, NULL, now() FROM m
+), b AS (
+    SELECT EXISTS (SELECT 1 FROM {activity}
+                    WHERE job_id = %(job)s AND seq <> %(step)s
+                      AND kind IN ('ACTIVITY', 'CHILD')
+                      AND status IN ('READY', 'RUNNING')) AS busy
 )
-SELECT (SELECT count(*) FROM m),
-       EXISTS (SELECT 1 FROM {activity}
-                WHERE job_id = %(job)s AND seq <> %(step)s
-                  AND kind IN ('ACTIVITY', 'CHILD') AND status IN ('READY', 'RUNNING'))
+SELECT (SELECT count(*) FROM m), b.busy, (SELECT output FROM a), (SELECT finished_at FROM a),
+       {job_select}
+  FROM b LEFT JOIN LATERAL (
+        SELECT * FROM {job} AS x
+         WHERE x.id = %(job)s AND x.kind = 'WORKFLOW' AND NOT b.busy
+           AND EXISTS (SELECT 1 FROM m)
+           FOR NO KEY UPDATE SKIP LOCKED
+       ) AS j ON true
 """
+
+
+@cache
+def _ack_step_sql() -> str:
+    return _ACK_STEP.format(job_select=job_select("j"), **tables())
+
+
+def _loads(value: Any) -> Any:
+    # Django loads jsonb as text (JSONField decodes it itself).
+    return json.loads(value) if isinstance(value, str | bytes) else value
 
 
 def _ack_params(message: Claimed, worker_id: uuid.UUID, output: Any) -> dict[str, Any]:
@@ -184,11 +229,22 @@ def ack_success(message: Claimed, local: Local, output: Any) -> tuple[bool, Clai
         return _ack_task(message, worker_id, output), None
     with transaction.atomic():
         with connection.cursor() as cursor:
-            cursor.execute(_ACK_STEP.format(**tables()), _ack_params(message, worker_id, output))
-            acked, busy = cursor.fetchone() or (0, False)
-        if not acked:
+            cursor.execute(_ack_step_sql(), _ack_params(message, worker_id, output))
+            row = cursor.fetchone()
+        if not row or not row[0]:
             return False, None
-        following = continue_after_step(message.job_id, local, busy=busy)
+        job = job_from_row(row[4:])
+        if job is not None:
+            # The job's steps were read in the ack's snapshot, where this step is
+            # still RUNNING: the turn takes its new state from what the ack wrote
+            # (as stored, so the replay sees the value the next one will).
+            job.acked_step = AckedStep(  # type: ignore[attr-defined]
+                seq=message.step or 0,
+                output=open_stored(_loads(row[2])),
+                attempts=message.attempts,
+                finished_at=row[3],
+            )
+        following = continue_after_step(message.job_id, local, busy=row[1], job=job)
     return True, following
 
 
@@ -276,10 +332,11 @@ def _call_with_timeout(func: Any, args: list[Any], kwargs: dict[str, Any], timeo
     return box.get("result")
 
 
-def run_step(message: Claimed, local: Local) -> Claimed | None:
+def run_step(message: Claimed, local: Local) -> Claimed | Handoff | None:
     """Run the activity of a STEP or TASK message and ack its outcome.
 
-    Return the next step this worker claimed while acking, to run next.
+    Return the next step this worker claimed while acking, to run next, or
+    Handoff.ACK_PENDING when the ack was handed to `local.acks`.
     """
     worker_id = local.worker_id
     try:
@@ -355,7 +412,7 @@ def _execute(
     local: Local,
     args: list[Any],
     kwargs: dict[str, Any],
-) -> tuple[Claimed | None, str | None]:
+) -> tuple[Claimed | Handoff | None, str | None]:
     """Call `func` (the activity, perhaps wrapped in middleware) and ack; return
     (next message, metrics outcome or None)."""
     faults.point("step_start")
@@ -391,6 +448,10 @@ def _execute(
         # SystemExit and KeyboardInterrupt here come from user code: the worker's own
         # signals are handled by flags, never by raising into the activity.
         return None, _record_failure(message, local.worker_id, definition.retry, exc)
+    if message.kind == "TASK" and local.acks is not None:
+        # An activity job's ack ends it and starts nothing: group it with others.
+        local.acks.submit(message, output)
+        return Handoff.ACK_PENDING, metrics.SUCCESSFUL
     acked, following = ack_success(message, local, output)
     faults.point("ack_commit", acked)
     if not acked:

@@ -82,7 +82,10 @@ def _document(model: type[models.Model], objs: Sequence[models.Model]) -> Jsonb:
     return Jsonb([{f.column: _value(f, getattr(obj, f.attname)) for f in fields} for obj in objs])
 
 
+@cache
 def _insert(name: str, model: type[models.Model], returning: str = "") -> str:
+    """The `name AS (INSERT ...)` CTE for `model` (built once: it depends on nothing
+    but the model)."""
     table = connection.ops.quote_name(model._meta.db_table)
     columns = ", ".join(_column(f) for f in _columns(model))
     return (
@@ -99,6 +102,11 @@ _CHANGED = (
     " AS x(seq integer, status text, output jsonb, error jsonb, finished_at timestamptz)"
     " WHERE a.job_id = %(job)s AND a.seq = x.seq)"
 )
+
+
+@cache
+def _changed_cte() -> str:
+    return _CHANGED.format(table=connection.ops.quote_name(Activity._meta.db_table))
 
 
 def write_turn(
@@ -120,7 +128,7 @@ def write_turn(
         ctes.append(_insert("steps", Activity))
         params["steps"] = _document(Activity, new_steps)
     if changed_steps:
-        ctes.append(_CHANGED.format(table=connection.ops.quote_name(Activity._meta.db_table)))
+        ctes.append(_changed_cte())
         params["changed"] = Jsonb(
             [
                 {

@@ -14,12 +14,12 @@ import datetime
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import connection, transaction
-from django.db.models import DateTimeField, TextField
-from django.db.models.expressions import RawSQL
+from django.db.models import DateTimeField
 from django.db.models.functions import Now
 
 from hotmesh_django import middleware, registry
@@ -60,6 +60,9 @@ from hotmesh_django.serialization import (
     readable,
 )
 
+if TYPE_CHECKING:
+    from hotmesh_django.engine.acks import AckBatcher
+
 logger = get_logger(__name__)
 
 # How long a job whose workflow code this worker lacks waits before another look.
@@ -75,6 +78,8 @@ class Local:
     lease_seconds: float
     # Paused queues, and limited ones (their claims must go through the limiter).
     excluded: frozenset[str] = frozenset()
+    # Where activity jobs' success acks go to be written in batches (None: inline).
+    acks: AckBatcher | None = None
 
     def serves(self, queue: str) -> bool:
         return (self.queues is None or queue in self.queues) and queue not in self.excluded
@@ -86,37 +91,99 @@ def run_turn(message: Claimed, local: Local) -> Claimed | None:
     Return a step message this worker claimed for itself in the same transaction,
     to run next on the same thread (None if there is none).
     """
+    params: dict[str, Any] = {"job": message.job_id, "id": message.id, "worker": local.worker_id}
     with transaction.atomic():
-        # The job first, the message second: the order finish_job and cancel take
-        # them in, so the two never deadlock.
-        job = _locked(message.job_id, skip_locked=False)
-        mine = Stream.objects.filter(
-            id=message.id, worker=local.worker_id, status=StreamStatus.RUNNING
-        )
-        if not mine.delete()[0]:
+        with connection.cursor() as cursor:
+            cursor.execute(_take_turn_sql(), params)
+            row = cursor.fetchone()
+        if not row or not row[0]:
             logger.warning("lease lost, turn dropped job=%s", message.job_id)
             return None
+        job = job_from_row(row[1:])
         if job is None:
             return None
         return _turn(job, local)
 
 
-def _locked(job_id: int, *, skip_locked: bool) -> Job | None:
-    """Lock the job row; read the transaction's clock and the job's steps (as JSON
-    text, see steps_of()) in the same round trip."""
-    return (
-        Job.objects.select_for_update(no_key=True, skip_locked=skip_locked)
-        .annotate(db_now=Now(), steps_json=_steps_json())
-        .filter(pk=job_id, kind=JobKind.WORKFLOW)
-        .first()
-    )
+# Lock the job, then drop the turn's message (guarded by worker and status), and read
+# the job for the replay: one round trip. The job first, the message second (the
+# DELETE's condition reads `j`, so the lock is taken before any message row is): the
+# order finish_job and cancel take them in, so the two never deadlock.
+_TAKE_TURN = """
+WITH j AS MATERIALIZED (
+    SELECT * FROM {job} WHERE id = %(job)s AND kind = 'WORKFLOW' FOR NO KEY UPDATE
+), m AS (
+    DELETE FROM {stream}
+     WHERE id = %(id)s AND worker = %(worker)s AND status = 'RUNNING'
+       AND (SELECT count(*) FROM j) >= 0
+ RETURNING id
+)
+SELECT (SELECT count(*) FROM m), {job_select} FROM (SELECT 1) AS one LEFT JOIN j ON true
+"""
 
 
 @cache
-def _steps_json() -> RawSQL:
-    # Table names from the models' _meta; nothing user-supplied goes in.
-    sql = "SELECT json_agg(a)::text FROM {activity} AS a WHERE a.job_id = {job}.id"
-    return RawSQL(sql.format(**tables()), [], output_field=TextField())  # noqa: S611
+def _take_turn_sql() -> str:
+    return _TAKE_TURN.format(job_select=job_select("j"), **tables())
+
+
+def _locked(job_id: int, *, skip_locked: bool) -> Job | None:
+    """Lock the job row; read the transaction's clock and the job's steps (as JSON
+    text, see steps_of()) in the same round trip."""
+    with connection.cursor() as cursor:
+        cursor.execute(_lock_sql(skip_locked), [job_id])
+        row = cursor.fetchone()
+    return None if row is None else job_from_row(row)
+
+
+@cache
+def _lock_sql(skip_locked: bool) -> str:
+    # Table and column names from the models' _meta; the job id is a parameter.
+    return (
+        f"SELECT {job_select()} FROM {tables()['job']} AS j"  # noqa: S608
+        " WHERE j.id = %s AND j.kind = 'WORKFLOW'"
+        f" FOR NO KEY UPDATE OF j{' SKIP LOCKED' if skip_locked else ''}"
+    )
+
+
+_JOB_FIELDS = list(Job._meta.concrete_fields)
+
+
+@cache
+def job_select(alias: str = "j") -> str:
+    """The select list that reads a job row (as `alias`) for a turn: its columns,
+    the statement's clock and its steps as JSON text, in one round trip.
+
+    Written by hand and built once: compiling the equivalent queryset on every turn
+    cost more Python time than the rest of the turn's bookkeeping together.
+    """
+    quote = connection.ops.quote_name
+    columns = ", ".join(f"{alias}.{quote(str(f.column))}" for f in _JOB_FIELDS)
+    steps = (
+        f"(SELECT json_agg(a)::text FROM {tables()['activity']} AS a"  # noqa: S608
+        f" WHERE a.job_id = {alias}.id)"
+    )
+    return f"{columns}, statement_timestamp(), {steps}"
+
+
+@cache
+def _job_converters() -> tuple[Any, dict[int, Any]]:
+    compiler = Job.objects.all().query.get_compiler("default")
+    table = Job._meta.db_table
+    return compiler, compiler.get_converters([f.get_col(table) for f in _JOB_FIELDS])
+
+
+def job_from_row(row: Sequence[Any]) -> Job | None:
+    """The Job that `job_select()` read, as the ORM would have loaded it, with
+    `db_now` and `steps_json` set; None when the row is empty (nothing was locked)."""
+    n = len(_JOB_FIELDS)
+    if row[0] is None:
+        return None
+    compiler, converters = _job_converters()
+    values = next(iter(compiler.apply_converters([list(row[:n])], converters)))
+    job = Job.from_db("default", [f.attname for f in _JOB_FIELDS], values)
+    job.db_now, job.steps_json = row[n], row[n + 1]  # type: ignore[attr-defined]
+    return job
 
 
 def steps_of(job: Job) -> dict[int, Activity]:
@@ -145,7 +212,19 @@ def _step_value(field: Any, value: Any) -> Any:
     return value
 
 
-def continue_after_step(job_id: int, local: Local, *, busy: bool) -> Claimed | None:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AckedStep:
+    """The step whose success ack read the job: its row in `steps_json` predates it."""
+
+    seq: int
+    output: Any
+    attempts: int
+    finished_at: datetime.datetime | None
+
+
+def continue_after_step(
+    job_id: int, local: Local, *, busy: bool, job: Job | None
+) -> Claimed | None:
     """Inside a step's ack: run the job's next turn now instead of queueing it.
 
     The step's outcome, the replay and the next step's message then commit in one
@@ -154,10 +233,11 @@ def continue_after_step(job_id: int, local: Local, *, busy: bool) -> Claimed | N
     the job are still pending: a fan-out then replays once per batch of completions
     (queued turns collapse into one), not once per completion.
     """
+    # `job` is the locked row the ack read, None when it is busy or another worker
+    # holds it.
     if busy:
         enqueue_turn(job_id)
         return None
-    job = _locked(job_id, skip_locked=True)
     if job is None or not registry.has_workflow(job.name) or not local.serves(job.queue):
         enqueue_turn(job_id)
         return None
@@ -185,6 +265,11 @@ def _turn(job: Job, local: Local) -> Claimed | None:
         _park(job, str(exc))
         return None
     steps = steps_of(job)
+    acked: AckedStep | None = getattr(job, "acked_step", None)
+    if acked is not None and acked.seq in steps:
+        step = steps[acked.seq]
+        step.status, step.output, step.error = JobStatus.SUCCESSFUL, acked.output, None
+        step.attempts, step.finished_at = acked.attempts, acked.finished_at
     try:
         args, kwargs = decode_call(job.input)
         headers = decode_headers(job.input)
