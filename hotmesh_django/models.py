@@ -147,6 +147,7 @@ class Job(models.Model):
         blank=True,
         related_name="children",
         verbose_name=_("parent"),
+        db_index=False,  # a partial index in Meta: most jobs have no parent
     )
     # The parent's step this child answers, so its outcome lands in the right place.
     parent_step = models.IntegerField(_("parent step"), null=True, blank=True)
@@ -171,6 +172,13 @@ class Job(models.Model):
                 fields=["finished_at"],
                 name="hotmesh_job_finished_idx",
                 condition=Q(finished_at__isnull=False),
+            ),
+            # Partial, so the many jobs without a parent cost the index nothing on
+            # every insert and status change (children are looked up by parent).
+            models.Index(
+                fields=["parent"],
+                name="hotmesh_job_parent_idx",
+                condition=Q(parent__isnull=False),
             ),
         ]
         constraints = [
@@ -228,6 +236,7 @@ class Activity(models.Model):
         blank=True,
         related_name="+",
         verbose_name=_("child job"),
+        db_index=False,  # a partial index in Meta: most steps start no child
     )
     # Set by the turn to its database clock, like started_at, so the two compare.
     created_at = models.DateTimeField(_("created at"), default=timezone.now)
@@ -238,6 +247,14 @@ class Activity(models.Model):
         verbose_name = _("activity")
         verbose_name_plural = _("activities")
         ordering = ["job", "seq"]
+        indexes = [
+            # Partial: only CHILD steps have one (a child's parent step is found by it).
+            models.Index(
+                fields=["child"],
+                name="hotmesh_activity_child_idx",
+                condition=Q(child__isnull=False),
+            ),
+        ]
         constraints = [
             models.UniqueConstraint(fields=["job", "seq"], name="hotmesh_activity_job_seq"),
             _status_check("activity", "status", JobStatus),

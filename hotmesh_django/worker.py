@@ -190,7 +190,7 @@ class Worker:
             self._shutdown()
 
     def _tick(self, *, full: bool = False) -> int:
-        """Promote due timers, then claim into free slots; return how many claimed.
+        """Claim into free slots, then promote due timers; return how many claimed.
 
         `full` looks at every queue now, not only at the ones a NOTIFY named.
         """
@@ -207,14 +207,28 @@ class Worker:
             # The polling floor covers timers too: a "t:" NOTIFY is lost while the
             # listener reconnects, and there is none at all in poll-only mode.
             self._next_due = now
-        if self._next_due is not None and self._next_due <= now:
-            claims.promote_due()
-            self._refresh_next_due()
-        if self.all_queues:
-            self._discover_queues()
         if self._paused_stale:
             self._paused_stale = False
             self._paused = queue_control.paused_queues()
+        # Claim first: a worker woken for new work starts it before its housekeeping
+        # (promoting timers, discovering queues), each of which is a round trip.
+        self._backlog = False
+        claimed = self._claim_round(full=full)
+        woken: set[str] = set()
+        if self._next_due is not None and self._next_due <= time.monotonic():
+            woken, seconds = claims.promote_due()
+            self._next_due = None if seconds is None else time.monotonic() + max(seconds, 0.0)
+        if self.all_queues:
+            woken |= self._discover_queues()
+        if woken:
+            # What was just promoted or found is claimed in this tick, not the next.
+            self._hot |= woken
+            claimed += self._claim_round(full=False)
+        return claimed
+
+    def _claim_round(self, *, full: bool) -> int:
+        """Claim into the free slots from the hot queues (all of them when `full`),
+        rotating the start so a busy queue cannot starve the others."""
         free = self._free()
         claimed = 0
         queues = [q for q in self.queues if q not in self._paused and (full or q in self._hot)]
@@ -254,7 +268,8 @@ class Worker:
             claimed += len(batch)
             free -= len(batch)
         self._rotation += 1
-        self._backlog = backlog
+        if backlog:
+            self._backlog = True
         return claimed
 
     def _local(self) -> Local:
@@ -296,10 +311,11 @@ class Worker:
 
     _last_discovery = 0.0
 
-    def _discover_queues(self) -> None:
+    def _discover_queues(self) -> set[str]:
+        """Every few seconds, look for queues with ready work; return the new ones."""
         now = time.monotonic()
         if now - self._last_discovery < 5.0 and self.queues:
-            return
+            return set()
         self._last_discovery = now
         # A loose index scan over the ready index: one probe per distinct queue.
         sql = """
@@ -316,7 +332,9 @@ class Worker:
             cursor.execute(sql)
             found = {row[0] for row in cursor.fetchall()}
         known = found | registry.queues() | set(settings.queues) | set(self.queues)
+        new = known - set(self.queues)
         self.queues = sorted(known)
+        return new
 
     def _reset_connection(self) -> None:
         with contextlib.suppress(DatabaseError):

@@ -65,6 +65,9 @@ WITH c AS MATERIALIZED ({candidates}), m AS (
 SELECT id, kind, job_id, step, name, payload, attempts, queue FROM m ORDER BY id
 """
 
+# Promote what is due, wake its queues, and say when the next scheduled message is
+# due (the rows promoted here still look SCHEDULED in this statement's snapshot,
+# hence the exclusion): one round trip for the whole timer housekeeping.
 _PROMOTE = """
 WITH d AS (
     SELECT id FROM {stream}
@@ -75,8 +78,12 @@ WITH d AS (
 ), u AS (
     UPDATE {stream} AS s SET status = 'READY' FROM d WHERE s.id = d.id
     RETURNING s.queue
+), q AS (
+    SELECT queue, pg_notify('{channel}', 'q:' || queue) FROM (SELECT DISTINCT queue FROM u) AS x
 )
-SELECT pg_notify('{channel}', 'q:' || queue) FROM (SELECT DISTINCT queue FROM u) AS q
+SELECT (SELECT coalesce(array_agg(queue), '{{}}') FROM q),
+       (SELECT extract(epoch FROM min(visible_at) - clock_timestamp()) FROM {stream}
+         WHERE status = 'SCHEDULED' AND id NOT IN (SELECT id FROM d))
 """
 
 _NEXT_DUE = """
@@ -181,10 +188,18 @@ def _loads(value: Any) -> Any:
 _FIELDS = ("id", "kind", "job_id", "step", "name", "payload", "attempts", "queue")
 
 
-def promote_due(limit: int = 1000) -> None:
-    """Make due timers, retries and delayed starts claimable, and wake their queues."""
+def promote_due(limit: int = 1000) -> tuple[set[str], float | None]:
+    """Make due timers, retries and delayed starts claimable and wake their queues.
+
+    Return the queues that got work, and the seconds until the next scheduled
+    message is due (None: nothing is scheduled; <= 0: more is due now).
+    """
     with connection.cursor() as cursor:
         cursor.execute(_PROMOTE.format(channel=WORK_CHANNEL, **tables()), {"limit": limit})
+        row = cursor.fetchone()
+    if row is None:
+        return set(), None
+    return set(row[0]), None if row[1] is None else float(row[1])
 
 
 def seconds_until_next_due() -> float | None:

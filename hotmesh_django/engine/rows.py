@@ -9,6 +9,7 @@ update is a data-modifying CTE of a single statement: one round trip per turn.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import uuid
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from django.db.models.functions import Now
 from psycopg.types.json import Jsonb
 
 from hotmesh_django.engine.notify import WORK_CHANNEL
-from hotmesh_django.models import Activity, Journal, SealedJSONField, Stream
+from hotmesh_django.models import Activity, Job, Journal, SealedJSONField, Stream
 from hotmesh_django.serialization import Unreadable, seal
 
 
@@ -109,19 +110,44 @@ def _changed_cte() -> str:
     return _CHANGED.format(table=connection.ops.quote_name(Activity._meta.db_table))
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StatusMove:
+    """A suspending job's own row change, written with the turn's rows."""
+
+    status: str
+    sources: tuple[str, ...]  # guarded like JobQuerySet.transition
+    start: bool  # stamp started_at (the first turn)
+    clear_error: bool  # a parked job whose code came back
+
+
+_MOVE = (
+    "moved AS (UPDATE {table} SET status = %(move_status)s, updated_at = now(),"
+    " started_at = CASE WHEN %(move_start)s THEN coalesce(started_at, now())"
+    " ELSE started_at END,"
+    " error = CASE WHEN %(move_clear)s THEN NULL ELSE error END"
+    " WHERE id = %(job)s AND status = ANY(%(move_sources)s))"
+)
+
+
+@cache
+def _move_cte() -> str:
+    return _MOVE.format(table=connection.ops.quote_name(Job._meta.db_table))
+
+
 def write_turn(
     job_id: int,
     *,
+    move: StatusMove | None = None,
     new_steps: Sequence[Activity],
     changed_steps: Sequence[Activity],
     messages: Sequence[Stream],
     journal: Sequence[Journal],
     notify: Sequence[str] = (),
 ) -> int | None:
-    """Insert the new steps, messages and journal rows and update the changed steps
-    of job `job_id` in one statement, then send the `notify` payloads on the work
-    channel. Return the id of the message written RUNNING (the step this worker runs
-    next), if any."""
+    """Insert the new steps, messages and journal rows, update the changed steps of
+    job `job_id` and make its status `move`, in one statement, then send the `notify`
+    payloads on the work channel. Return the id of the message written RUNNING (the
+    step this worker runs next), if any."""
     ctes: list[str] = []
     params: dict[str, Any] = {"job": job_id, "channel": WORK_CHANNEL, "notify": list(notify)}
     if new_steps:
@@ -140,6 +166,14 @@ def write_turn(
                 }
                 for s in changed_steps
             ]
+        )
+    if move is not None:
+        ctes.append(_move_cte())
+        params.update(
+            move_status=move.status,
+            move_sources=list(move.sources),
+            move_start=move.start,
+            move_clear=move.clear_error,
         )
     if journal:
         ctes.append(_insert("entries", Journal))

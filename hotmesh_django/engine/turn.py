@@ -28,7 +28,7 @@ from hotmesh_django.engine import human
 from hotmesh_django.engine.claim import Claimed
 from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job, timer_message
 from hotmesh_django.engine.notify import WORK_CHANNEL, tables
-from hotmesh_django.engine.rows import write_turn
+from hotmesh_django.engine.rows import StatusMove, write_turn
 from hotmesh_django.exceptions import (
     CodecError,
     ContinueAsNew,
@@ -50,6 +50,7 @@ from hotmesh_django.models import (
     Stream,
     StreamKind,
     StreamStatus,
+    sources_of,
 )
 from hotmesh_django.redaction import get_logger
 from hotmesh_django.serialization import (
@@ -308,7 +309,10 @@ def _turn(job: Job, local: Local) -> Claimed | None:
     if ctx.codec_error is not None:  # nothing is written yet
         _wait_for_codec(job, ctx.codec_error)
         return None
-    following = _write(ctx, local)
+    suspending = error is None and not returned and ctx.continued is None
+    # The job's own status move rides in the turn's write statement when it can.
+    move = _status_move(job, ctx) if suspending else None
+    following = _write(ctx, local, move)
     if error is not None or returned:
         fields = _job_fields(job, ctx)  # _suspend writes them otherwise
         if fields:
@@ -328,7 +332,8 @@ def _turn(job: Job, local: Local) -> Claimed | None:
         else:
             finish_job(job.id, JobStatus.SUCCESSFUL, output=output)
         return None
-    _suspend(job, ctx)
+    if move is None:
+        _suspend(job, ctx)
     return following
 
 
@@ -364,12 +369,30 @@ def _replay(
     return result, error, returned
 
 
-def _suspend(job: Job, ctx: WorkflowContext) -> None:
+def _suspended_status(ctx: WorkflowContext) -> JobStatus:
     pending_work = any(
         step.kind == StepKind.ACTIVITY and step.status in (JobStatus.READY, JobStatus.RUNNING)
         for step in ctx.steps.values()
     )
-    status = JobStatus.RUNNING if pending_work else JobStatus.WAITING
+    return JobStatus.RUNNING if pending_work else JobStatus.WAITING
+
+
+def _status_move(job: Job, ctx: WorkflowContext) -> StatusMove | None:
+    """The suspending job's status move as write_turn can make it, or None when there
+    is more to write than status, first start and a cleared error (then _suspend)."""
+    if ctx.search or ctx.state:
+        return None
+    status = _suspended_status(ctx)
+    return StatusMove(
+        status=status,
+        sources=tuple(sources_of(status)),
+        start=job.started_at is None,
+        clear_error=job.error is not None,
+    )
+
+
+def _suspend(job: Job, ctx: WorkflowContext) -> None:
+    status = _suspended_status(ctx)
     fields = _job_fields(job, ctx)
     if job.error is not None:
         fields["error"] = None  # a parked job whose code came back
@@ -392,7 +415,7 @@ def _job_fields(job: Job, ctx: WorkflowContext) -> dict[str, Any]:
     return fields
 
 
-def _write(ctx: WorkflowContext, local: Local) -> Claimed | None:
+def _write(ctx: WorkflowContext, local: Local, move: StatusMove | None = None) -> Claimed | None:
     """Write the steps, messages and journal entries the turn produced.
 
     The first new step this worker can run is written already claimed by it (RUNNING,
@@ -474,8 +497,11 @@ def _write(ctx: WorkflowContext, local: Local) -> Claimed | None:
             step__in=ctx.cancelled_timers,
             status=StreamStatus.SCHEDULED,
         ).delete()
+    if move is not None and move.status == job.status and not move.start and not move.clear_error:
+        move = None  # the job's row stays as it is
     mine_id = write_turn(
         job.id,
+        move=move,
         new_steps=ctx.new_steps,
         changed_steps=ctx.changed_steps,
         messages=messages,
