@@ -106,8 +106,9 @@ _CHANGED = (
 
 
 @cache
-def _changed_cte() -> str:
-    return _CHANGED.format(table=connection.ops.quote_name(Activity._meta.db_table))
+def _on_table(template: str, model: type[models.Model]) -> str:
+    """`template` with {table} filled in for `model` (built once per pair)."""
+    return template.format(table=connection.ops.quote_name(model._meta.db_table))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -127,11 +128,6 @@ _MOVE = (
     " error = CASE WHEN %(move_clear)s THEN NULL ELSE error END"
     " WHERE id = %(job)s AND status = ANY(%(move_sources)s))"
 )
-
-
-@cache
-def _move_cte() -> str:
-    return _MOVE.format(table=connection.ops.quote_name(Job._meta.db_table))
 
 
 def write_turn(
@@ -154,7 +150,7 @@ def write_turn(
         ctes.append(_insert("steps", Activity))
         params["steps"] = _document(Activity, new_steps)
     if changed_steps:
-        ctes.append(_changed_cte())
+        ctes.append(_on_table(_CHANGED, Activity))
         params["changed"] = Jsonb(
             [
                 {
@@ -168,7 +164,7 @@ def write_turn(
             ]
         )
     if move is not None:
-        ctes.append(_move_cte())
+        ctes.append(_on_table(_MOVE, Job))
         params.update(
             move_status=move.status,
             move_sources=list(move.sources),
