@@ -17,10 +17,11 @@ The action after the count is `exit` (the default) or `disconnect`.
 SIGKILL would: the database sees the connection drop, and only what had committed
 survives.
 
-`disconnect` runs `pg_terminate_backend(pg_backend_pid())` on the calling thread's
-Django connection and swallows the error that brings back: the process lives on,
-its open transaction is gone, and the engine's next statement fails on a dead
-session, as after a network cut or a server-side kill. Each planned fault fires
+`disconnect` terminates the calling thread's database session with
+`pg_terminate_backend` and waits until it is gone (see `disconnect()`): the process
+lives on, its open transaction is rolled back, and the engine's next statement
+fails on the dead session with the server's "terminating connection" error, as
+after a server-side kill. Each planned fault fires
 once (at the Nth hit), so a disconnected worker is expected to reconnect and go on.
 
 Names used by the engine, at commit boundaries:
@@ -136,7 +137,8 @@ def _reached(name: str) -> None:
                 fired = wanted
                 sys.stderr.write(
                     f"hotmesh fault: {wanted.action} at point {name} "
-                    f"(#{_counts.get(ANY, 0)} overall, #{_counts[name]} of its name)\n"
+                    f"(#{_counts.get(ANY, 0)} overall, #{_counts[name]} of its name)"
+                    f" in thread {threading.current_thread().name}\n"
                 )
                 sys.stderr.flush()
                 if wanted.action == EXIT:
@@ -148,23 +150,30 @@ def _reached(name: str) -> None:
 
 
 def disconnect() -> None:
-    """End the calling thread's database session from the server side, as a network
-    cut or an operator's pg_terminate_backend would.
+    """End the calling thread's database session from the server side, as an
+    operator's pg_terminate_backend would, and return once it is gone.
 
-    The statement's own error is swallowed, and Django is not told: it still holds
-    the dead connection, so the engine's next statement is the one that fails.
+    The kill is sent from a short-lived side connection, not from the session
+    itself: a session that ends itself reads the server's "terminating connection"
+    error as the reply to that very statement, and the engine's next statement would
+    then fail on a half-known dead socket (no SQLSTATE, not marked closed), a state no
+    real connection loss leaves. From the side, the session's next statement reads
+    the FATAL error (57P01) itself, exactly as when it is killed mid-flight. Django is
+    not told: it still holds the dead connection.
     """
     from django.db import connection  # here: this module is imported before settings
 
     connection.ensure_connection()
-    raw = connection.connection
+    pid = connection.connection.info.backend_pid
+    side = connection.get_new_connection(connection.get_connection_params())
     try:
-        # The raw connection, so that Django's error bookkeeping stays as it was.
-        raw.execute("SELECT pg_terminate_backend(pg_backend_pid())")
-    except Exception as exc:  # noqa: BLE001 - the expected FATAL admin_shutdown
-        sys.stderr.write(f"hotmesh fault: session terminated ({type(exc).__name__})\n")
-    else:
-        sys.stderr.write("hotmesh fault: pg_terminate_backend returned, session may live\n")
+        side.autocommit = True
+        # The timeout (ms) makes the call wait until the backend has exited.
+        row = side.execute("SELECT pg_terminate_backend(%s, 5000)", [pid]).fetchone()
+    finally:
+        side.close()
+    gone = bool(row and row[0])
+    sys.stderr.write(f"hotmesh fault: session {pid} {'terminated' if gone else 'NOT terminated'}\n")
     sys.stderr.flush()
 
 

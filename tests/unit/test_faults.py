@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from django.db import OperationalError, connection
+from django.db import OperationalError, connection, transaction
 
 from hotmesh_django import faults
 from hotmesh_django.faults import DISCONNECT, EXIT, Fault
@@ -103,7 +103,7 @@ def test_exit_ends_the_process_at_the_nth_hit() -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_disconnect_kills_the_session_and_the_next_statement_fails(
-    plan: dict[str, Fault],
+    plan: dict[str, Fault], capsys: pytest.CaptureFixture[str]
 ) -> None:
     plan["ack_send"] = Fault(2, DISCONNECT)
     with connection.cursor() as cursor:
@@ -112,12 +112,28 @@ def test_disconnect_kills_the_session_and_the_next_statement_fails(
     faults.point("ack_send")  # the first hit: nothing happens
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
-    faults.point("ack_send")  # returns: the error is swallowed
-    with pytest.raises(OperationalError), connection.cursor() as cursor:
+    faults.point("ack_send")  # returns, the session gone
+    with pytest.raises(OperationalError) as lost, connection.cursor() as cursor:
         cursor.execute("SELECT 1")
+    # What a statement reads when its session is killed: admin_shutdown.
+    assert getattr(lost.value.__cause__, "sqlstate", None) == "57P01"
     faults.point("ack_send")  # fires once only
     connection.close()  # what the engine does when it sees a lost session
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid(), %s IN (SELECT pid FROM pg_stat_activity)", [pid])
         new_pid, old_alive = cursor.fetchone()
     assert new_pid != pid and not old_alive
+    assert f"hotmesh fault: session {pid} terminated" in capsys.readouterr().err
+
+
+@pytest.mark.django_db(transaction=True)
+def test_disconnect_inside_a_transaction_rolls_it_back(plan: dict[str, Fault]) -> None:
+    plan["turn_write"] = Fault(1, DISCONNECT)
+    with pytest.raises(OperationalError), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE fault_probe (x int)")
+        faults.point("turn_write")
+        cursor.execute("INSERT INTO fault_probe VALUES (1)")
+    connection.close()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass('fault_probe')")
+        assert cursor.fetchone() == (None,)
