@@ -89,6 +89,7 @@ def test_a_session_lost_at_the_point_loses_nothing_and_doubles_nothing(
     fired = next(line for line in log.splitlines() if FIRED in line)
     assert where in fired, fired
 
+    assert normal.poll() is None, normal.log()[-3000:]
     # The faulted worker alone now: it must have reconnected to do this.
     os.killpg(normal.pid, signal.SIGKILL)
     normal.wait(timeout=10)
