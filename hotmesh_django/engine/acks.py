@@ -94,6 +94,7 @@ def ack_tasks(worker_id: uuid.UUID, items: list[tuple[Claimed, Any]]) -> tuple[s
     ]
     params: dict[str, Any] = {"acks": Jsonb(document), "worker": worker_id}
     with connection.cursor() as cursor:
+        faults.point("ack_send")
         cursor.execute(_ACK_BATCH.format(done=DONE_CHANNEL, **tables()), params)
         row = cursor.fetchone()
     if row is None:

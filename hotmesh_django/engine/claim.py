@@ -171,6 +171,7 @@ def claim_ids(*, ids: list[int], worker_id: uuid.UUID, lease_seconds: float) -> 
 
 def _run_claim(sql: str, params: dict[str, Any]) -> list[Claimed]:
     with connection.cursor() as cursor:
+        faults.point("claim_send")
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     faults.point("claim", rows)

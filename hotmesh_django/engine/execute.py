@@ -211,6 +211,7 @@ def _ack_params(message: Claimed, worker_id: uuid.UUID, output: Any) -> dict[str
 def _ack_task(message: Claimed, worker_id: uuid.UUID, output: Any) -> bool:
     params = _ack_params(message, worker_id, output)
     with connection.cursor() as cursor:
+        faults.point("ack_send")
         cursor.execute(_ACK_TASK.format(done=DONE_CHANNEL, **tables()), params)
         row = cursor.fetchone()
     if row and row[1]:
@@ -229,6 +230,7 @@ def ack_success(message: Claimed, local: Local, output: Any) -> tuple[bool, Clai
         return _ack_task(message, worker_id, output), None
     with transaction.atomic():
         with connection.cursor() as cursor:
+            faults.point("ack_send")
             cursor.execute(_ack_step_sql(), _ack_params(message, worker_id, output))
             row = cursor.fetchone()
         if not row or not row[0]:

@@ -21,6 +21,7 @@ from django.db.models.expressions import DatabaseDefault
 from django.db.models.functions import Now
 from psycopg.types.json import Jsonb
 
+from hotmesh_django import faults
 from hotmesh_django.engine.notify import WORK_CHANNEL
 from hotmesh_django.models import Activity, Job, Journal, SealedJSONField, Stream
 from hotmesh_django.serialization import Unreadable, seal
@@ -188,6 +189,7 @@ def write_turn(
     )
     with_clause = f"WITH {', '.join(ctes)} " if ctes else ""
     with connection.cursor() as cursor:
+        faults.point("turn_write")
         cursor.execute(with_clause + final, params)
         row = cursor.fetchone()
     return None if row is None or row[0] is None else int(row[0])
