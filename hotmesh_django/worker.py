@@ -38,7 +38,7 @@ from hotmesh_django.engine import claim as claims
 from hotmesh_django.engine import prune, schedules
 from hotmesh_django.engine import queues as queue_control
 from hotmesh_django.engine.acks import AckBatcher
-from hotmesh_django.engine.execute import Handoff, run_step
+from hotmesh_django.engine.execute import Handoff, release_after_loss, run_step, session_lost
 from hotmesh_django.engine.notify import WORK_CHANNEL, connect_raw, tables
 from hotmesh_django.engine.turn import Local, run_turn
 from hotmesh_django.models import Worker as WorkerRow
@@ -351,16 +351,29 @@ class Worker:
             pending = False
             try:
                 pending = dispatch(message, self._local(), self._held)
-            except (OperationalError, InterfaceError):
-                # The lease will expire and another worker will re-run it.
+            except (OperationalError, InterfaceError) as exc:
                 logger.exception("database error running message id=%s", message.id)
-                self._reset_connection()
+                if session_lost(exc):
+                    self._release(message, exc)
+                else:
+                    # Not the session: the lease expires and another worker re-runs
+                    # it, paced by the lease rather than in a tight loop.
+                    self._reset_connection()
             except Exception:
                 logger.exception("engine error running message id=%s", message.id)
                 close_old_connections()
             finally:
                 if not pending:
                     self._finished()
+
+    def _release(self, message: claims.Claimed, exc: BaseException) -> None:
+        # The session died mid-message: hand it back now rather than after the lease
+        # (if the database is still away, the lease expires and the rescue does it).
+        try:
+            release_after_loss(message, self.id, exc)
+        except DatabaseError as again:
+            logger.warning("could not release message id=%s error=%s", message.id, again)
+            self._reset_connection()
 
     def _ack_done(self, message: claims.Claimed, acked: bool) -> None:
         """The AckBatcher wrote (or gave up on) the ack of `message`."""

@@ -22,6 +22,7 @@ from typing import Any
 from django.db import InterfaceError, OperationalError, connection, connections, transaction
 from django.db.models import F
 from django.db.models.functions import Greatest, Now
+from psycopg import pq
 from psycopg.types.json import Jsonb
 
 from hotmesh_django import faults, metrics, middleware, registry, tracing
@@ -440,7 +441,7 @@ def _execute(
         logger.warning("lease lost, result dropped job=%s step=%s", message.job_id, message.step)
         return None, None
     except (OperationalError, InterfaceError) as exc:
-        if _connection_lost(exc):
+        if session_lost(exc):
             # The worker's connection died under the activity: an infrastructure
             # fault, not the activity's, so it must not use up the retry budget.
             _release_uncounted(message, local.worker_id, exc)
@@ -468,11 +469,18 @@ def _execute(
 _SESSION_ENDED = ("08", "57P01", "57P02", "57P03")
 
 
-def _connection_lost(exc: BaseException) -> bool:
+def session_lost(exc: BaseException) -> bool:
     """True when `exc` means this thread's database session died (then reset it)."""
     state = getattr(exc.__cause__, "sqlstate", None) or ""
     raw = connection.connection
-    broken = raw is None or bool(getattr(raw, "broken", False)) or bool(raw.closed)
+    broken = (
+        raw is None
+        or bool(getattr(raw, "broken", False))
+        or bool(raw.closed)
+        # A session whose termination an earlier statement already read: psycopg
+        # then raises "the connection is lost" with no SQLSTATE.
+        or raw.pgconn.status == pq.ConnStatus.BAD
+    )
     if broken or state.startswith(_SESSION_ENDED):
         connection.close()
         return True
@@ -495,6 +503,24 @@ WITH m AS (
 )
 SELECT pg_notify('{channel}', 'q:' || queue) FROM m
 """
+
+
+def release_after_loss(message: Claimed, worker_id: uuid.UUID, exc: BaseException) -> None:
+    """Give back at once a message whose session died under it, on a new connection,
+    instead of leaving it RUNNING until its lease expires.
+
+    A turn or timer is dropped and the job's next turn queued (a turn is idempotent),
+    as the lease rescue does; a step goes back to READY without counting the attempt.
+    If this fails too, the lease expires and the rescue does it.
+    """
+    connection.close()
+    if message.kind in ("TURN", "TIMER"):
+        with transaction.atomic():
+            if _mine(message, worker_id).delete()[0]:
+                enqueue_turn(message.job_id)
+        logger.warning("connection lost mid-turn, turn queued again job=%s", message.job_id)
+    else:
+        _release_uncounted(message, worker_id, exc)
 
 
 def _release_uncounted(message: Claimed, worker_id: uuid.UUID, exc: BaseException) -> None:

@@ -1,0 +1,80 @@
+"""A worker whose database session dies under a message gives it back at once."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from django.db import OperationalError, connection
+
+from hotmesh_django.engine.claim import claim
+from hotmesh_django.engine.execute import release_after_loss, session_lost
+from hotmesh_django.engine.notify import connect_raw
+from hotmesh_django.models import Activity, Journal, Stream
+from tests import activities as t
+from tests import workflows as w
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _kill_this_session() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    with connect_raw() as other:
+        other.execute("SELECT pg_terminate_backend(%s, 5000)", [pid])
+
+
+def test_a_session_terminated_earlier_is_recognised_as_lost() -> None:
+    _kill_this_session()
+    with pytest.raises(OperationalError), connection.cursor() as cursor:
+        cursor.execute("SELECT 1")  # reads the termination (57P01)
+    with pytest.raises(OperationalError) as lost, connection.cursor() as cursor:
+        cursor.execute("SELECT 1")  # "the connection is lost": no SQLSTATE at all
+    assert session_lost(lost.value)
+    with connection.cursor() as cursor:  # and Django reconnects
+        cursor.execute("SELECT 1")
+
+
+def test_an_error_of_a_live_session_is_not_a_lost_session() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SET statement_timeout = 10")
+        with pytest.raises(OperationalError) as error:
+            cursor.execute("SELECT pg_sleep(1)")  # cancelled: 57014, the session lives
+        cursor.execute("RESET statement_timeout")
+    assert not session_lost(error.value)
+
+
+def test_a_turn_lost_with_its_session_is_queued_again_at_once() -> None:
+    handle = w.three_steps.start(1)
+    worker_id = uuid.uuid4()
+    (turn,) = claim(queue="default", worker_id=worker_id, limit=1, lease_seconds=60)
+    assert turn.kind == "TURN"
+
+    release_after_loss(turn, worker_id, OperationalError("server closed the connection"))
+
+    (again,) = Stream.objects.filter(job_id=turn.job_id)
+    assert again.id != turn.id and again.kind == "TURN" and again.status == "READY"
+    assert handle.status() != "FAILED"
+
+
+def test_a_step_lost_with_its_session_goes_back_without_counting_the_attempt() -> None:
+    t.add.start(2, 3)
+    worker_id = uuid.uuid4()
+    (step,) = claim(queue="default", worker_id=worker_id, limit=1, lease_seconds=60)
+
+    release_after_loss(step, worker_id, OperationalError("server closed the connection"))
+
+    message = Stream.objects.get(pk=step.id)
+    assert (message.status, message.attempts, message.worker) == ("READY", 0, None)
+    assert Activity.objects.get(job_id=step.job_id).status == "READY"
+    assert Journal.objects.filter(job_id=step.job_id, event="lease_expired").count() == 1
+
+
+def test_a_message_no_longer_held_is_left_alone() -> None:
+    t.add.start(2, 3)
+    (step,) = claim(queue="default", worker_id=uuid.uuid4(), limit=1, lease_seconds=60)
+
+    release_after_loss(step, uuid.uuid4(), OperationalError("gone"))  # another worker's
+
+    assert Stream.objects.get(pk=step.id).status == "RUNNING"
