@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from hotmesh_django.models import Job, Journal, Stream
+from hotmesh_django.models import Activity, Job, Journal, Stream
 from tests import workflows as w
 from tests.conftest import WorkerProcess
 from tests.models import Effect
@@ -27,7 +27,8 @@ def test_random_sigkills_lose_nothing_and_double_nothing(
     procs = [spawn_worker("--concurrency", "4") for _ in range(3)]
     rng = random.Random(7)
     kills = 0
-    deadline = time.monotonic() + 120
+    # The long run (HOTMESH_CHAOS_WORKFLOWS=2000) gets more time to finish.
+    deadline = time.monotonic() + 120 + count / 10
     while time.monotonic() < deadline:
         if not Job.objects.filter(status__in=["READY", "RUNNING", "WAITING"]).exists():
             break
@@ -45,4 +46,5 @@ def test_random_sigkills_lose_nothing_and_double_nothing(
     effects = Tally(Effect.objects.values_list("key", flat=True))
     assert effects == {f"c{i}:fx": 1 for i in range(count)}
     assert not Job.objects.exclude(status="SUCCESSFUL").exists()
+    assert not Activity.objects.exclude(status="SUCCESSFUL").exists()
     assert not Stream.objects.exists()

