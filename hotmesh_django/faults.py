@@ -50,6 +50,7 @@ boundaries a run has (the crash-consistency checker in `hotmesh_django.testing`)
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 from collections.abc import Iterator
@@ -175,6 +176,15 @@ def disconnect() -> None:
     gone = bool(row and row[0])
     sys.stderr.write(f"hotmesh fault: session {pid} {'terminated' if gone else 'NOT terminated'}\n")
     sys.stderr.flush()
+
+
+_EXIT_LINE = re.compile(rf"^hotmesh fault: {EXIT} at point (\S+) ", re.MULTILINE)
+
+
+def exit_point(log: str) -> str | None:
+    """The point a process exited at, read from the line point() wrote to its stderr."""
+    match = _EXIT_LINE.search(log)
+    return match[1] if match else None
 
 
 @contextmanager

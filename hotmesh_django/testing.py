@@ -434,10 +434,7 @@ class CrashChecker:
         if proc.returncode != faults.EXIT_CODE:
             return None, proc.returncode, tail
         _release(proc.pid)
-        for line in text.splitlines():
-            if line.startswith("hotmesh fault: exiting at point "):
-                return line.split()[5], proc.returncode, tail
-        return "?", proc.returncode, tail
+        return faults.exit_point(text) or "?", proc.returncode, tail
 
 
 def check_crash_consistency(definition: Any, *args: Any, **kwargs: Any) -> CrashReport:

@@ -50,6 +50,11 @@ logger = get_logger(__name__)
 BURST_HORIZON_SECONDS = 2.0
 
 
+def _backoff(failures: int) -> float:
+    """Seconds to wait after `failures` failed tries to reach the database."""
+    return min(30.0, 0.2 * 2.0 ** min(failures, 8))
+
+
 def _jitter(seconds: float) -> float:
     return seconds * random.uniform(0.9, 1.1)  # noqa: S311 - not for secrets
 
@@ -139,7 +144,7 @@ class Worker:
 
     def run(self) -> None:
         """Work until stop() (or, with burst, until the queues are empty)."""
-        self._register()
+        self._register_when_up()
         self._acks = AckBatcher(worker_id=self.id, on_done=self._ack_done).start()
         targets = {"heartbeat": self._heartbeat}
         if self.listen:
@@ -172,7 +177,7 @@ class Worker:
                     failures = 0
                 except (OperationalError, InterfaceError) as exc:
                     failures += 1
-                    delay = min(30.0, 0.2 * 2 ** min(failures, 8))
+                    delay = _backoff(failures)
                     logger.warning("database unavailable error=%s retry_in=%.1f", exc, delay)
                     self._reset_connection()
                     self._stopping.wait(_jitter(delay))
@@ -462,6 +467,21 @@ class Worker:
             "concurrency": self.concurrency,
             "in_flight": self._in_flight,
         }
+
+    def _register_when_up(self) -> None:
+        """Register, waiting with backoff while the database is away: a worker that
+        starts during an outage (or whose first session is killed) waits for it."""
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                self._register()
+                return
+            except (OperationalError, InterfaceError) as exc:
+                failures += 1
+                delay = _backoff(failures)
+                logger.warning("database unavailable error=%s retry_in=%.1f", exc, delay)
+                self._reset_connection()
+                self._stopping.wait(_jitter(delay))
 
     def _register(self) -> None:
         WorkerRow.objects.update_or_create(id=self.id, defaults=self._row_fields())
