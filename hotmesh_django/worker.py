@@ -177,10 +177,7 @@ class Worker:
                     failures = 0
                 except (OperationalError, InterfaceError) as exc:
                     failures += 1
-                    delay = _backoff(failures)
-                    logger.warning("database unavailable error=%s retry_in=%.1f", exc, delay)
-                    self._reset_connection()
-                    self._stopping.wait(_jitter(delay))
+                    self._database_away(exc, failures)
                     continue
                 if self.burst and claimed == 0 and self._drained():
                     # Look once more, at every queue: a runner that finished after the
@@ -478,10 +475,14 @@ class Worker:
                 return
             except (OperationalError, InterfaceError) as exc:
                 failures += 1
-                delay = _backoff(failures)
-                logger.warning("database unavailable error=%s retry_in=%.1f", exc, delay)
-                self._reset_connection()
-                self._stopping.wait(_jitter(delay))
+                self._database_away(exc, failures)
+
+    def _database_away(self, exc: BaseException, failures: int) -> None:
+        """Log, drop the connection and wait with backoff and jitter before retrying."""
+        delay = _backoff(failures)
+        logger.warning("database unavailable error=%s retry_in=%.1f", exc, delay)
+        self._reset_connection()
+        self._stopping.wait(_jitter(delay))
 
     def _register(self) -> None:
         WorkerRow.objects.update_or_create(id=self.id, defaults=self._row_fields())
