@@ -64,6 +64,27 @@ def _autovacuum_on() -> bool:
         return bool(cursor.fetchone()[0] == "on")
 
 
+def _stuck_report(procs: list[WorkerProcess]) -> str:
+    """What the jobs still active look like, for a failure that happens once in a long
+    run: their rows, steps, messages and journal, and the workers' last log lines."""
+    lines = []
+    for job in Job.objects.active()[:5]:
+        lines.append(f"job {job.pk} {job.workflow_id} {job.name} {job.status} {job.updated_at}")
+        for step in job.activities.order_by("seq"):
+            lines.append(f"  step {step.seq} {step.kind} {step.name} {step.status}")
+        for message in Stream.objects.filter(job=job):
+            lines.append(
+                f"  message {message.pk} {message.kind} {message.status} step={message.step}"
+                f" worker={message.worker} lease={message.lease_expires_at}"
+                f" visible={message.visible_at}"
+            )
+        for entry in job.journal.order_by("-id")[:12]:
+            lines.append(f"  journal {entry.step} {entry.event} {entry.name} {entry.created_at}")
+    for proc in procs:
+        lines.append(proc.log()[-1500:])
+    return "jobs still active after the load stopped:\n" + "\n".join(lines)
+
+
 def test_steady_load_levels_off(spawn_worker: Callable[..., WorkerProcess]) -> None:
     env = {"HOTMESH_PRUNE_AFTER_SECONDS": str(PRUNE_AFTER)}
     procs = [spawn_worker("--concurrency", "4", env_extra=env) for _ in range(2)]
@@ -98,7 +119,10 @@ def test_steady_load_levels_off(spawn_worker: Callable[..., WorkerProcess]) -> N
         time.sleep(0.02)
 
     # Keeping up: the backlog drains at once when the load stops.
-    wait_until(lambda: not Job.objects.active().exists(), 60)
+    try:
+        wait_until(lambda: not Job.objects.active().exists(), 60)
+    except AssertionError:
+        raise AssertionError(_stuck_report(procs)) from None
     assert not Job.objects.exclude(status=JobStatus.SUCCESSFUL).exists()
     assert not Stream.objects.exists()
     for proc in procs:
