@@ -476,12 +476,17 @@ def _spawn_child(
         "imports": imports,
         "concurrency": concurrency,
     }
+    # Under override_settings the settings object no longer knows its module (Django's
+    # UserSettingsHolder has SETTINGS_MODULE = None); the environment still does.
+    settings_module = django_settings.SETTINGS_MODULE or os.environ.get("DJANGO_SETTINGS_MODULE")
+    if not settings_module:
+        raise RuntimeError("The crash checker needs DJANGO_SETTINGS_MODULE to start a worker.")
     paths = [p for p in sys.path if p and Path(p).exists()]
     env = {
         **os.environ,
         CHILD_ENV: json.dumps(config),
         faults.ENV: faults_spec,
-        "DJANGO_SETTINGS_MODULE": django_settings.SETTINGS_MODULE,
+        "DJANGO_SETTINGS_MODULE": settings_module,
         "PYTHONPATH": os.pathsep.join([os.getcwd(), *paths]),
         "PYTHONUNBUFFERED": "1",
     }

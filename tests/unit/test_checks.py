@@ -88,6 +88,7 @@ def test_bad_prune_setting_is_reported(value: Any) -> None:
         ({"HOTMESH_MIDDLEWARE": ["no.such.Middleware"]}, "hotmesh.E031"),
     ],
 )
+@pytest.mark.django_db  # Django 6's own checks read the database
 def test_every_hotmesh_check_gives_a_hint(overrides: dict[str, Any], check_id: str) -> None:
     """Every error names its id and says how to fix it, whichever check reports it."""
     from django.core.checks import run_checks
