@@ -175,14 +175,15 @@ def _run_claim(sql: str, params: dict[str, Any]) -> list[Claimed]:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     faults.point("claim", rows)
-    # Django loads jsonb as text (JSONField decodes it itself), so decode here.
     return [
-        Claimed(**dict(zip(_FIELDS, (*row[:5], _loads(row[5]), *row[6:]), strict=True)))
+        Claimed(**dict(zip(_FIELDS, (*row[:5], loads_jsonb(row[5]), *row[6:]), strict=True)))
         for row in rows
     ]
 
 
-def _loads(value: Any) -> Any:
+def loads_jsonb(value: Any) -> Any:
+    """A jsonb column as raw SQL returns it: Django loads jsonb as text (JSONField
+    decodes it itself), so decode it here."""
     return json.loads(value) if isinstance(value, str | bytes) else value
 
 

@@ -26,7 +26,7 @@ from psycopg import pq
 from psycopg.types.json import Jsonb
 
 from hotmesh_django import faults, metrics, middleware, registry, tracing
-from hotmesh_django.engine.claim import Claimed
+from hotmesh_django.engine.claim import Claimed, loads_jsonb
 from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job
 from hotmesh_django.engine.notify import DONE_CHANNEL, WORK_CHANNEL, tables
 from hotmesh_django.engine.turn import (
@@ -192,11 +192,6 @@ def _ack_step_sql() -> str:
     return _ACK_STEP.format(job_select=job_select("j"), **tables())
 
 
-def _loads(value: Any) -> Any:
-    # Django loads jsonb as text (JSONField decodes it itself).
-    return json.loads(value) if isinstance(value, str | bytes) else value
-
-
 def _ack_params(message: Claimed, worker_id: uuid.UUID, output: Any) -> dict[str, Any]:
     return {
         "id": message.id,
@@ -243,7 +238,7 @@ def ack_success(message: Claimed, local: Local, output: Any) -> tuple[bool, Clai
             # (as stored, so the replay sees the value the next one will).
             job.acked_step = AckedStep(  # type: ignore[attr-defined]
                 seq=message.step or 0,
-                output=open_stored(_loads(row[2])),
+                output=open_stored(loads_jsonb(row[2])),
                 attempts=message.attempts,
                 finished_at=row[3],
             )

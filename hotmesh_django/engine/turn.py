@@ -128,25 +128,6 @@ def _take_turn_sql() -> str:
     return _TAKE_TURN.format(job_select=job_select("j"), **tables())
 
 
-def _locked(job_id: int, *, skip_locked: bool) -> Job | None:
-    """Lock the job row; read the transaction's clock and the job's steps (as JSON
-    text, see steps_of()) in the same round trip."""
-    with connection.cursor() as cursor:
-        cursor.execute(_lock_sql(skip_locked), [job_id])
-        row = cursor.fetchone()
-    return None if row is None else job_from_row(row)
-
-
-@cache
-def _lock_sql(skip_locked: bool) -> str:
-    # Table and column names from the models' _meta; the job id is a parameter.
-    return (
-        f"SELECT {job_select()} FROM {tables()['job']} AS j"  # noqa: S608
-        " WHERE j.id = %s AND j.kind = 'WORKFLOW'"
-        f" FOR NO KEY UPDATE OF j{' SKIP LOCKED' if skip_locked else ''}"
-    )
-
-
 _JOB_FIELDS = list(Job._meta.concrete_fields)
 
 
@@ -188,7 +169,7 @@ def job_from_row(row: Sequence[Any]) -> Job | None:
 
 
 def steps_of(job: Job) -> dict[int, Activity]:
-    """The job's steps by number, built from the JSON `_locked` read with the job."""
+    """The job's steps by number, built from the JSON `job_select()` read with the job."""
     rows = json.loads(job.steps_json or "[]")  # type: ignore[attr-defined]
     fields = _STEP_FIELDS
     steps = {}
