@@ -31,11 +31,13 @@ from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job
 from hotmesh_django.engine.notify import DONE_CHANNEL, WORK_CHANNEL, tables
 from hotmesh_django.engine.turn import (
     PARK_SECONDS,
+    STALE,
     AckedStep,
     Local,
     continue_after_step,
     job_from_row,
     job_select,
+    reread_job,
 )
 from hotmesh_django.exceptions import (
     CodecError,
@@ -177,9 +179,9 @@ WITH m AS (
                       AND status IN ('READY', 'RUNNING')) AS busy
 )
 SELECT (SELECT count(*) FROM m), b.busy, (SELECT output FROM a), (SELECT finished_at FROM a),
-       {job_select}
+       j.id IS NOT NULL AND {stale}, {job_select}
   FROM b LEFT JOIN LATERAL (
-        SELECT * FROM {job} AS x
+        SELECT *, x.xmin::text AS locked_version FROM {job} AS x
          WHERE x.id = %(job)s AND x.kind = 'WORKFLOW' AND NOT b.busy
            AND EXISTS (SELECT 1 FROM m)
            FOR NO KEY UPDATE SKIP LOCKED
@@ -189,7 +191,7 @@ SELECT (SELECT count(*) FROM m), b.busy, (SELECT output FROM a), (SELECT finishe
 
 @cache
 def _ack_step_sql() -> str:
-    return _ACK_STEP.format(job_select=job_select("j"), **tables())
+    return _ACK_STEP.format(job_select=job_select("j"), stale=STALE.format(**tables()), **tables())
 
 
 def _ack_params(message: Claimed, worker_id: uuid.UUID, output: Any) -> dict[str, Any]:
@@ -231,8 +233,12 @@ def ack_success(message: Claimed, local: Local, output: Any) -> tuple[bool, Clai
             row = cursor.fetchone()
         if not row or not row[0]:
             return False, None
-        job = job_from_row(row[4:])
-        if job is not None:
+        job = job_from_row(row[5:])
+        if job is not None and row[4]:
+            # Locked after a turn that committed since this statement's snapshot
+            # (see STALE): the steps are read again, this ack's write among them.
+            job = reread_job(job.id)
+        elif job is not None:
             # The job's steps were read in the ack's snapshot, where this step is
             # still RUNNING: the turn takes its new state from what the ack wrote
             # (as stored, so the replay sees the value the next one will).

@@ -241,8 +241,10 @@ def resolve_task(task_id: int, answer: Any, user: Any) -> HumanTask:
     _check_role(task, user)
     with transaction.atomic():
         # The job's row lock first, as a turn takes it: a turn expiring this task and
-        # this answer then run one after the other, never both.
-        Job.objects.select_for_update(no_key=True).filter(pk=task.job_id).exists()
+        # this answer then run one after the other, never both. An UPDATE, not a
+        # SELECT FOR UPDATE: the new row version tells a turn that waited for this
+        # lock to read the steps again (see turn.STALE).
+        Job.objects.filter(pk=task.job_id).update(updated_at=Now())
         moved = HumanTask.objects.filter(
             _not_due(), pk=task.pk, status=HumanTaskStatus.CLAIMED, claimed_by=user
         ).transition(HumanTaskStatus.RESOLVED, answer=data, resolved_by=user, resolved_at=Now())

@@ -130,6 +130,8 @@ _MOVE = (
     " WHERE id = %(job)s AND status = ANY(%(move_sources)s))"
 )
 
+_TOUCH = "touched AS (UPDATE {table} SET updated_at = now() WHERE id = %(job)s)"
+
 
 def write_turn(
     job_id: int,
@@ -164,7 +166,11 @@ def write_turn(
                 for s in changed_steps
             ]
         )
-    if move is not None:
+    if move is None and ctes:
+        # A new row version of the job tells a turn that locked it meanwhile that
+        # its snapshot of the steps is stale (see turn.STALE).
+        ctes.append(_on_table(_TOUCH, Job))
+    elif move is not None:
         ctes.append(_on_table(_MOVE, Job))
         params.update(
             move_status=move.status,

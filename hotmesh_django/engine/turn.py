@@ -100,9 +100,11 @@ def run_turn(message: Claimed, local: Local) -> Claimed | None:
         if not row or not row[0]:
             logger.warning("lease lost, turn dropped job=%s", message.job_id)
             return None
-        job = job_from_row(row[1:])
+        job = job_from_row(row[2:])
         if job is None:
             return None
+        if row[1]:
+            job = reread_job(job.id)
         return _turn(job, local)
 
 
@@ -110,22 +112,46 @@ def run_turn(message: Claimed, local: Local) -> Claimed | None:
 # the job for the replay: one round trip. The job first, the message second (the
 # DELETE's condition reads `j`, so the lock is taken before any message row is): the
 # order finish_job and cancel take them in, so the two never deadlock.
+#
+# The second column says whether the steps read here are stale. Under READ COMMITTED
+# a statement that waits for a row lock gets the newest version of that row, but it
+# reads every other row (the steps) in the snapshot it took before waiting: a turn
+# that queued behind another one would replay without the steps that one recorded
+# and undo its status move. Every turn that writes touches the job row, so a locked
+# version other than the snapshot's (`STALE`) means: read the steps again.
 _TAKE_TURN = """
 WITH j AS MATERIALIZED (
-    SELECT * FROM {job} WHERE id = %(job)s AND kind = 'WORKFLOW' FOR NO KEY UPDATE
+    SELECT *, xmin::text AS locked_version FROM {job}
+     WHERE id = %(job)s AND kind = 'WORKFLOW' FOR NO KEY UPDATE
 ), m AS (
     DELETE FROM {stream}
      WHERE id = %(id)s AND worker = %(worker)s AND status = 'RUNNING'
        AND (SELECT count(*) FROM j) >= 0
  RETURNING id
 )
-SELECT (SELECT count(*) FROM m), {job_select} FROM (SELECT 1) AS one LEFT JOIN j ON true
+SELECT (SELECT count(*) FROM m), {stale}, {job_select}
+  FROM (SELECT 1) AS one LEFT JOIN j ON true
 """
+
+# Whether the locked job row `j` is newer than this statement's snapshot of it.
+STALE = "(j.locked_version IS DISTINCT FROM (SELECT xmin::text FROM {job} WHERE id = j.id))"
 
 
 @cache
 def _take_turn_sql() -> str:
-    return _TAKE_TURN.format(job_select=job_select("j"), **tables())
+    return _TAKE_TURN.format(job_select=job_select("j"), stale=STALE.format(**tables()), **tables())
+
+
+def reread_job(job_id: int) -> Job:
+    """Read the job this transaction has locked, and its steps, in a fresh snapshot."""
+    sql = f"SELECT {job_select('j')} FROM {tables()['job']} AS j WHERE j.id = %s"  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [job_id])
+        row = cursor.fetchone()
+    job = job_from_row(row) if row else None
+    if job is None:  # we hold its lock, so it cannot have gone
+        raise RuntimeError(f"Job {job_id} vanished under its own row lock.")
+    return job
 
 
 _JOB_FIELDS = list(Job._meta.concrete_fields)
