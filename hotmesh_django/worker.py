@@ -405,8 +405,11 @@ class Worker:
                     self._next_due = 0.0
                     self._last_full = 0.0
                     self._wake.set()
+                    # A short timeout so a stopping worker (a test's in-process one
+                    # above all) is not held up by its listener: a wake-up costs
+                    # one poll of the socket, no round trip.
                     while not self._stopping.is_set():
-                        for note in conn.notifies(timeout=1.0):
+                        for note in conn.notifies(timeout=0.2):
                             self._on_notify(note.payload)
             except Exception as exc:  # noqa: BLE001 - reconnect on anything
                 failures += 1
