@@ -809,7 +809,7 @@ class JobOperationsMixin:
         name = request.POST.get("queue", "")
         verb = _("paused") if paused else _("resumed")
         try:
-            changed = queue_control.set_paused(name, paused)
+            changed = queue_control.set_paused(name, paused, actor=request.user.get_username())
         except queue_control.UnknownQueue as exc:
             self.message_user(request, str(exc), messages.ERROR)
         else:

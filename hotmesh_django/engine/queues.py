@@ -226,10 +226,11 @@ def known_queues() -> set[str]:
     return names
 
 
-def set_paused(queue: str, paused: bool, *, force: bool = False) -> bool:
+def set_paused(queue: str, paused: bool, *, force: bool = False, actor: str = "") -> bool:
     """Pause or resume `queue` on every worker; return whether it changed.
 
-    Raise UnknownQueue for a name nothing uses (a typo), unless `force`.
+    Raise UnknownQueue for a name nothing uses (a typo), unless `force`. `actor`
+    (who asked) goes into the log line.
     """
     if not force and queue not in known_queues():
         raise UnknownQueue(
@@ -247,7 +248,13 @@ def set_paused(queue: str, paused: bool, *, force: bool = False) -> bool:
             cursor.execute("SELECT pg_notify(%s, %s)", [WORK_CHANNEL, "c:queues"])
             if not paused:
                 cursor.execute("SELECT pg_notify(%s, %s)", [WORK_CHANNEL, f"q:{queue}"])
-    logger.info("queue %s queue=%s changed=%s", "paused" if paused else "resumed", queue, changed)
+    logger.info(
+        "queue %s queue=%s changed=%s by=%s",
+        "paused" if paused else "resumed",
+        queue,
+        changed,
+        actor or "-",
+    )
     return changed
 
 
