@@ -184,7 +184,11 @@ class Worker:
                     # claim above may have queued the next turn (in_flight is 0, so it
                     # committed) and its NOTIFY may not have reached us yet.
                     if self._tick(full=True) == 0:
-                        break
+                        if not self._ready_left():
+                            break
+                        # The claim found nothing, yet READY work exists: SKIP LOCKED
+                        # passed over rows another transaction held at that instant.
+                        self._stopping.wait(0.05)
                     continue
                 if claimed == 0 or self._free() == 0:
                     self._wait()
@@ -310,6 +314,11 @@ class Worker:
         if self._next_due is not None and self._next_due - time.monotonic() < BURST_HORIZON_SECONDS:
             return False
         return self._in_flight == 0
+
+    def _ready_left(self) -> bool:
+        """Whether a READY message this burst worker serves still exists."""
+        queues = None if self.all_queues else list(self.queues)
+        return claims.ready_exists(queues=queues, excluded=sorted(self._paused))
 
     _last_discovery = 0.0
 

@@ -212,6 +212,26 @@ def seconds_until_next_due() -> float | None:
     return None if row is None or row[0] is None else float(row[0])
 
 
+_READY_EXISTS = """
+SELECT EXISTS (SELECT 1 FROM {stream}
+                WHERE status = 'READY' AND (%(every)s OR queue = ANY(%(queues)s))
+                  AND NOT queue = ANY(%(excluded)s))
+"""
+
+
+def ready_exists(*, queues: list[str] | None, excluded: list[str]) -> bool:
+    """Whether a READY message waits in `queues` (None: any), not counting `excluded`.
+
+    Without SKIP LOCKED: a claim that came back empty may only have passed over a
+    row another transaction held at that instant, which is not "nothing to do".
+    """
+    params: dict[str, Any] = {"every": queues is None, "queues": queues or [], "excluded": excluded}
+    with connection.cursor() as cursor:
+        cursor.execute(_READY_EXISTS.format(**tables()), params)
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
 def extend_leases(*, worker_id: uuid.UUID, ids: list[int], lease_seconds: float) -> int:
     """Extend the leases of the messages `ids` that `worker_id` still holds."""
     if not ids:

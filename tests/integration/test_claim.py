@@ -8,7 +8,7 @@ import uuid
 import pytest
 from django.db import connection, connections, transaction
 
-from hotmesh_django.engine.claim import claim, requeue_expired, rescue
+from hotmesh_django.engine.claim import claim, ready_exists, requeue_expired, rescue
 from hotmesh_django.engine.notify import connect_raw
 from hotmesh_django.models import Activity, Job, JobStatus, Journal, Stream, Worker
 from tests.factories import JobFactory, StreamFactory
@@ -151,3 +151,18 @@ def test_releasing_my_leases_on_shutdown() -> None:
     with transaction.atomic():
         assert requeue_expired(workers=[me]) == 3
     assert Stream.objects.filter(status="READY").count() == 3
+
+
+def test_ready_work_held_by_another_transaction_is_skipped_but_still_seen() -> None:
+    """What a burst worker checks before it exits: an empty claim is not an empty queue."""
+    (message,) = _messages(1, queue="burst")
+    assert ready_exists(queues=["burst"], excluded=[])
+    assert ready_exists(queues=None, excluded=[])
+    assert not ready_exists(queues=["other"], excluded=[])
+    assert not ready_exists(queues=None, excluded=["burst"])  # a paused queue does not count
+    with connect_raw() as other:
+        other.execute("BEGIN")
+        other.execute("SELECT id FROM hotmesh_django_stream WHERE id = %s FOR UPDATE", [message.id])
+        assert claim(queue="burst", worker_id=uuid.uuid4(), limit=1, lease_seconds=60) == []
+        assert ready_exists(queues=["burst"], excluded=[])
+        other.execute("ROLLBACK")
