@@ -50,7 +50,8 @@ def test_burst_worker_finishes_workflows_with_children_before_exiting(spawn_work
     env = {"HOTMESH_POLL_INTERVAL_SECONDS": "30"}
     proc = spawn_worker("--burst", "--concurrency", "4", "--poll-only", env_extra=env)
     assert proc.wait(timeout=60) == 0, proc.log()
-    assert not Job.objects.exclude(status=JobStatus.SUCCESSFUL).exists()
+    left = list(Job.objects.exclude(status=JobStatus.SUCCESSFUL).values("id", "name", "status"))
+    assert not left, (left, list(Stream.objects.values()), proc.log())
     assert [h.result(timeout=1) for h in handles] == [[101, 100, 101, 102], 303]
 
 
