@@ -57,6 +57,24 @@ def _in_thread(target: Callable[[], Any], errors: list[BaseException]) -> thread
     return thread
 
 
+def _holding(
+    work: Callable[[], bool], errors: list[BaseException]
+) -> tuple[threading.Thread, threading.Event]:
+    """Run `work` (which must return True) in a transaction on another thread and hold
+    that transaction open, with its row locks, until the returned event is set."""
+    done, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with transaction.atomic():
+            assert work()
+            done.set()
+            release.wait(10)
+
+    thread = _in_thread(hold, errors)
+    assert done.wait(10), errors
+    return thread, release
+
+
 def _wait_until_blocked_on_a_lock(timeout: float = 10.0) -> None:
     """Until some other session of this database waits for a row lock."""
     deadline = time.monotonic() + timeout
@@ -87,19 +105,12 @@ def _job_step_done_while_a_turn_waits() -> tuple[JobHandle, uuid.UUID, Claimed, 
 def test_a_turn_that_waited_for_the_lock_replays_the_steps_recorded_meanwhile() -> None:
     handle, worker_id, step, turn = _job_step_done_while_a_turn_waits()
     job_id = step.job_id
-    acked, release = threading.Event(), threading.Event()
     errors: list[BaseException] = []
-
-    def ack_and_hold() -> None:
-        # The step's ack locks the job and runs the next turn inline (the job now
-        # waits for its signal), and holds the transaction open.
-        with transaction.atomic():
-            assert ack_success(step, _local(worker_id), 2) == (True, None)
-            acked.set()
-            release.wait(10)
-
-    holder = _in_thread(ack_and_hold, errors)
-    assert acked.wait(10)
+    # The step's ack locks the job and runs the next turn inline (the job now waits
+    # for its signal), and holds the transaction open.
+    holder, release = _holding(
+        lambda: ack_success(step, _local(worker_id), 2) == (True, None), errors
+    )
     waiter = _in_thread(lambda: run_turn(turn, _local(worker_id)), errors)
     _wait_until_blocked_on_a_lock()  # its snapshot predates the ack's commit
     release.set()
@@ -114,20 +125,11 @@ def test_a_turn_that_waited_for_the_lock_replays_the_steps_recorded_meanwhile() 
     assert handle.result(timeout=5) == [2, "on"]
 
 
-def test_an_ack_that_locks_the_job_after_a_turn_committed_reads_that_turn() -> None:
+def test_an_ack_that_finds_the_job_locked_by_a_turn_queues_one_of_its_own() -> None:
     handle, worker_id, step, turn = _job_step_done_while_a_turn_waits()
     job_id = step.job_id
-    started, release = threading.Event(), threading.Event()
     errors: list[BaseException] = []
-
-    def turn_and_hold() -> None:
-        with transaction.atomic():
-            assert run_turn(turn, _local(worker_id)) is None
-            started.set()
-            release.wait(10)
-
-    holder = _in_thread(turn_and_hold, errors)
-    assert started.wait(10)
+    holder, release = _holding(lambda: run_turn(turn, _local(worker_id)) is None, errors)
     # The ack's SKIP LOCKED passes the job over while the turn holds it, so it
     # queues a turn of its own: the job is never left without one.
     assert ack_success(step, _local(worker_id), 2) == (True, None)
