@@ -179,7 +179,7 @@ WITH m AS (
                       AND status IN ('READY', 'RUNNING')) AS busy
 )
 SELECT (SELECT count(*) FROM m), b.busy, (SELECT output FROM a), (SELECT finished_at FROM a),
-       j.id IS NOT NULL AND {stale}, {job_select}
+       {stale}, {job_select}
   FROM b LEFT JOIN LATERAL (
         SELECT *, x.xmin::text AS locked_version FROM {job} AS x
          WHERE x.id = %(job)s AND x.kind = 'WORKFLOW' AND NOT b.busy
