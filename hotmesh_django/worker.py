@@ -35,7 +35,7 @@ from django.db.models.functions import Now
 from hotmesh_django import faults, metrics, registry, tracing
 from hotmesh_django.conf import settings
 from hotmesh_django.engine import claim as claims
-from hotmesh_django.engine import prune, schedules
+from hotmesh_django.engine import prepared, prune, schedules
 from hotmesh_django.engine import queues as queue_control
 from hotmesh_django.engine.acks import AckBatcher
 from hotmesh_django.engine.execute import Handoff, release_after_loss, run_step, session_lost
@@ -109,6 +109,9 @@ class Worker:
         self.burst = burst
         # None: the HOTMESH_LISTEN setting decides; False polls only (PgBouncer).
         self.listen = settings.listen if listen is None else listen
+        if not self.listen:
+            # Polling only means a pooler may sit in between: no session state.
+            prepared.disable()
         self.graceful_timeout = graceful_timeout
         self.processed = 0
         self._stopping = threading.Event()

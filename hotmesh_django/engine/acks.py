@@ -31,6 +31,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from psycopg.types.json import Jsonb
 
 from hotmesh_django import faults, metrics
+from hotmesh_django.engine import prepared
 from hotmesh_django.engine.claim import Claimed
 from hotmesh_django.engine.notify import DONE_CHANNEL, tables
 from hotmesh_django.serialization import seal
@@ -93,7 +94,7 @@ def ack_tasks(worker_id: uuid.UUID, items: list[tuple[Claimed, Any]]) -> tuple[s
         for message, output in items
     ]
     params: dict[str, Any] = {"acks": Jsonb(document), "worker": worker_id}
-    with connection.cursor() as cursor:
+    with prepared.cursor() as cursor:
         faults.point("ack_send")
         cursor.execute(_ACK_BATCH.format(done=DONE_CHANNEL, **tables()), params)
         row = cursor.fetchone()

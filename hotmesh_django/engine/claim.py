@@ -14,6 +14,7 @@ from typing import Any
 from django.db import connection, transaction
 
 from hotmesh_django import faults
+from hotmesh_django.engine import prepared
 from hotmesh_django.engine.complete import enqueue_turn
 from hotmesh_django.engine.notify import WORK_CHANNEL, tables
 
@@ -144,6 +145,8 @@ class Claimed:
     payload: Any
     attempts: int
     queue: str
+    # A sticky turn's copy of the job (engine/sticky.TurnCache) for this step's ack.
+    cache: Any = dataclasses.field(default=None, compare=False, repr=False)
 
 
 def claim(*, queue: str, worker_id: uuid.UUID, limit: int, lease_seconds: float) -> list[Claimed]:
@@ -170,7 +173,7 @@ def claim_ids(*, ids: list[int], worker_id: uuid.UUID, lease_seconds: float) -> 
 
 
 def _run_claim(sql: str, params: dict[str, Any]) -> list[Claimed]:
-    with connection.cursor() as cursor:
+    with prepared.cursor() as cursor:
         faults.point("claim_send")
         cursor.execute(sql, params)
         rows = cursor.fetchall()
@@ -196,7 +199,7 @@ def promote_due(limit: int = 1000) -> tuple[set[str], float | None]:
     Return the queues that got work, and the seconds until the next scheduled
     message is due (None: nothing is scheduled; <= 0: more is due now).
     """
-    with connection.cursor() as cursor:
+    with prepared.cursor() as cursor:
         cursor.execute(_PROMOTE.format(channel=WORK_CHANNEL, **tables()), {"limit": limit})
         row = cursor.fetchone()
     if row is None:

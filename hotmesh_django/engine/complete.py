@@ -11,11 +11,12 @@ import logging
 import traceback as tb
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models.functions import Now
 from psycopg.types.json import Jsonb
 
 from hotmesh_django import metrics
+from hotmesh_django.engine import prepared
 from hotmesh_django.engine.notify import DONE_CHANNEL, WORK_CHANNEL, tables
 from hotmesh_django.models import (
     ACTIVE_STATUSES,
@@ -73,7 +74,7 @@ def error_dict(exc: BaseException, *, with_traceback: bool = True) -> dict[str, 
 
 def enqueue_turn(job_id: int) -> None:
     """Queue the next turn of job `job_id` unless one is already queued or it ended."""
-    with connection.cursor() as cursor:
+    with prepared.cursor() as cursor:
         cursor.execute(_ENQUEUE_TURN.format(channel=WORK_CHANNEL, **tables()), [job_id])
 
 
@@ -135,7 +136,7 @@ def finish_job(
         "event": str(_FINAL_EVENTS[status]),
         "data": Jsonb(seal(data or error)) if (data or error) else None,
     }
-    with connection.cursor() as cursor:
+    with prepared.cursor() as cursor:
         cursor.execute(_FINISH.format(done=DONE_CHANNEL, **tables()), params)
         row = cursor.fetchone()
     if row is None:

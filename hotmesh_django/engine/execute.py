@@ -26,9 +26,11 @@ from psycopg import pq
 from psycopg.types.json import Jsonb
 
 from hotmesh_django import faults, metrics, middleware, registry, tracing
+from hotmesh_django.engine import prepared
 from hotmesh_django.engine.claim import Claimed, loads_jsonb
 from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job
 from hotmesh_django.engine.notify import DONE_CHANNEL, WORK_CHANNEL, tables
+from hotmesh_django.engine.sticky import ack_sticky
 from hotmesh_django.engine.turn import (
     PARK_SECONDS,
     STALE,
@@ -208,7 +210,7 @@ def _ack_params(message: Claimed, worker_id: uuid.UUID, output: Any) -> dict[str
 
 def _ack_task(message: Claimed, worker_id: uuid.UUID, output: Any) -> bool:
     params = _ack_params(message, worker_id, output)
-    with connection.cursor() as cursor:
+    with prepared.cursor() as cursor:
         faults.point("ack_send")
         cursor.execute(_ACK_TASK.format(done=DONE_CHANNEL, **tables()), params)
         row = cursor.fetchone()
@@ -226,8 +228,12 @@ def ack_success(message: Claimed, local: Local, output: Any) -> tuple[bool, Clai
     worker_id = local.worker_id
     if message.kind == "TASK":
         return _ack_task(message, worker_id, output), None
+    if message.cache is not None:
+        done = ack_sticky(message, local, seal(output))
+        if done is not None:
+            return done
     with transaction.atomic():
-        with connection.cursor() as cursor:
+        with prepared.cursor() as cursor:
             faults.point("ack_send")
             cursor.execute(_ack_step_sql(), _ack_params(message, worker_id, output))
             row = cursor.fetchone()

@@ -22,6 +22,7 @@ from django.db.models.functions import Now
 from psycopg.types.json import Jsonb
 
 from hotmesh_django import faults
+from hotmesh_django.engine import prepared
 from hotmesh_django.engine.notify import WORK_CHANNEL
 from hotmesh_django.models import Activity, Job, Journal, SealedJSONField, Stream
 from hotmesh_django.serialization import Unreadable, seal
@@ -85,15 +86,16 @@ def _document(model: type[models.Model], objs: Sequence[models.Model]) -> Jsonb:
 
 
 @cache
-def _insert(name: str, model: type[models.Model], returning: str = "") -> str:
-    """The `name AS (INSERT ...)` CTE for `model` (built once: it depends on nothing
-    but the model)."""
+def _insert(name: str, model: type[models.Model], returning: str = "", where: str = "") -> str:
+    """The `name AS (INSERT ...)` CTE for `model` (built once per shape: it depends
+    on nothing but the model and the guard)."""
     table = connection.ops.quote_name(model._meta.db_table)
     columns = ", ".join(_column(f) for f in _columns(model))
     return (
         # Identifiers come from the models' _meta, values are bound parameters.
         f"{name} AS (INSERT INTO {table} ({columns}) SELECT {_select_list(model)}"  # noqa: S608
-        f" FROM jsonb_to_recordset(%({name})s) AS x({_record_type(model)}){returning})"
+        f" FROM jsonb_to_recordset(%({name})s) AS x({_record_type(model)})"
+        f"{' WHERE ' + where if where else ''}{returning})"
     )
 
 
@@ -102,14 +104,16 @@ _CHANGED = (
     " error = x.error, finished_at = x.finished_at"
     " FROM jsonb_to_recordset(%(changed)s)"
     " AS x(seq integer, status text, output jsonb, error jsonb, finished_at timestamptz)"
-    " WHERE a.job_id = %(job)s AND a.seq = x.seq)"
+    " WHERE a.job_id = %(job)s AND a.seq = x.seq{guard})"
 )
 
 
 @cache
-def _on_table(template: str, model: type[models.Model]) -> str:
-    """`template` with {table} filled in for `model` (built once per pair)."""
-    return template.format(table=connection.ops.quote_name(model._meta.db_table))
+def _on_table(template: str, model: type[models.Model], guard: str = "") -> str:
+    """`template` with {table} filled in for `model` and {guard} appended to its
+    WHERE clause (built once per combination)."""
+    table = connection.ops.quote_name(model._meta.db_table)
+    return template.format(table=table, guard=f" AND {guard}" if guard else "")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -122,15 +126,54 @@ class StatusMove:
     clear_error: bool  # a parked job whose code came back
 
 
+# Both return the job row's new version (see turn.STALE), which a worker keeps with
+# the step it runs next so that step's ack can tell nothing else touched the job.
 _MOVE = (
-    "moved AS (UPDATE {table} SET status = %(move_status)s, updated_at = now(),"
+    "job_row AS (UPDATE {table} SET status = %(move_status)s, updated_at = now(),"
     " started_at = CASE WHEN %(move_start)s THEN coalesce(started_at, now())"
     " ELSE started_at END,"
     " error = CASE WHEN %(move_clear)s THEN NULL ELSE error END"
-    " WHERE id = %(job)s AND status = ANY(%(move_sources)s))"
+    " WHERE id = %(job)s AND status = ANY(%(move_sources)s){guard} RETURNING xmin::text)"
 )
 
-_TOUCH = "touched AS (UPDATE {table} SET updated_at = now() WHERE id = %(job)s)"
+_TOUCH = (
+    "job_row AS (UPDATE {table} SET updated_at = now() WHERE id = %(job)s{guard}"
+    " RETURNING xmin::text)"
+)
+
+# A step's success ack folded into the turn it leads to (engine/sticky.py): lock the
+# job only if its row is still the version the worker replayed from, then drop the
+# step's message, guarded like every ack. Everything else the statement writes is
+# conditional on `acked`, so a stale version or a lost lease writes nothing at all.
+_ACK_GUARD = """versioned AS MATERIALIZED (
+    SELECT id FROM {job} WHERE id = %(job)s AND xmin::text = %(ack_version)s
+       FOR NO KEY UPDATE SKIP LOCKED
+), acked AS (
+    DELETE FROM {stream}
+     WHERE id = %(ack_id)s AND worker = %(ack_worker)s AND status = 'RUNNING'
+       AND EXISTS (SELECT 1 FROM versioned)
+ RETURNING id
+)"""
+
+_GUARD = "EXISTS (SELECT 1 FROM acked)"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StepAck:
+    """The guard of a step's success ack written together with the next turn."""
+
+    message_id: int
+    worker_id: uuid.UUID
+    version: str  # the job row's xmin the replay assumed
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Written:
+    """What write_turn wrote."""
+
+    mine: int | None  # the id of the message written RUNNING for this worker
+    version: str | None  # the job row's version after the write (None: not moved)
+    acked: bool  # with a StepAck: the guard held and everything was written
 
 
 def write_turn(
@@ -142,18 +185,28 @@ def write_turn(
     messages: Sequence[Stream],
     journal: Sequence[Journal],
     notify: Sequence[str] = (),
-) -> int | None:
+    ack: StepAck | None = None,
+) -> Written:
     """Insert the new steps, messages and journal rows, update the changed steps of
     job `job_id` and make its status `move`, in one statement, then send the `notify`
-    payloads on the work channel. Return the id of the message written RUNNING (the
-    step this worker runs next), if any."""
+    payloads on the work channel.
+
+    With `ack`, the same statement first drops the acked step's message, and writes
+    nothing unless the job's row is still at `ack.version` and the lease held (see
+    Written.acked); the caller puts the acked step in `changed_steps`.
+    """
     ctes: list[str] = []
     params: dict[str, Any] = {"job": job_id, "channel": WORK_CHANNEL, "notify": list(notify)}
+    guard = ""
+    if ack is not None:
+        guard = _GUARD
+        ctes.append(_ack_guard())
+        params.update(ack_version=ack.version, ack_id=ack.message_id, ack_worker=ack.worker_id)
     if new_steps:
-        ctes.append(_insert("steps", Activity))
+        ctes.append(_insert("steps", Activity, where=guard))
         params["steps"] = _document(Activity, new_steps)
     if changed_steps:
-        ctes.append(_on_table(_CHANGED, Activity))
+        ctes.append(_on_table(_CHANGED, Activity, guard))
         params["changed"] = Jsonb(
             [
                 {
@@ -169,9 +222,9 @@ def write_turn(
     if move is None and ctes:
         # A new row version of the job tells a turn that locked it meanwhile that
         # its snapshot of the steps is stale (see turn.STALE).
-        ctes.append(_on_table(_TOUCH, Job))
+        ctes.append(_on_table(_TOUCH, Job, guard))
     elif move is not None:
-        ctes.append(_on_table(_MOVE, Job))
+        ctes.append(_on_table(_MOVE, Job, guard))
         params.update(
             move_status=move.status,
             move_sources=list(move.sources),
@@ -179,23 +232,39 @@ def write_turn(
             move_clear=move.clear_error,
         )
     if journal:
-        ctes.append(_insert("entries", Journal))
+        ctes.append(_insert("entries", Journal, where=guard))
         params["entries"] = _document(Journal, journal)
     mine = "NULL::bigint"
     if messages:
-        ctes.append(_insert("messages", Stream, " RETURNING id, status"))
+        ctes.append(_insert("messages", Stream, " RETURNING id, status", guard))
         params["messages"] = _document(Stream, messages)
         mine = "(SELECT id FROM messages WHERE status = 'RUNNING' LIMIT 1)"
     if not ctes and not notify:
-        return None
+        return Written(mine=None, version=None, acked=False)
+    moved = "(SELECT xmin FROM job_row)" if any(c.startswith("job_row") for c in ctes) else "NULL"
     # NOTIFY is transactional: listeners hear it only once these rows are visible.
+    # Under an ack guard it is sent only when the guard held.
+    notify_where = f" WHERE {guard}" if guard else ""
     final = (
-        f"SELECT {mine}, (SELECT count(pg_notify(%(channel)s, p))"  # noqa: S608
-        " FROM unnest(%(notify)s::text[]) AS p)"
+        f"SELECT {mine}, {moved}, {'(SELECT count(*) FROM acked)' if guard else '0'},"  # noqa: S608
+        " (SELECT count(pg_notify(%(channel)s, p))"
+        f" FROM unnest(%(notify)s::text[]) AS p{notify_where})"
     )
     with_clause = f"WITH {', '.join(ctes)} " if ctes else ""
-    with connection.cursor() as cursor:
+    with prepared.cursor() as cursor:
         faults.point("turn_write")
         cursor.execute(with_clause + final, params)
         row = cursor.fetchone()
-    return None if row is None or row[0] is None else int(row[0])
+    if row is None:
+        return Written(mine=None, version=None, acked=False)
+    return Written(
+        mine=None if row[0] is None else int(row[0]),
+        version=row[1],
+        acked=bool(row[2]),
+    )
+
+
+@cache
+def _ack_guard() -> str:
+    quote = connection.ops.quote_name
+    return _ACK_GUARD.format(job=quote(Job._meta.db_table), stream=quote(Stream._meta.db_table))

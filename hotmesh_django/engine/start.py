@@ -7,11 +7,12 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, transaction
 from psycopg.types.json import Jsonb
 
 from hotmesh_django import metrics, middleware
 from hotmesh_django.definitions import ActivityDefinition, WorkflowDefinition
+from hotmesh_django.engine import prepared
 from hotmesh_django.engine.notify import WORK_CHANNEL, tables
 from hotmesh_django.handles import JobHandle
 from hotmesh_django.serialization import encode_call, seal, to_json
@@ -151,7 +152,7 @@ def _start(
         "ckey": options.concurrency_key,
     }
     sql = _START.format(**tables())
-    with connections[using].cursor() as cursor:
+    with prepared.cursor(using) as cursor:
         cursor.execute(sql, params)
         created = cursor.fetchone()
     if created and created[0] is not None:

@@ -24,11 +24,12 @@ from django.db.models.functions import Now
 
 from hotmesh_django import middleware, registry
 from hotmesh_django.context import WorkflowContext, activate
-from hotmesh_django.engine import human
+from hotmesh_django.engine import human, prepared
 from hotmesh_django.engine.claim import Claimed
 from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job, timer_message
 from hotmesh_django.engine.notify import WORK_CHANNEL, tables
-from hotmesh_django.engine.rows import StatusMove, write_turn
+from hotmesh_django.engine.rows import StatusMove, StepAck, Written, write_turn
+from hotmesh_django.engine.sticky import TurnCache
 from hotmesh_django.exceptions import (
     CodecError,
     ContinueAsNew,
@@ -94,7 +95,7 @@ def run_turn(message: Claimed, local: Local) -> Claimed | None:
     """
     params: dict[str, Any] = {"job": message.job_id, "id": message.id, "worker": local.worker_id}
     with transaction.atomic():
-        with connection.cursor() as cursor:
+        with prepared.cursor() as cursor:
             cursor.execute(_take_turn_sql(), params)
             row = cursor.fetchone()
         if not row or not row[0]:
@@ -312,14 +313,14 @@ def _turn(job: Job, local: Local) -> Claimed | None:
         queue=job.queue,
         headers=headers,
     )
-    result, error, returned = _replay(ctx, func, args, kwargs)
+    result, error, returned = replay(ctx, func, args, kwargs)
     if ctx.codec_error is not None:  # nothing is written yet
         _wait_for_codec(job, ctx.codec_error)
         return None
     suspending = error is None and not returned and ctx.continued is None
     # The job's own status move rides in the turn's write statement when it can.
-    move = _status_move(job, ctx) if suspending else None
-    following = _write(ctx, local, move)
+    move = status_move(job, ctx) if suspending else None
+    following, _ = write(ctx, local, move)
     if error is not None or returned:
         fields = _job_fields(job, ctx)  # _suspend writes them otherwise
         if fields:
@@ -351,7 +352,7 @@ def _missing_steps(steps: dict[int, Activity]) -> list[int]:
     return [seq for seq in range(1, max(steps)) if seq not in steps][:20]
 
 
-def _replay(
+def replay(
     ctx: WorkflowContext, func: Any, args: list[Any], kwargs: dict[str, Any]
 ) -> tuple[Any, BaseException | None, bool]:
     """Run the workflow function; return (result, error, returned)."""
@@ -384,7 +385,7 @@ def _suspended_status(ctx: WorkflowContext) -> JobStatus:
     return JobStatus.RUNNING if pending_work else JobStatus.WAITING
 
 
-def _status_move(job: Job, ctx: WorkflowContext) -> StatusMove | None:
+def status_move(job: Job, ctx: WorkflowContext) -> StatusMove | None:
     """The suspending job's status move as write_turn can make it, or None when there
     is more to write than status, first start and a cleared error (then _suspend)."""
     if ctx.search or ctx.state:
@@ -422,15 +423,26 @@ def _job_fields(job: Job, ctx: WorkflowContext) -> dict[str, Any]:
     return fields
 
 
-def _write(ctx: WorkflowContext, local: Local, move: StatusMove | None = None) -> Claimed | None:
+def write(
+    ctx: WorkflowContext,
+    local: Local,
+    move: StatusMove | None = None,
+    *,
+    ack: StepAck | None = None,
+    entries: Sequence[Journal] = (),
+) -> tuple[Claimed | None, Written]:
     """Write the steps, messages and journal entries the turn produced.
 
     The first new step this worker can run is written already claimed by it (RUNNING,
     leased, attempt 1) and returned, so the worker runs it next without a round trip
-    through the queue; its lease protects it like any claim.
+    through the queue; its lease protects it like any claim. When `move` is the
+    job's whole row change, the returned message carries a TurnCache for its ack
+    (engine/sticky.py). `ack` and `entries`: a step's success written in the same
+    statement (the caller put the step in ctx.changed_steps).
     """
     job = ctx.job
-    journal: list[Journal] = []
+    whole_move = move  # with no move, _suspend writes more of the job's row after this
+    journal: list[Journal] = list(entries)
     if job.started_at is None:
         journal.append(Journal(job=job, event=JournalEvent.STARTED, name=job.name))
     messages: list[Stream] = []
@@ -506,7 +518,7 @@ def _write(ctx: WorkflowContext, local: Local, move: StatusMove | None = None) -
         ).delete()
     if move is not None and move.status == job.status and not move.start and not move.clear_error:
         move = None  # the job's row stays as it is
-    mine_id = write_turn(
+    written = write_turn(
         job.id,
         move=move,
         new_steps=ctx.new_steps,
@@ -514,11 +526,12 @@ def _write(ctx: WorkflowContext, local: Local, move: StatusMove | None = None) -
         messages=messages,
         journal=journal,
         notify=_wake_ups(messages),
+        ack=ack,
     )
-    if mine is None or mine_message is None or mine_id is None:
-        return None
+    if mine is None or mine_message is None or written.mine is None:
+        return None, written
     return Claimed(
-        id=mine_id,
+        id=written.mine,
         kind=StreamKind.STEP,
         job_id=job.id,
         step=mine.seq,
@@ -526,6 +539,22 @@ def _write(ctx: WorkflowContext, local: Local, move: StatusMove | None = None) -
         payload=mine.input,
         attempts=1,
         queue=mine.queue,
+        cache=_cache(ctx, whole_move, written),
+    ), written
+
+
+def _cache(ctx: WorkflowContext, move: StatusMove | None, written: Written) -> TurnCache | None:
+    """The job as this turn left it, for the next step's ack (None: not known whole)."""
+    if move is None or written.version is None:
+        return None
+    job = ctx.job
+    job.status = move.status
+    if move.start and job.started_at is None:
+        job.started_at = ctx.db_now
+    if move.clear_error:
+        job.error = None
+    return TurnCache(
+        job=job, steps=ctx.steps, version=written.version, db_now=ctx.db_now, clock=time.monotonic()
     )
 
 
