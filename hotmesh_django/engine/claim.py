@@ -6,6 +6,7 @@ Each function is one short transaction. User code never runs inside them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import uuid
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 # activity job's status move to RUNNING in the same statement, so what the admin
 # shows is what the queue holds.
 _CANDIDATES = """
-    SELECT id FROM {stream}
+    SELECT id, xmin::text AS locked_version FROM {stream}
      WHERE queue = %(queue)s AND status = 'READY'
      ORDER BY priority DESC, id
      LIMIT %(limit)s
@@ -35,7 +36,7 @@ _CANDIDATES = """
 
 # Chosen ids (by a limiter holding the queue's lock), still ready.
 _CHOSEN = """
-    SELECT id FROM {stream}
+    SELECT id, xmin::text AS locked_version FROM {stream}
      WHERE id = ANY(%(ids)s) AND status = 'READY'
      ORDER BY priority DESC, id
        FOR UPDATE SKIP LOCKED
@@ -63,7 +64,19 @@ WITH c AS MATERIALIZED ({candidates}), m AS (
       FROM m
      WHERE x.id = m.job_id AND m.kind = 'TASK' AND x.status = 'READY'
 )
-SELECT id, kind, job_id, step, name, payload, attempts, queue FROM m ORDER BY id
+SELECT m.id, m.kind, m.job_id, m.step, m.name, m.payload, m.attempts, m.queue,
+       j.version, {job_select}
+  FROM m JOIN c ON c.id = m.id LEFT JOIN LATERAL (
+        -- A turn's job and steps, read with the claim, so the turn may need no other
+        -- read (engine/sticky.py; its write checks the job row's version). Not when
+        -- the message row locked is newer than this statement's snapshot (a turn
+        -- enqueued onto it since, complete._ENQUEUE_TURN): the steps read here
+        -- would predate what that transaction wrote.
+        SELECT x.*, x.xmin::text AS version FROM {job} AS x
+         WHERE x.id = m.job_id AND m.kind IN ('TURN', 'TIMER')
+           AND c.locked_version = (SELECT xmin::text FROM {stream} WHERE id = m.id)
+       ) AS j ON true
+ ORDER BY m.id
 """
 
 # Promote what is due, wake its queues, and say when the next scheduled message is
@@ -145,7 +158,8 @@ class Claimed:
     payload: Any
     attempts: int
     queue: str
-    # A sticky turn's copy of the job (engine/sticky.TurnCache) for this step's ack.
+    # What a sticky turn may run from (engine/sticky.py): for a step, the job as the
+    # turn that handed it over left it (a TurnCache); for a turn, its claim's JobRead.
     cache: Any = dataclasses.field(default=None, compare=False, repr=False)
 
 
@@ -155,7 +169,7 @@ def claim(*, queue: str, worker_id: uuid.UUID, limit: int, lease_seconds: float)
     Call with no transaction open: the statement commits on its own, so the row
     locks last only as long as the statement.
     """
-    sql = _CLAIM.format(candidates=_CANDIDATES.format(**tables()), **tables())
+    sql = _claim_sql(_CANDIDATES)
     params: dict[str, Any] = {
         "queue": queue,
         "limit": limit,
@@ -167,9 +181,27 @@ def claim(*, queue: str, worker_id: uuid.UUID, limit: int, lease_seconds: float)
 
 def claim_ids(*, ids: list[int], worker_id: uuid.UUID, lease_seconds: float) -> list[Claimed]:
     """Claim the messages `ids` that are still ready (a limiter chose them)."""
-    sql = _CLAIM.format(candidates=_CHOSEN.format(**tables()), **tables())
+    sql = _claim_sql(_CHOSEN)
     params: dict[str, Any] = {"ids": ids, "worker": worker_id, "lease": lease_seconds}
     return _run_claim(sql, params)
+
+
+@functools.cache
+def _claim_sql(candidates: str) -> str:
+    from hotmesh_django.engine.turn import job_select  # turn.py imports this module
+
+    return _CLAIM.format(
+        candidates=candidates.format(**tables()), job_select=job_select("j"), **tables()
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class JobRead:
+    """A turn's job row as its claim read it: the row's version, then the columns
+    turn.job_select() lists."""
+
+    version: str
+    row: tuple[Any, ...]
 
 
 def _run_claim(sql: str, params: dict[str, Any]) -> list[Claimed]:
@@ -178,8 +210,12 @@ def _run_claim(sql: str, params: dict[str, Any]) -> list[Claimed]:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     faults.point("claim", rows)
+    n = len(_FIELDS)
     return [
-        Claimed(**dict(zip(_FIELDS, (*row[:5], loads_jsonb(row[5]), *row[6:]), strict=True)))
+        Claimed(
+            **dict(zip(_FIELDS, (*row[:5], loads_jsonb(row[5]), *row[6:n]), strict=True)),
+            cache=None if row[n] is None else JobRead(row[n], tuple(row[n + 1 :])),
+        )
         for row in rows
     ]
 

@@ -36,14 +36,22 @@ logger = logging.getLogger(__name__)
 
 # ON CONFLICT names the partial unique index's predicate, so at most one READY turn
 # per job exists: many completions at once collapse into one replay.
+#
+# A collapse must not let that READY turn be claimed and replayed before this
+# transaction commits: the replay would not see what this transaction wrote (a
+# step's result, a signal), and nothing else would be queued for it. DO UPDATE
+# (instead of DO NOTHING) row-locks the queued turn until then, so SKIP LOCKED
+# claims pass it over, and its new row version tells a claim that locked it
+# meanwhile that its snapshot is older than this write (claim.py).
 _ENQUEUE_TURN = """
 WITH t AS (
-    INSERT INTO {stream} (queue, kind, job_id, name, priority, status, visible_at,
-                          attempts, created_at)
+    INSERT INTO {stream} AS s (queue, kind, job_id, name, priority, status, visible_at,
+                               attempts, created_at)
     SELECT queue, 'TURN', id, name, priority, 'READY', now(), 0, now()
       FROM {job}
      WHERE id = %s AND status IN ('READY', 'RUNNING', 'WAITING')
-    ON CONFLICT (job_id) WHERE kind = 'TURN' AND status = 'READY' DO NOTHING
+    ON CONFLICT (job_id) WHERE kind = 'TURN' AND status = 'READY'
+    DO UPDATE SET visible_at = least(s.visible_at, excluded.visible_at)
     RETURNING queue
 )
 SELECT pg_notify('{channel}', 'q:' || queue) FROM t

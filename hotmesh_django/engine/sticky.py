@@ -37,7 +37,7 @@ from psycopg.types.json import Jsonb
 from hotmesh_django import faults, metrics, middleware, registry
 from hotmesh_django.context import WorkflowContext
 from hotmesh_django.engine import prepared
-from hotmesh_django.engine.claim import Claimed
+from hotmesh_django.engine.claim import Claimed, JobRead
 from hotmesh_django.engine.notify import DONE_CHANNEL, tables
 from hotmesh_django.engine.rows import StepAck
 from hotmesh_django.exceptions import CodecError, UnknownDefinition
@@ -45,6 +45,7 @@ from hotmesh_django.models import (
     FINISHED_STATUSES,
     Activity,
     Job,
+    JobKind,
     JobStatus,
     Journal,
     JournalEvent,
@@ -104,6 +105,13 @@ def _reorder(value: Any) -> Any:
     return value
 
 
+@dataclasses.dataclass(frozen=True)
+class Taken:
+    """A message this module handled, and the step its write handed this worker."""
+
+    following: Claimed | None
+
+
 def ack_sticky(
     message: Claimed, local: Any, stored_output: Any
 ) -> tuple[bool, Claimed | None] | None:
@@ -113,30 +121,77 @@ def ack_sticky(
     next message this worker claimed) when the statement wrote, or None when this
     path does not apply or its guard failed: then nothing was written.
     """
-    cache: TurnCache | None = message.cache
-    if cache is None or message.step is None:
+    cache = message.cache
+    if not isinstance(cache, TurnCache) or message.step is None:
         return None
     job, steps = cache.job, cache.steps
     step = steps.get(message.step)
     if (
         step is None
-        or job.status in FINISHED_STATUSES
-        or job.deadline_at is not None  # the usual path checks it on the database's clock
         or job.started_at is None
         or not local.serves(job.queue)
         or _others_pending(steps, message.step)
     ):
         return None
+    db_now = cache.now()
+    step.status, step.error, step.finished_at = JobStatus.SUCCESSFUL, None, db_now
+    step.output = open_stored(jsonb_view(stored_output))
+    step.attempts = message.attempts
+    entry = Journal(
+        job=job,
+        step=step.seq,
+        event=JournalEvent.STEP_COMPLETED,
+        name=step.name,
+        attempt=message.attempts,
+    )
+    taken = _replay_and_write(message, local, cache, db_now, step, entry, stored_output)
+    return None if taken is None else (True, taken.following)
+
+
+def turn_from_claim(message: Claimed, local: Any) -> Taken | None:
+    """Run the turn in `message` from the job its claim read, in one guarded write.
+
+    Return None when this path does not apply or the guard failed (nothing was
+    written): then the usual path locks the job and reads it again.
+    """
+    read = message.cache
+    if not isinstance(read, JobRead):
+        return None
+    from hotmesh_django.engine import turn
+
+    job = turn.job_from_row(read.row)
+    if job is None or job.kind != JobKind.WORKFLOW or not registry.has_workflow(job.name):
+        return None
+    steps = turn.steps_of(job)
+    if turn.missing_steps(steps) or _unreadable(job, steps):
+        return None
+    db_now = job.db_now  # type: ignore[attr-defined]
+    cache = TurnCache(
+        job=job, steps=steps, version=read.version, db_now=db_now, clock=time.monotonic()
+    )
+    return _replay_and_write(message, local, cache, db_now, None, None, None)
+
+
+def _replay_and_write(
+    message: Claimed,
+    local: Any,
+    cache: TurnCache,
+    db_now: datetime.datetime,
+    acked: Activity | None,
+    entry: Journal | None,
+    stored_output: Any,
+) -> Taken | None:
+    """Replay the job in `cache` and write what the turn produced together with the
+    end of `message` (and `acked`, the step it ran), guarded by the cache's version."""
+    job, steps = cache.job, cache.steps
+    if job.status in FINISHED_STATUSES or job.deadline_at is not None:
+        return None  # the usual path checks the deadline on the database's clock
     try:
         definition = registry.get_workflow(job.name)
         args, kwargs = decode_call(job.input)
         headers = decode_headers(job.input)
     except (UnknownDefinition, CodecError, ValueError):
         return None
-    db_now = cache.now()
-    step.status, step.error, step.finished_at = JobStatus.SUCCESSFUL, None, db_now
-    step.output = open_stored(jsonb_view(stored_output))
-    step.attempts = message.attempts
     ctx = WorkflowContext(
         job=job,
         steps=steps,
@@ -157,27 +212,36 @@ def ack_sticky(
     result, error, returned = turn.replay(ctx, func, args, kwargs)
     if error is not None or not _fits(ctx):
         return None
-    entry = Journal(
-        job=job,
-        step=step.seq,
-        event=JournalEvent.STEP_COMPLETED,
-        name=step.name,
-        attempt=message.attempts,
-    )
     ack = StepAck(message_id=message.id, worker_id=local.worker_id, version=cache.version)
     if returned:
+        if acked is None:
+            return None  # a turn that ends its job: the usual path
         return _finish(message, cache, ack, stored_output, result)
     if not ctx.suspended:
         return None
     move = turn.status_move(job, ctx)
     if move is None:
         return None
-    ctx.changed_steps.append(step)
-    faults.point("ack_send")
-    following, written = turn.write(ctx, local, move, ack=ack, entries=[entry])
+    if acked is not None:
+        ctx.changed_steps.append(acked)
+    if acked is not None:
+        faults.point("ack_send")  # write_turn marks "turn_write" next
+    following, written = turn.write(
+        ctx, local, move, ack=ack, entries=[entry] if entry is not None else []
+    )
     if not written.acked:
         return None
-    return True, following
+    return Taken(following)
+
+
+def _unreadable(job: Job, steps: dict[int, Activity]) -> bool:
+    from hotmesh_django.engine import turn
+
+    try:
+        turn.check_readable(job, steps.values())
+    except CodecError:
+        return True
+    return False
 
 
 def _others_pending(steps: dict[int, Activity], seq: int) -> bool:
@@ -255,8 +319,8 @@ SELECT (SELECT count(*) FROM j),
 
 def _finish(
     message: Claimed, cache: TurnCache, ack: StepAck, stored_output: Any, result: Any
-) -> tuple[bool, Claimed | None] | None:
-    if cache.job.parent_id is not None:
+) -> Taken | None:
+    if cache.job.parent_id is not None or cache.job.started_at is None:
         return None  # the usual path wakes the parent
     try:
         output = encode_value(result, what="the workflow's result")
@@ -282,4 +346,4 @@ def _finish(
     transaction.on_commit(
         functools.partial(metrics.job_finished, cache.job.name, JobStatus.SUCCESSFUL)
     )
-    return True, None
+    return Taken(None)

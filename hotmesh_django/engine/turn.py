@@ -29,7 +29,7 @@ from hotmesh_django.engine.claim import Claimed
 from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job, timer_message
 from hotmesh_django.engine.notify import WORK_CHANNEL, tables
 from hotmesh_django.engine.rows import StatusMove, StepAck, Written, write_turn
-from hotmesh_django.engine.sticky import TurnCache
+from hotmesh_django.engine.sticky import TurnCache, turn_from_claim
 from hotmesh_django.exceptions import (
     CodecError,
     ContinueAsNew,
@@ -93,6 +93,9 @@ def run_turn(message: Claimed, local: Local) -> Claimed | None:
     Return a step message this worker claimed for itself in the same transaction,
     to run next on the same thread (None if there is none).
     """
+    taken = turn_from_claim(message, local)
+    if taken is not None:
+        return taken.following
     params: dict[str, Any] = {"job": message.job_id, "id": message.id, "worker": local.worker_id}
     with transaction.atomic():
         with prepared.cursor() as cursor:
@@ -282,14 +285,14 @@ def _turn(job: Job, local: Local) -> Claimed | None:
     try:
         args, kwargs = decode_call(job.input)
         headers = decode_headers(job.input)
-        _check_readable(job, steps.values())
+        check_readable(job, steps.values())
     except CodecError as exc:
         _wait_for_codec(job, exc)
         return None
     except ValueError as exc:
         finish_job(job.id, JobStatus.FAILED, error=error_dict(exc, with_traceback=False))
         return None
-    missing = _missing_steps(steps)
+    missing = missing_steps(steps)
     if missing:
         # Replaying past a hole would run a finished step a second time.
         hole = NonDeterminismError(
@@ -345,7 +348,7 @@ def _turn(job: Job, local: Local) -> Claimed | None:
     return following
 
 
-def _missing_steps(steps: dict[int, Activity]) -> list[int]:
+def missing_steps(steps: dict[int, Activity]) -> list[int]:
     """Return the step numbers below the highest one that have no row (seq is dense)."""
     if not steps or len(steps) == max(steps):
         return []
@@ -679,7 +682,7 @@ def _park(job: Job, message: str) -> None:
         )
 
 
-def _check_readable(job: Job, steps: Any) -> None:
+def check_readable(job: Job, steps: Any) -> None:
     """Raise CodecError unless every stored value the replay may use was unsealed."""
     for value in (job.input, job.state):
         readable(value)

@@ -146,3 +146,25 @@ def _drain(worker_id: uuid.UUID) -> None:
     while batch := claim(queue="default", worker_id=worker_id, limit=1, lease_seconds=60):
         assert batch[0].kind == "TURN"
         run_turn(batch[0], _local(worker_id))
+
+
+def test_a_turn_queued_onto_a_ready_one_is_not_claimed_before_it_commits() -> None:
+    # A signal (or a step's result) whose turn collapses into one already READY must
+    # not let that turn be claimed and replayed before the signal is visible: the
+    # replay would miss it and nothing else would be queued for it.
+    worker_id = uuid.uuid4()
+    handle = step_then_signal.start()
+    first = _claim_one(worker_id, "TURN")
+    step = run_turn(first, _local(worker_id))
+    assert step is not None
+    assert ack_success(step, _local(worker_id), 2) == (True, None)
+    assert handle.status() == JobStatus.WAITING
+    enqueue_turn(step.job_id)  # a READY turn, as an operator's retry queues one
+    errors: list[BaseException] = []
+    holder, release = _holding(lambda: hm.signal(handle.id, "go", "on") is None, errors)
+    assert claim(queue="default", worker_id=worker_id, limit=1, lease_seconds=60) == []
+    release.set()
+    holder.join(10)
+    assert not errors
+    _drain(worker_id)
+    assert handle.result(timeout=5) == [2, "on"]
