@@ -19,8 +19,9 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.db.models.functions import Now
 
-from hotmesh_django import middleware, registry
+from hotmesh_django import registry
 from hotmesh_django.context import WorkflowContext, activate
+from hotmesh_django.engine.turn import workflow_context, workflow_func
 from hotmesh_django.exceptions import (
     ActivityFailed,
     CodecError,
@@ -35,7 +36,6 @@ from hotmesh_django.models import (
     Job,
     JobKind,
     JobStatus,
-    Signal,
 )
 from hotmesh_django.serialization import Unreadable, decode_call, decode_headers
 
@@ -120,22 +120,10 @@ def replay_job(job: Job) -> ReplayResult:
         db_now = row[0] if row else datetime.datetime.now(datetime.UTC)
         steps = {step.seq: step for step in Activity.objects.filter(job=job)}
         recorded = max(steps, default=0)
-        ctx = WorkflowContext(
-            job=job,
-            steps=steps,
-            signals=lambda: list(Signal.objects.filter(job=job, step__isnull=True).order_by("id")),
-            db_now=db_now,
-            headers=headers,
-        )
+        ctx = workflow_context(job, steps, db_now, headers)
         # Through the execute_workflow middleware too: code that reads what the
         # middleware sets (a tenant, say) replays as it ran.
-        func = middleware.workflow_runner(
-            definition.func,
-            name=job.name,
-            workflow_id=job.workflow_id,
-            queue=job.queue,
-            headers=headers,
-        )
+        func = workflow_func(definition, job, headers)
         returned, error = _run(ctx, func, args, kwargs)
         transaction.set_rollback(True)
     if ctx.nondeterminism is not None:

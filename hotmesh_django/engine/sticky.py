@@ -34,7 +34,7 @@ from typing import Any
 from django.db import transaction
 from psycopg.types.json import Jsonb
 
-from hotmesh_django import faults, metrics, middleware, registry
+from hotmesh_django import faults, metrics, registry
 from hotmesh_django.context import WorkflowContext
 from hotmesh_django.engine import prepared
 from hotmesh_django.engine.claim import Claimed, JobRead
@@ -49,7 +49,6 @@ from hotmesh_django.models import (
     JobStatus,
     Journal,
     JournalEvent,
-    Signal,
     StepKind,
 )
 from hotmesh_django.serialization import (
@@ -192,23 +191,11 @@ def _replay_and_write(
         headers = decode_headers(job.input)
     except (UnknownDefinition, CodecError, ValueError):
         return None
-    ctx = WorkflowContext(
-        job=job,
-        steps=steps,
-        signals=lambda: list(Signal.objects.filter(job=job, step__isnull=True).order_by("id")),
-        db_now=db_now,
-        headers=headers,
-    )
-    func = middleware.workflow_runner(
-        definition.func,
-        name=job.name,
-        workflow_id=job.workflow_id,
-        queue=job.queue,
-        headers=headers,
-    )
     # Imported here: turn.py builds TurnCache objects, so it imports this module.
     from hotmesh_django.engine import turn
 
+    ctx = turn.workflow_context(job, steps, db_now, headers)
+    func = turn.workflow_func(definition, job, headers)
     result, error, returned = turn.replay(ctx, func, args, kwargs)
     if error is not None or not _fits(ctx):
         return None

@@ -301,21 +301,8 @@ def _turn(job: Job, local: Local) -> Claimed | None:
         )
         finish_job(job.id, JobStatus.FAILED, error=error_dict(hole, with_traceback=False))
         return None
-    ctx = WorkflowContext(
-        job=job,
-        steps=steps,
-        # Read only when the workflow waits for a signal.
-        signals=lambda: list(Signal.objects.filter(job=job, step__isnull=True).order_by("id")),
-        db_now=db_now,
-        headers=headers,
-    )
-    func = middleware.workflow_runner(
-        definition.func,
-        name=job.name,
-        workflow_id=job.workflow_id,
-        queue=job.queue,
-        headers=headers,
-    )
+    ctx = workflow_context(job, steps, db_now, headers)
+    func = workflow_func(definition, job, headers)
     result, error, returned = replay(ctx, func, args, kwargs)
     if ctx.codec_error is not None:  # nothing is written yet
         _wait_for_codec(job, ctx.codec_error)
@@ -346,6 +333,31 @@ def _turn(job: Job, local: Local) -> Claimed | None:
     if move is None:
         _suspend(job, ctx)
     return following
+
+
+def workflow_context(
+    job: Job, steps: dict[int, Activity], db_now: datetime.datetime, headers: Any
+) -> WorkflowContext:
+    """The context a replay of `job` from `steps` runs in, on the clock `db_now`."""
+    return WorkflowContext(
+        job=job,
+        steps=steps,
+        # Read only when the workflow waits for a signal.
+        signals=lambda: list(Signal.objects.filter(job=job, step__isnull=True).order_by("id")),
+        db_now=db_now,
+        headers=headers,
+    )
+
+
+def workflow_func(definition: Any, job: Job, headers: Any) -> Any:
+    """The workflow function of `job`, through the execute_workflow middleware."""
+    return middleware.workflow_runner(
+        definition.func,
+        name=job.name,
+        workflow_id=job.workflow_id,
+        queue=job.queue,
+        headers=headers,
+    )
 
 
 def missing_steps(steps: dict[int, Activity]) -> list[int]:
