@@ -68,12 +68,14 @@ SELECT m.id, m.kind, m.job_id, m.step, m.name, m.payload, m.attempts, m.queue,
        j.version, {job_select}
   FROM m JOIN c ON c.id = m.id LEFT JOIN LATERAL (
         -- A turn's job and steps, read with the claim, so the turn may need no other
-        -- read (engine/sticky.py; its write checks the job row's version). Not when
+        -- read (engine/sticky.py; its write checks the job row's version). Not for
+        -- a TIMER: the step it wakes changes, which that path leaves to the usual
+        -- one, so the read would be done twice. Not when
         -- the message row locked is newer than this statement's snapshot (a turn
         -- enqueued onto it since, complete._ENQUEUE_TURN): the steps read here
         -- would predate what that transaction wrote.
         SELECT x.*, x.xmin::text AS version FROM {job} AS x
-         WHERE x.id = m.job_id AND m.kind IN ('TURN', 'TIMER')
+         WHERE x.id = m.job_id AND m.kind = 'TURN'
            AND c.locked_version = (SELECT xmin::text FROM {stream} WHERE id = m.id)
        ) AS j ON true
  ORDER BY m.id

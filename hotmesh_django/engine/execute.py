@@ -228,8 +228,11 @@ def ack_success(message: Claimed, local: Local, output: Any) -> tuple[bool, Clai
     worker_id = local.worker_id
     if message.kind == "TASK":
         return _ack_task(message, worker_id, output), None
+    # Sealed once: seal() keeps a sealed value as it is, so the usual path below
+    # stores this same token when the sticky one does not apply.
+    output = seal(output)
     if message.cache is not None:
-        done = ack_sticky(message, local, seal(output))
+        done = ack_sticky(message, local, output)
         if done is not None:
             return done
     with transaction.atomic():

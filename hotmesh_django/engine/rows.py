@@ -155,7 +155,8 @@ _ACK_GUARD = """versioned AS MATERIALIZED (
  RETURNING id
 )"""
 
-_GUARD = "EXISTS (SELECT 1 FROM acked)"
+# Appended to every write that must happen only when the guard held.
+GUARD = "EXISTS (SELECT 1 FROM acked)"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -199,8 +200,8 @@ def write_turn(
     params: dict[str, Any] = {"job": job_id, "channel": WORK_CHANNEL, "notify": list(notify)}
     guard = ""
     if ack is not None:
-        guard = _GUARD
-        ctes.append(_ack_guard())
+        guard = GUARD
+        ctes.append(ack_guard())
         params.update(ack_version=ack.version, ack_id=ack.message_id, ack_worker=ack.worker_id)
     if new_steps:
         ctes.append(_insert("steps", Activity, where=guard))
@@ -219,6 +220,7 @@ def write_turn(
                 for s in changed_steps
             ]
         )
+    job_row = move is not None or bool(ctes)
     if move is None and ctes:
         # A new row version of the job tells a turn that locked it meanwhile that
         # its snapshot of the steps is stale (see turn.STALE).
@@ -241,7 +243,7 @@ def write_turn(
         mine = "(SELECT id FROM messages WHERE status = 'RUNNING' LIMIT 1)"
     if not ctes and not notify:
         return Written(mine=None, version=None, acked=False)
-    moved = "(SELECT xmin FROM job_row)" if any(c.startswith("job_row") for c in ctes) else "NULL"
+    moved = "(SELECT xmin FROM job_row)" if job_row else "NULL"
     # NOTIFY is transactional: listeners hear it only once these rows are visible.
     # Under an ack guard it is sent only when the guard held.
     notify_where = f" WHERE {guard}" if guard else ""
@@ -265,6 +267,8 @@ def write_turn(
 
 
 @cache
-def _ack_guard() -> str:
+def ack_guard() -> str:
+    """The `versioned` and `acked` CTEs of a guarded write (params ack_version,
+    ack_id, ack_worker)."""
     quote = connection.ops.quote_name
     return _ACK_GUARD.format(job=quote(Job._meta.db_table), stream=quote(Stream._meta.db_table))

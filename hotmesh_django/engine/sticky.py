@@ -39,7 +39,7 @@ from hotmesh_django.context import WorkflowContext
 from hotmesh_django.engine import prepared
 from hotmesh_django.engine.claim import Claimed, JobRead
 from hotmesh_django.engine.notify import DONE_CHANNEL, tables
-from hotmesh_django.engine.rows import StepAck
+from hotmesh_django.engine.rows import GUARD, StepAck, ack_guard
 from hotmesh_django.exceptions import CodecError, UnknownDefinition
 from hotmesh_django.models import (
     FINISHED_STATUSES,
@@ -211,7 +211,6 @@ def _replay_and_write(
         return None
     if acked is not None:
         ctx.changed_steps.append(acked)
-    if acked is not None:
         faults.point("ack_send")  # write_turn marks "turn_write" next
     following, written = turn.write(
         ctx, local, move, ack=ack, entries=[entry] if entry is not None else []
@@ -259,31 +258,23 @@ def _fits(ctx: WorkflowContext) -> bool:
     )
 
 
-# The last step's success and the job's end, guarded as in rows._ACK_GUARD. What
-# complete._FINISH does for a job without a parent, conditional on `acked`.
+# The last step's success and the job's end, behind the same guard as a turn's write
+# (rows.ack_guard): what complete._FINISH does for a job without a parent (the turn
+# checked that; a parent can change only with the job row's version).
 _FINISH = """
-WITH versioned AS MATERIALIZED (
-    SELECT id FROM {job}
-     WHERE id = %(job)s AND xmin::text = %(version)s AND parent_id IS NULL
-       FOR NO KEY UPDATE SKIP LOCKED
-), acked AS (
-    DELETE FROM {stream}
-     WHERE id = %(id)s AND worker = %(worker)s AND status = 'RUNNING'
-       AND EXISTS (SELECT 1 FROM versioned)
- RETURNING job_id
-), a AS (
+WITH {guard}, a AS (
     UPDATE {activity} AS x
        SET status = 'SUCCESSFUL', output = %(output)s, error = NULL,
            attempts = %(attempts)s, finished_at = now()
-      FROM acked WHERE x.job_id = acked.job_id AND x.seq = %(step)s
+     WHERE x.job_id = %(job)s AND x.seq = %(step)s AND {acked}
 ), j AS (
     UPDATE {job} AS x
        SET status = 'SUCCESSFUL', output = %(result)s, error = NULL,
            finished_at = now(), updated_at = now()
-      FROM acked WHERE x.id = acked.job_id
+     WHERE x.id = %(job)s AND {acked}
  RETURNING x.id, x.watched
 ), d AS (
-    DELETE FROM {stream} AS s USING j WHERE s.job_id = j.id AND s.id <> %(id)s
+    DELETE FROM {stream} AS s USING j WHERE s.job_id = j.id AND s.id <> %(ack_id)s
 ), c AS (
     UPDATE {activity} AS x SET status = 'CANCELLED', finished_at = now()
       FROM j WHERE x.job_id = j.id AND x.seq <> %(step)s
@@ -293,15 +284,20 @@ WITH versioned AS MATERIALIZED (
       FROM j WHERE t.job_id = j.id AND t.status IN ('OPEN', 'CLAIMED')
 ), r AS (
     INSERT INTO {journal} (job_id, step, event, name, attempt, data, created_at)
-    SELECT job_id, %(step)s::int, 'step_completed', %(name)s, %(attempts)s::int, NULL::jsonb,
+    SELECT id, %(step)s::int, 'step_completed', %(name)s, %(attempts)s::int, NULL::jsonb,
            now()
-      FROM acked
+      FROM j
     UNION ALL
     SELECT id, NULL, 'completed', '', NULL, NULL, now() FROM j
 )
 SELECT (SELECT count(*) FROM j),
        (SELECT count(*) FROM (SELECT pg_notify('{done}', id::text) FROM j WHERE watched) AS n)
 """
+
+
+@functools.cache
+def _finish_sql() -> str:
+    return _FINISH.format(guard=ack_guard(), acked=GUARD, done=DONE_CHANNEL, **tables())
 
 
 def _finish(
@@ -315,9 +311,9 @@ def _finish(
         return None  # the usual path fails the job with the reason
     params: dict[str, Any] = {
         "job": cache.job.id,
-        "version": ack.version,
-        "id": ack.message_id,
-        "worker": ack.worker_id,
+        "ack_version": ack.version,
+        "ack_id": ack.message_id,
+        "ack_worker": ack.worker_id,
         "output": Jsonb(stored_output),
         "result": Jsonb(seal(output)),
         "attempts": message.attempts,
@@ -326,7 +322,7 @@ def _finish(
     }
     with prepared.cursor() as cursor:
         faults.point("ack_send")
-        cursor.execute(_FINISH.format(done=DONE_CHANNEL, **tables()), params)
+        cursor.execute(_finish_sql(), params)
         row = cursor.fetchone()
     if not row or not row[0]:
         return None
