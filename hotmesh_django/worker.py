@@ -5,8 +5,9 @@ Threads in a worker process:
   statement per queue, rotating the queues so a busy one cannot starve the others;
 - `concurrency` runner threads execute claimed messages (each has its own database
   connection, as Django keeps one per thread);
-- a listener holds a LISTEN connection and wakes the main loop on NOTIFY, so polling
-  (HOTMESH_POLL_INTERVAL_SECONDS) is only the floor;
+- a listener holds a LISTEN connection and, on a NOTIFY for a queue while runners
+  are idle, claims on that same connection at once (otherwise it wakes the main
+  loop), so polling (HOTMESH_POLL_INTERVAL_SECONDS) is only the floor;
 - a heartbeat touches the Worker row, extends this worker's leases and, as whichever
   worker wins an advisory lock, requeues the messages of dead workers.
 """
@@ -22,6 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from django.db import (
     DatabaseError,
@@ -39,7 +41,7 @@ from hotmesh_django.engine import prepared, prune, schedules
 from hotmesh_django.engine import queues as queue_control
 from hotmesh_django.engine.acks import AckBatcher
 from hotmesh_django.engine.execute import Handoff, release_after_loss, run_step, session_lost
-from hotmesh_django.engine.notify import WORK_CHANNEL, connect_raw, tables
+from hotmesh_django.engine.notify import WORK_CHANNEL, tables
 from hotmesh_django.engine.turn import Local, run_turn
 from hotmesh_django.models import Worker as WorkerRow
 from hotmesh_django.redaction import get_logger
@@ -118,6 +120,9 @@ class Worker:
         self._wake = threading.Event()
         self._inbox: queue_mod.Queue[claims.Claimed | None] = queue_mod.Queue()
         self._lock = threading.Lock()
+        # Held while claiming: the main loop and the listener both claim into the
+        # free slots, and must not both count the same slot free.
+        self._claim_lock = threading.Lock()
         self._in_flight = 0
         self._idle = threading.Condition(self._lock)
         self._next_due: float | None = 0.0  # monotonic time; 0 = look now
@@ -217,11 +222,9 @@ class Worker:
             # listener reconnects, and there is none at all in poll-only mode.
             self._next_due = now
         if self._paused_stale:
-            self._paused_stale = False
-            self._paused = queue_control.paused_queues()
+            self._refresh_paused()
         # Claim first: a worker woken for new work starts it before its housekeeping
         # (promoting timers, discovering queues), each of which is a round trip.
-        self._backlog = False
         claimed = self._claim_round(full=full)
         woken: set[str] = set()
         if self._next_due is not None and self._next_due <= time.monotonic():
@@ -238,7 +241,15 @@ class Worker:
     def _claim_round(self, *, full: bool) -> int:
         """Claim into the free slots from the hot queues (all of them when `full`),
         rotating the start so a busy queue cannot starve the others."""
+        with self._claim_lock:
+            if self._stopping.is_set():
+                return 0
+            return self._claim_into_free(full=full)
+
+    def _claim_into_free(self, *, full: bool) -> int:
         free = self._free()
+        if free <= 0 or not self._worth_claiming(free):
+            return 0  # and what is known of the backlog stays as the last claim left it
         claimed = 0
         queues = [q for q in self.queues if q not in self._paused and (full or q in self._hot)]
         backlog = False
@@ -277,9 +288,19 @@ class Worker:
             claimed += len(batch)
             free -= len(batch)
         self._rotation += 1
-        if backlog:
-            self._backlog = True
+        self._backlog = backlog
         return claimed
+
+    def _worth_claiming(self, free: int) -> bool:
+        """Under a backlog, wait for room for half a batch while the runners still
+        have claimed work queued: each claim is a commit, and one per finished job
+        would cost more than the jobs."""
+        return not self._backlog or free >= max(1, self.concurrency // 2) or self._inbox.empty()
+
+    def _refresh_paused(self) -> None:
+        # Cleared before the read: a pause that lands meanwhile marks it stale again.
+        self._paused_stale = False
+        self._paused = queue_control.paused_queues()
 
     def _local(self) -> Local:
         queues = None if self.all_queues else frozenset(self.queues)
@@ -409,41 +430,73 @@ class Worker:
         failures = 0
         while not self._stopping.is_set():
             try:
-                with connect_raw() as conn:
-                    conn.execute(f"LISTEN {WORK_CHANNEL}")
-                    failures = 0
-                    # Notifications sent while we were disconnected are gone: look at
-                    # every queue and at the timers once.
-                    self._next_due = 0.0
-                    self._last_full = 0.0
-                    self._wake.set()
+                raw = self._subscribe()
+                failures = 0
+                # Notifications sent while we were disconnected are gone: look at
+                # every queue and at the timers once.
+                self._next_due = 0.0
+                self._last_full = 0.0
+                self._wake.set()
+                # Django may replace this thread's connection (a failed health
+                # check): the new session has not run LISTEN, so subscribe again.
+                while not self._stopping.is_set() and connection.connection is raw:
                     # A short timeout so a stopping worker (a test's in-process one
-                    # above all) is not held up by its listener: a wake-up costs
-                    # one poll of the socket, no round trip.
-                    while not self._stopping.is_set():
-                        for note in conn.notifies(timeout=0.2):
-                            self._on_notify(note.payload)
+                    # above all) is not held up by its listener. Notifications that
+                    # arrive while this connection claims are kept by psycopg and
+                    # come out of the next call.
+                    named = False
+                    for note in raw.notifies(timeout=0.2, stop_after=1):
+                        named |= self._on_notify(note.payload)
+                    if named and not self._claim_here():
+                        self._wake.set()
             except Exception as exc:  # noqa: BLE001 - reconnect on anything
                 failures += 1
                 if not self._stopping.is_set():
                     logger.debug("listener reconnecting error=%s", exc)
+                self._reset_connection()
                 self._stopping.wait(_jitter(min(10.0, 0.2 * 2 ** min(failures, 6))))
         connection.close()
 
-    def _on_notify(self, payload: str) -> None:
+    def _subscribe(self) -> Any:
+        """LISTEN on this thread's own Django connection; return its psycopg one."""
+        with connection.cursor() as cursor:
+            cursor.execute(f"LISTEN {WORK_CHANNEL}")
+        return connection.connection
+
+    def _claim_here(self) -> bool:
+        """Claim what a NOTIFY named right here, on the connection that received it,
+        when runners are idle; return False to leave it to the main loop.
+
+        Handing over to the main loop costs an idle worker two more wake-ups (the
+        main thread, then its own database session) before the claim is even sent,
+        which is most of an idle pickup on a virtual machine. Under a backlog the
+        main loop claims in batches anyway.
+        """
+        if self._backlog or self._free() <= 0:
+            return False
+        if self._paused_stale:
+            self._refresh_paused()  # a queue was paused or resumed just now
+        self._claim_round(full=False)
+        # A full batch: there may be more, which is the main loop's to claim.
+        return not self._backlog
+
+    def _on_notify(self, payload: str) -> bool:
+        """Note what a NOTIFY says; return True when it named a queue served here
+        (left in `_hot` for the claim that follows)."""
         kind, _, value = payload.partition(":")
         if kind == "q":
             if self.all_queues and value not in self.queues:
                 self.queues = sorted({*self.queues, value})
             if value in self.queues:
                 self._hot.add(value)
-                self._wake.set()
+                return True
         elif kind == "t":
             self._next_due = 0.0  # look again: a timer may be due sooner now
             self._wake.set()
         elif payload == "c:queues":
             self._paused_stale = True  # a queue was paused or resumed
             self._wake.set()
+        return False
 
     # -- heartbeat ---------------------------------------------------------------------
 
@@ -465,7 +518,7 @@ class Worker:
         # of (a reply lost with its connection, a database error mid-run) must
         # expire and be rescued, not be kept alive by a live worker forever.
         claims.extend_leases(worker_id=self.id, ids=list(self._held), lease_seconds=lease)
-        self._paused_stale = True  # the floor under the pause/resume NOTIFY
+        self._refresh_paused()  # the floor under the pause/resume NOTIFY
         claims.rescue(stale_seconds=max(lease, 3 * settings.heartbeat_seconds))
         # Cron slots and retention, each run by whichever worker wins its lock.
         schedules.tick()
@@ -506,6 +559,8 @@ class Worker:
 
     def _shutdown(self) -> None:
         self._stopping.set()
+        with self._claim_lock:
+            pass  # a claim under way counts its messages in flight before we wait
         deadline = time.monotonic() + self.graceful_timeout
         with self._lock:
             while self._in_flight and time.monotonic() < deadline:
