@@ -51,6 +51,14 @@ logger = get_logger(__name__)
 # Burst mode exits only when nothing scheduled is due sooner than this.
 BURST_HORIZON_SECONDS = 2.0
 
+# Under a backlog a worker holds claimed messages queued behind its running ones, so
+# a runner that finishes never waits for a claim's round trip: batches of them when
+# messages take less than SHORT_RUN_SECONDS on average (a claim costs about as much
+# as running one), one batch up to LONG_RUN_SECONDS, none beyond (a claim is then a
+# rounding error, and what a worker holds is what an idle worker elsewhere cannot run).
+SHORT_RUN_SECONDS = 0.005
+LONG_RUN_SECONDS = 0.1
+
 
 def _backoff(failures: int) -> float:
     """Seconds to wait after `failures` failed tries to reach the database."""
@@ -124,6 +132,10 @@ class Worker:
         # free slots, and must not both count the same slot free.
         self._claim_lock = threading.Lock()
         self._in_flight = 0
+        # Of those in flight, the ones whose ack waits for its batch's commit.
+        self._acking = 0
+        # A moving average of how long a runner takes per message (see _free).
+        self.run_seconds = LONG_RUN_SECONDS
         self._idle = threading.Condition(self._lock)
         self._next_due: float | None = 0.0  # monotonic time; 0 = look now
         self._rotation = 0
@@ -291,6 +303,12 @@ class Worker:
         self._backlog = backlog
         return claimed
 
+    def prefetch(self) -> int:
+        """Runners' worth of messages to hold under a backlog (running + queued)."""
+        if self.run_seconds < SHORT_RUN_SECONDS:
+            return 4
+        return 2 if self.run_seconds < LONG_RUN_SECONDS else 1
+
     def _worth_claiming(self, free: int) -> bool:
         """Under a backlog, wait for room for half a batch while the runners still
         have claimed work queued: each claim is a commit, and one per finished job
@@ -314,11 +332,15 @@ class Worker:
         )
 
     def _free(self) -> int:
-        # Under a backlog keep one batch queued behind the running one, so a runner
-        # that finishes never waits for the claim round trip; otherwise claim only
-        # what can start now, leaving the rest to idle workers elsewhere.
-        capacity = self.concurrency * (2 if self._backlog else 1)
-        return capacity - self._in_flight
+        # Under a backlog hold messages queued behind the running ones (how many:
+        # prefetch()); otherwise claim only what can start now, leaving the rest to
+        # idle workers elsewhere.
+        capacity = self.concurrency * (self.prefetch() if self._backlog else 1)
+        # A message whose ack only waits for its batch to commit holds no runner: up
+        # to `capacity` of them do not count, so runners keep working through the
+        # commit. Beyond that the database is what is slow, and claiming more would
+        # only pile up acks (each one still holds its lease until it commits).
+        return capacity - self._in_flight + min(self._acking, capacity)
 
     def _wait(self) -> None:
         # Jitter spreads the polling of a fleet; a due timer is waited for exactly.
@@ -384,6 +406,7 @@ class Worker:
                 connection.close()
                 return
             pending = False
+            began = time.monotonic()
             try:
                 pending = dispatch(message, self._local(), self._held)
             except (OperationalError, InterfaceError) as exc:
@@ -398,7 +421,11 @@ class Worker:
                 logger.exception("engine error running message id=%s", message.id)
                 close_old_connections()
             finally:
-                if not pending:
+                # Racy across runners, which only blurs an average.
+                self.run_seconds += (time.monotonic() - began - self.run_seconds) / 8
+                if pending:
+                    self._handed_to_acks()
+                else:
                     self._finished()
 
     def _release(self, message: claims.Claimed, exc: BaseException) -> None:
@@ -410,14 +437,21 @@ class Worker:
             logger.warning("could not release message id=%s error=%s", message.id, again)
             self._reset_connection()
 
+    def _handed_to_acks(self) -> None:
+        with self._lock:
+            self._acking += 1
+        self._wake.set()  # a runner is free
+
     def _ack_done(self, message: claims.Claimed, acked: bool) -> None:
         """The AckBatcher wrote (or gave up on) the ack of `message`."""
         self._held.discard(message.id)
+        with self._lock:
+            self._acking -= 1
         self._finished()
 
     def _finished(self) -> None:
-        # A message is done once its ack committed: until then it holds its slot, so
-        # acks waiting for a batch never let the worker claim more than it can run.
+        # A message is done once its ack committed: until then it is in flight (a
+        # stopping worker waits for it), though its runner is free (see _free).
         with self._lock:
             self._in_flight -= 1
             self.processed += 1

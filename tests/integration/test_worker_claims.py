@@ -1,8 +1,10 @@
-"""An idle worker claims on the connection that received the NOTIFY (worker._claim_here).
+"""Where and how much a worker claims.
 
+An idle worker claims on the connection that received the NOTIFY (worker._claim_here).
 The main loop is left asleep (a 30 s poll interval), so a job that starts within a
 second was claimed by the listener; the tests also check the thread that claimed it,
-since a wake-up of the main loop would run the job just as fast.
+since a wake-up of the main loop would run the job just as fast. Under a backlog a
+worker claims ahead of its runners as far as the messages are short (prefetch()).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from django.test import override_settings
 
 from hotmesh_django.engine import queues as queue_control
 from hotmesh_django.engine.notify import connect_raw
-from hotmesh_django.models import Job
+from hotmesh_django.models import Job, Stream
 from hotmesh_django.worker import Worker
 from tests import activities as a
 from tests.conftest import InProcessWorker, wait_until
@@ -120,3 +122,47 @@ def test_a_backlog_goes_to_the_main_loop_in_batches(
     threads = {name for name, _ in worker.claims}
     assert threads == {"hotmesh-listen", "test-worker"}  # test-worker: the main loop
     assert sum(n for _, n in worker.claims) == 40
+
+
+def test_a_backlog_of_long_messages_is_not_hoarded(
+    idle_worker: Callable[..., RecordingWorker],
+) -> None:
+    """Messages that take long are claimed only as runners free up: what a worker
+    holds queued is what an idle worker elsewhere could have run."""
+    worker = idle_worker()
+    handles = [a.slow.start(0.3, f"s{i}") for i in range(8)]
+    most = 0
+    while not all(
+        Job.objects.filter(workflow_id=h.id, status="SUCCESSFUL").exists() for h in handles
+    ):
+        # Held and not merely waiting for an ack's commit: running or queued (a
+        # finished one whose ack is committing still shows RUNNING in the table,
+        # though it holds no runner).
+        most = max(most, worker.in_flight - worker._acking)
+        time.sleep(0.01)
+    assert most == 2  # the worker's concurrency: nothing queued behind the runners
+    assert worker.prefetch() == 1
+
+
+def test_a_backlog_of_short_messages_is_claimed_batches_ahead(
+    idle_worker: Callable[..., RecordingWorker],
+) -> None:
+    worker = idle_worker()
+    handles = [a.noop.start() for _ in range(60)]
+    for h in handles:
+        h.result(timeout=20)
+    assert worker.run_seconds < 0.005
+    assert worker.prefetch() == 4
+    # Batches: fewer claims than messages.
+    assert len(worker.claims) < 60
+
+
+@pytest.mark.parametrize(
+    ("seconds", "batches"), [(0.0001, 4), (0.004, 4), (0.005, 2), (0.05, 2), (0.1, 1), (30, 1)]
+)
+def test_how_far_ahead_a_worker_claims_follows_how_long_messages_take(
+    seconds: float, batches: int
+) -> None:
+    worker = Worker(concurrency=3)
+    worker.run_seconds = seconds
+    assert worker.prefetch() == batches
