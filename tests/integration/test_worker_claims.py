@@ -20,7 +20,7 @@ from django.test import override_settings
 
 from hotmesh_django.engine import queues as queue_control
 from hotmesh_django.engine.notify import connect_raw
-from hotmesh_django.models import Job, Stream
+from hotmesh_django.models import Job
 from hotmesh_django.worker import Worker
 from tests import activities as a
 from tests.conftest import InProcessWorker, wait_until
