@@ -50,7 +50,8 @@ WITH c AS MATERIALIZED ({candidates}), m AS (
            claimed_at = now()
       FROM c
      WHERE s.id = c.id
- RETURNING s.id, s.kind, s.job_id, s.step, s.name, s.payload, s.attempts, s.queue
+ RETURNING s.id, s.kind, s.job_id, s.step, s.name, s.payload, s.attempts, s.queue,
+           s.priority
 ), a AS (
     UPDATE {activity} AS x
        SET status = 'RUNNING', attempts = m.attempts, started_at = now()
@@ -78,7 +79,8 @@ SELECT m.id, m.kind, m.job_id, m.step, m.name, m.payload, m.attempts, m.queue,
          WHERE x.id = m.job_id AND m.kind = 'TURN'
            AND c.locked_version = (SELECT xmin::text FROM {stream} WHERE id = m.id)
        ) AS j ON true
- ORDER BY m.id
+ -- The candidates' order: a batch is run in the order it is handed to the runners.
+ ORDER BY m.priority DESC, m.id
 """
 
 # Promote what is due, wake its queues, and say when the next scheduled message is

@@ -166,3 +166,13 @@ def test_ready_work_held_by_another_transaction_is_skipped_but_still_seen() -> N
         assert claim(queue="burst", worker_id=uuid.uuid4(), limit=1, lease_seconds=60) == []
         assert ready_exists(queues=["burst"], excluded=[])
         other.execute("ROLLBACK")
+
+
+def test_a_batch_comes_back_highest_priority_first() -> None:
+    """Runners take a batch in the order the claim returns it, so that order is the
+    queue's: priority first, then age (not the message ids alone)."""
+    low, mid, high = _messages(3)
+    Stream.objects.filter(pk=low.pk).update(priority=-100)
+    Stream.objects.filter(pk=high.pk).update(priority=100)
+    batch = claim(queue="default", worker_id=uuid.uuid4(), limit=3, lease_seconds=60)
+    assert [m.id for m in batch] == [high.id, mid.id, low.id]
