@@ -26,9 +26,15 @@ logger = logging.getLogger(__name__)
 # pass over each other's rows instead of queueing behind them. The step's and the
 # activity job's status move to RUNNING in the same statement, so what the admin
 # shows is what the queue holds.
+#
+# A paused queue claims nothing, checked here and not only against the worker's copy
+# of the paused set: that copy may be read a moment before a pause commits, and
+# anything enqueued after the pause commits can only be seen by a claim whose
+# snapshot sees the pause too.
 _CANDIDATES = """
     SELECT id, xmin::text AS locked_version FROM {stream}
      WHERE queue = %(queue)s AND status = 'READY'
+       AND NOT EXISTS (SELECT FROM {queue} WHERE name = %(queue)s AND paused)
      ORDER BY priority DESC, id
      LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED
@@ -36,8 +42,9 @@ _CANDIDATES = """
 
 # Chosen ids (by a limiter holding the queue's lock), still ready.
 _CHOSEN = """
-    SELECT id, xmin::text AS locked_version FROM {stream}
+    SELECT id, xmin::text AS locked_version FROM {stream} AS r
      WHERE id = ANY(%(ids)s) AND status = 'READY'
+       AND NOT EXISTS (SELECT FROM {queue} AS q WHERE q.name = r.queue AND q.paused)
      ORDER BY priority DESC, id
        FOR UPDATE SKIP LOCKED
 """

@@ -47,6 +47,7 @@ def tables() -> dict[str, str]:
             "signal": models.Signal,
             "human_task": models.HumanTask,
             "worker": models.Worker,
+            "queue": models.Queue,
         }.items()
     }
 

@@ -8,9 +8,15 @@ import uuid
 import pytest
 from django.db import connection, connections, transaction
 
-from hotmesh_django.engine.claim import claim, ready_exists, requeue_expired, rescue
+from hotmesh_django.engine.claim import (
+    claim,
+    claim_ids,
+    ready_exists,
+    requeue_expired,
+    rescue,
+)
 from hotmesh_django.engine.notify import connect_raw
-from hotmesh_django.models import Activity, Job, JobStatus, Journal, Stream, Worker
+from hotmesh_django.models import Activity, Job, JobStatus, Journal, Queue, Stream, Worker
 from tests.factories import JobFactory, StreamFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -176,3 +182,16 @@ def test_a_batch_comes_back_highest_priority_first() -> None:
     Stream.objects.filter(pk=high.pk).update(priority=100)
     batch = claim(queue="default", worker_id=uuid.uuid4(), limit=3, lease_seconds=60)
     assert [m.id for m in batch] == [high.id, mid.id, low.id]
+
+
+def test_a_paused_queue_claims_nothing_whatever_the_worker_believes() -> None:
+    """The claim reads the pause itself: a worker whose paused set predates the pause
+    (read just before it committed) still claims nothing that was enqueued after."""
+    _messages(2, queue="held")
+    Queue.objects.create(name="held", paused=True)
+    assert claim(queue="held", worker_id=uuid.uuid4(), limit=5, lease_seconds=60) == []
+    ids = list(Stream.objects.values_list("id", flat=True))
+    assert claim_ids(ids=ids, worker_id=uuid.uuid4(), lease_seconds=60) == []
+    assert Stream.objects.filter(status="READY").count() == 2
+    Queue.objects.filter(name="held").update(paused=False)
+    assert len(claim(queue="held", worker_id=uuid.uuid4(), limit=5, lease_seconds=60)) == 2
