@@ -140,7 +140,7 @@ def peer_best(peer_rows: Sequence[Record], metric: Metric) -> dict[str, tuple[St
 def pglimit_table(records: Sequence[Record]) -> dict[tuple[str, int], Stat]:
     groups: dict[tuple[str, int], list[Any]] = defaultdict(list)
     for r in records:
-        if r.get("bench") == "pglimit" and "error" not in r:
+        if r.get("bench") == "pglimit" and "error" not in r and "rows_per_s" in r:
             groups[(r["workload"], r["clients"])].append(r["rows_per_s"])
     return {k: s for k, v in sorted(groups.items()) if (s := stat(v)) is not None}
 
@@ -217,6 +217,9 @@ def build(
 ) -> Report:
     limits = pglimit_table(pglimit)
     insert1 = limits.get(("insert1", 1))
+    floor = [r for r in pglimit if r.get("workload") == "pickup" and "error" not in r]
+    # W3's method on a bare LISTEN/NOTIFY queue (bench/pickup.py).
+    pickup = {field: stat(r.get(field) for r in floor) for field in ("p50_ms", "p95_ms")}
     extra = {
         "claim100": pglimit_best(limits, "claim100"),
         "claim1": pglimit_best(limits, "claim1"),
@@ -253,6 +256,9 @@ def build(
             s, clients = extra["insert1"]
             limit = f"{s.median:,.0f} tx/s (insert1, 1 client)"
             vs_limit = _ratio(ours_stat.median, s.median)
+        elif metric.workload == "W3" and (floor_stat := pickup.get(metric.field)):
+            limit = f"{floor_stat} ms (bare LISTEN queue, 1 client)"
+            vs_limit = _ratio(ours_stat.median, floor_stat.median)
         row = Row(metric.label, ours_stat, peers, best_peer, vs_best, limit, vs_limit, "")
         row.target = _target(metric, ours_stat, row, extra)
         rows.append(row)

@@ -84,9 +84,12 @@ def test_bench_runs_every_workload_at_tiny_n(tmp_path: Path) -> None:
     big = max(claims, key=lambda r: r["backlog"])  # a tiny table may rightly be seq-scanned
     assert not big["seq_scan_on_stream"] and "hotmesh_stream_ready_idx" in big["indexes"], big
     assert 0 < ours["RSS"]["idle_mb"] < 500
-    limits = [r for r in records if r.get("bench") == "pglimit"]
+    limits = [r for r in records if r.get("bench") == "pglimit" and r["workload"] != "pickup"]
     assert {r["workload"] for r in limits} == {"insert1", "claim1", "claim100"}
     assert all(r.get("rows_per_s", 0) > 0 for r in limits), limits
+    floor = [r for r in records if r.get("workload") == "pickup"]
+    assert len(floor) == 1 and floor[0]["samples"] == 3, floor
+    assert 0 < floor[0]["p50_ms"] <= floor[0]["p95_ms"]
 
     assert "W1 drain, jobs/s" in proc.stdout
     assert "| metric | hotmesh_django |" in proc.stdout  # the markdown table
@@ -127,6 +130,10 @@ def test_report_takes_each_peers_best_setting_and_the_ratios() -> None:
         {"bench": "pglimit", "workload": "claim100", "clients": c, "rows_per_s": v}
         for c, v in [(1, 4000.0), (2, 5200.0), (2, 5000.0)]
     ]
+    pglimit += [
+        {"bench": "pglimit", "workload": "pickup", "clients": 1, "p50_ms": v, "p95_ms": 2 * v}
+        for v in (1.0, 1.6, 1.2)
+    ]
     built = report.build(ours, peers, pglimit)
     rows = {r.label: r for r in built.rows}
 
@@ -143,4 +150,6 @@ def test_report_takes_each_peers_best_setting_and_the_ratios() -> None:
     assert pickup.best_peer is not None and pickup.best_peer[0] == "procrastinate"
     assert pickup.vs_best == "0.33x"
     assert pickup.target == "PASS < 3 ms"
+    assert pickup.vs_limit == "1.67x"  # 2.0 / the floor's median p50 (1.2)
+    assert rows["W3 idle pickup p95, ms"].vs_limit == "1.67x"  # 4.0 / 2.4
     assert built.peer_systems == ["procrastinate", "dbos"]

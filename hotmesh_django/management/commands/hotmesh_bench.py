@@ -176,7 +176,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from bench import peers, report, workloads
+        from bench import peers, pickup, report, workloads
 
         command = _command_line()
         if options["report_from"]:
@@ -223,6 +223,14 @@ class Command(BaseCommand):
                     log=log,
                     on_record=keep,
                 )
+                if "w3" in config.workloads:
+                    log("pickup floor: a bare LISTEN/NOTIFY queue, W3's method")
+                    floor = pickup.run_pickup_floor(
+                        runs=config.runs, n=config.n_w3, out_dir=config.out_dir, log=log
+                    )
+                    for rec in floor:
+                        keep(rec)
+                    pglimit += floor
             with workloads.bench_database(config, log, drop=options["drop_database"]):
                 server = workloads.server_version()
                 ours = workloads.Runner(config, log).run()
