@@ -62,6 +62,21 @@ TRANSITIONS: Final[Mapping[str, frozenset[str]]] = {
 }
 
 
+def job_status_in(column: str, *statuses: str) -> str:
+    """SQL that holds when the job status `column` is one of `statuses`, written as
+    NOT IN the other statuses so that no index on status can serve it.
+
+    A job-row update joined to the rows at hand (a claimed batch, a batch of acks)
+    must find each job by its primary key. Given `status = 'READY'`, a planner whose
+    statistics lag behind a burst of starts (they still say few jobs are READY) may
+    walk every READY job through the status index once per row at hand instead:
+    measured, 30 ms for a claim of 32 with 3,000 jobs waiting, against 0.8 ms. NOT IN
+    is no index condition, so the key is the only way in.
+    """
+    others = [s for s in JobStatus.values if s not in statuses]
+    return f"{column} NOT IN ({', '.join(repr(str(s)) for s in others)})"
+
+
 def sources_of(target: str) -> list[str]:
     """Return the statuses a job may move to `target` from."""
     return [s for s, targets in TRANSITIONS.items() if target in targets]

@@ -31,12 +31,16 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from psycopg.types.json import Jsonb
 
 from hotmesh_django import faults, metrics
+from hotmesh_django.choices import ACTIVE_STATUSES, job_status_in
 from hotmesh_django.engine import prepared
 from hotmesh_django.engine.claim import Claimed
 from hotmesh_django.engine.notify import DONE_CHANNEL, tables
 from hotmesh_django.serialization import seal
 
 logger = logging.getLogger(__name__)
+
+# The job rows an ack may finish (see choices.job_status_in).
+_ACTIVE_T = job_status_in("t.status", *ACTIVE_STATUSES)
 
 # Acks per statement. Bounded so one statement's locks and WAL stay small.
 MAX_BATCH = 500
@@ -65,7 +69,7 @@ WITH x AS (
     UPDATE {job} AS t
        SET status = 'SUCCESSFUL', output = m.output, error = NULL,
            finished_at = now(), updated_at = now()
-      FROM m WHERE t.id = m.job_id AND t.status IN ('READY', 'RUNNING', 'WAITING')
+      FROM m WHERE t.id = m.job_id AND {job_active}
  RETURNING t.id, t.watched
 ), r AS (
     INSERT INTO {journal} (job_id, step, event, name, attempt, data, created_at)
@@ -96,7 +100,9 @@ def ack_tasks(worker_id: uuid.UUID, items: list[tuple[Claimed, Any]]) -> tuple[s
     params: dict[str, Any] = {"acks": Jsonb(document), "worker": worker_id}
     with prepared.cursor() as cursor:
         faults.point("ack_send")
-        cursor.execute(_ACK_BATCH.format(done=DONE_CHANNEL, **tables()), params)
+        cursor.execute(
+            _ACK_BATCH.format(done=DONE_CHANNEL, job_active=_ACTIVE_T, **tables()), params
+        )
         row = cursor.fetchone()
     if row is None:
         return set(), set()

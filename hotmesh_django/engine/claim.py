@@ -15,6 +15,7 @@ from typing import Any
 from django.db import connection, transaction
 
 from hotmesh_django import faults
+from hotmesh_django.choices import JobStatus, job_status_in
 from hotmesh_django.engine import prepared
 from hotmesh_django.engine.complete import enqueue_turn
 from hotmesh_django.engine.notify import WORK_CHANNEL, tables
@@ -58,7 +59,7 @@ WITH c AS MATERIALIZED ({candidates}), m AS (
       FROM c
      WHERE s.id = c.id
  RETURNING s.id, s.kind, s.job_id, s.step, s.name, s.payload, s.attempts, s.queue,
-           s.priority
+           s.priority, c.locked_version
 ), a AS (
     UPDATE {activity} AS x
        SET status = 'RUNNING', attempts = m.attempts, started_at = now()
@@ -70,11 +71,11 @@ WITH c AS MATERIALIZED ({candidates}), m AS (
        SET status = 'RUNNING', started_at = coalesce(x.started_at, now()),
            updated_at = now()
       FROM m
-     WHERE x.id = m.job_id AND m.kind = 'TASK' AND x.status = 'READY'
+     WHERE x.id = m.job_id AND m.kind = 'TASK' AND {job_ready}
 )
 SELECT m.id, m.kind, m.job_id, m.step, m.name, m.payload, m.attempts, m.queue,
        j.version, {job_select}
-  FROM m JOIN c ON c.id = m.id LEFT JOIN LATERAL (
+  FROM m LEFT JOIN LATERAL (
         -- A turn's job and steps, read with the claim, so the turn may need no other
         -- read (engine/sticky.py; its write checks the job row's version). Not for
         -- a TIMER: the step it wakes changes, which that path leaves to the usual
@@ -84,7 +85,7 @@ SELECT m.id, m.kind, m.job_id, m.step, m.name, m.payload, m.attempts, m.queue,
         -- would predate what that transaction wrote.
         SELECT x.*, x.xmin::text AS version FROM {job} AS x
          WHERE x.id = m.job_id AND m.kind = 'TURN'
-           AND c.locked_version = (SELECT xmin::text FROM {stream} WHERE id = m.id)
+           AND m.locked_version = (SELECT xmin::text FROM {stream} WHERE id = m.id)
        ) AS j ON true
  -- The candidates' order: a batch is run in the order it is handed to the runners.
  ORDER BY m.priority DESC, m.id
@@ -141,7 +142,7 @@ WITH m AS (
       FROM m WHERE x.job_id = m.job_id AND x.seq = m.step AND x.status = 'RUNNING'
 ), j AS (
     UPDATE {job} AS x SET status = 'READY', updated_at = now()
-      FROM m WHERE x.id = m.job_id AND m.kind = 'TASK' AND x.status = 'RUNNING'
+      FROM m WHERE x.id = m.job_id AND m.kind = 'TASK' AND {job_running}
 ), r AS (
     INSERT INTO {journal} (job_id, step, event, name, attempt, data, created_at)
     SELECT job_id, step, 'lease_expired', name, attempts, NULL, now() FROM m
@@ -202,7 +203,10 @@ def _claim_sql(candidates: str) -> str:
     from hotmesh_django.engine.turn import job_select  # turn.py imports this module
 
     return _CLAIM.format(
-        candidates=candidates.format(**tables()), job_select=job_select("j"), **tables()
+        candidates=candidates.format(**tables()),
+        job_select=job_select("j"),
+        job_ready=job_status_in("x.status", JobStatus.READY),
+        **tables(),
     )
 
 
@@ -304,7 +308,8 @@ def requeue_expired(*, workers: list[uuid.UUID]) -> int:
     with transaction.atomic(), connection.cursor() as cursor:
         step_kinds: dict[str, Any] = {"kinds": ("STEP", "TASK"), **params}
         expired = _EXPIRED.format(**t).replace("%(kinds)s", "('STEP', 'TASK')")
-        cursor.execute(_REQUEUE_STEPS.format(expired=expired, **t), step_kinds)
+        running = job_status_in("x.status", JobStatus.RUNNING)
+        cursor.execute(_REQUEUE_STEPS.format(expired=expired, job_running=running, **t), step_kinds)
         rows = cursor.fetchall()
         queues = [row[0] for row in rows]
         moved = int(sum(row[1] for row in rows))

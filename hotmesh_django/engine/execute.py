@@ -26,6 +26,7 @@ from psycopg import pq
 from psycopg.types.json import Jsonb
 
 from hotmesh_django import faults, metrics, middleware, registry, tracing
+from hotmesh_django.choices import ACTIVE_STATUSES, job_status_in
 from hotmesh_django.engine import prepared
 from hotmesh_django.engine.claim import Claimed, loads_jsonb
 from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job
@@ -67,6 +68,9 @@ from hotmesh_django.serialization import (
 )
 
 logger = get_logger(__name__)
+
+# The job rows an ack may finish (see choices.job_status_in).
+_ACTIVE_X = job_status_in("x.status", *ACTIVE_STATUSES)
 
 
 class Handoff(enum.Enum):
@@ -140,7 +144,7 @@ WITH m AS (
     UPDATE {job} AS x
        SET status = 'SUCCESSFUL', output = %(output)s, error = NULL,
            finished_at = now(), updated_at = now()
-      FROM m WHERE x.id = m.job_id AND x.status IN ('READY', 'RUNNING', 'WAITING')
+      FROM m WHERE x.id = m.job_id AND {job_active}
  RETURNING x.id, x.watched
 ), r AS (
     INSERT INTO {journal} (job_id, step, event, name, attempt, data, created_at)
@@ -212,7 +216,9 @@ def _ack_task(message: Claimed, worker_id: uuid.UUID, output: Any) -> bool:
     params = _ack_params(message, worker_id, output)
     with prepared.cursor() as cursor:
         faults.point("ack_send")
-        cursor.execute(_ACK_TASK.format(done=DONE_CHANNEL, **tables()), params)
+        cursor.execute(
+            _ACK_TASK.format(done=DONE_CHANNEL, job_active=_ACTIVE_X, **tables()), params
+        )
         row = cursor.fetchone()
     if row and row[1]:
         metrics.job_finished(message.name, "SUCCESSFUL")

@@ -152,13 +152,14 @@ def test_a_backlog_of_short_messages_is_claimed_batches_ahead(
     for h in handles:
         h.result(timeout=20)
     assert worker.run_seconds < 0.005
-    assert worker.prefetch() == 4
+    assert worker.prefetch() >= 4
     # Batches: fewer claims than messages.
     assert len(worker.claims) < 60
 
 
 @pytest.mark.parametrize(
-    ("seconds", "batches"), [(0.0001, 4), (0.004, 4), (0.005, 2), (0.05, 2), (0.1, 1), (30, 1)]
+    ("seconds", "batches"),
+    [(0.0, 16), (0.0001, 16), (0.002, 10), (0.005, 4), (0.01, 2), (0.05, 2), (0.1, 1), (30, 1)],
 )
 def test_how_far_ahead_a_worker_claims_follows_how_long_messages_take(
     seconds: float, batches: int
