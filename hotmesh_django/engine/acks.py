@@ -31,7 +31,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from psycopg.types.json import Jsonb
 
 from hotmesh_django import faults, metrics
-from hotmesh_django.choices import ACTIVE_STATUSES, job_status_in
+from hotmesh_django.choices import ACTIVE_STATUSES, StreamStatus, status_in
 from hotmesh_django.engine import prepared
 from hotmesh_django.engine.claim import Claimed
 from hotmesh_django.engine.notify import DONE_CHANNEL, tables
@@ -39,8 +39,9 @@ from hotmesh_django.serialization import seal
 
 logger = logging.getLogger(__name__)
 
-# The job rows an ack may finish (see choices.job_status_in).
-_ACTIVE_T = job_status_in("t.status", *ACTIVE_STATUSES)
+# The job rows an ack may finish (see choices.status_in).
+_ACTIVE_T = status_in("t.status", *ACTIVE_STATUSES)
+_HELD_S = status_in("s.status", StreamStatus.RUNNING, choices=StreamStatus)
 
 # Acks per statement. Bounded so one statement's locks and WAL stay small.
 MAX_BATCH = 500
@@ -58,7 +59,7 @@ WITH x AS (
 ), m AS (
     DELETE FROM {stream} AS s
      USING x
-     WHERE s.id = x.id AND s.worker = %(worker)s AND s.status = 'RUNNING'
+     WHERE s.id = x.id AND s.worker = %(worker)s AND {held}
  RETURNING s.id, s.job_id, x.output, x.attempts, x.step, x.name
 ), a AS (
     UPDATE {activity} AS t
@@ -101,7 +102,8 @@ def ack_tasks(worker_id: uuid.UUID, items: list[tuple[Claimed, Any]]) -> tuple[s
     with prepared.cursor() as cursor:
         faults.point("ack_send")
         cursor.execute(
-            _ACK_BATCH.format(done=DONE_CHANNEL, job_active=_ACTIVE_T, **tables()), params
+            _ACK_BATCH.format(done=DONE_CHANNEL, job_active=_ACTIVE_T, held=_HELD_S, **tables()),
+            params,
         )
         row = cursor.fetchone()
     if row is None:

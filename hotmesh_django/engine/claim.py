@@ -15,7 +15,7 @@ from typing import Any
 from django.db import connection, transaction
 
 from hotmesh_django import faults
-from hotmesh_django.choices import JobStatus, job_status_in
+from hotmesh_django.choices import JobStatus, status_in
 from hotmesh_django.engine import prepared
 from hotmesh_django.engine.complete import enqueue_turn
 from hotmesh_django.engine.notify import WORK_CHANNEL, tables
@@ -205,7 +205,7 @@ def _claim_sql(candidates: str) -> str:
     return _CLAIM.format(
         candidates=candidates.format(**tables()),
         job_select=job_select("j"),
-        job_ready=job_status_in("x.status", JobStatus.READY),
+        job_ready=status_in("x.status", JobStatus.READY),
         **tables(),
     )
 
@@ -308,7 +308,7 @@ def requeue_expired(*, workers: list[uuid.UUID]) -> int:
     with transaction.atomic(), connection.cursor() as cursor:
         step_kinds: dict[str, Any] = {"kinds": ("STEP", "TASK"), **params}
         expired = _EXPIRED.format(**t).replace("%(kinds)s", "('STEP', 'TASK')")
-        running = job_status_in("x.status", JobStatus.RUNNING)
+        running = status_in("x.status", JobStatus.RUNNING)
         cursor.execute(_REQUEUE_STEPS.format(expired=expired, job_running=running, **t), step_kinds)
         rows = cursor.fetchall()
         queues = [row[0] for row in rows]

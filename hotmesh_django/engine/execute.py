@@ -26,7 +26,7 @@ from psycopg import pq
 from psycopg.types.json import Jsonb
 
 from hotmesh_django import faults, metrics, middleware, registry, tracing
-from hotmesh_django.choices import ACTIVE_STATUSES, job_status_in
+from hotmesh_django.choices import ACTIVE_STATUSES, HELD, status_in
 from hotmesh_django.engine import prepared
 from hotmesh_django.engine.claim import Claimed, loads_jsonb
 from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job
@@ -69,8 +69,8 @@ from hotmesh_django.serialization import (
 
 logger = get_logger(__name__)
 
-# The job rows an ack may finish (see choices.job_status_in).
-_ACTIVE_X = job_status_in("x.status", *ACTIVE_STATUSES)
+# The job rows an ack may finish (see choices.status_in).
+_ACTIVE_X = status_in("x.status", *ACTIVE_STATUSES)
 
 
 class Handoff(enum.Enum):
@@ -133,7 +133,7 @@ def _mine(message: Claimed, worker_id: uuid.UUID) -> Any:
 _ACK_TASK = """
 WITH m AS (
     DELETE FROM {stream}
-     WHERE id = %(id)s AND worker = %(worker)s AND status = 'RUNNING'
+     WHERE id = %(id)s AND worker = %(worker)s AND {held}
  RETURNING job_id
 ), a AS (
     UPDATE {activity} AS x
@@ -167,7 +167,7 @@ SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM j),
 _ACK_STEP = """
 WITH m AS (
     DELETE FROM {stream}
-     WHERE id = %(id)s AND worker = %(worker)s AND status = 'RUNNING'
+     WHERE id = %(id)s AND worker = %(worker)s AND {held}
  RETURNING job_id
 ), a AS (
     UPDATE {activity} AS x
@@ -197,7 +197,9 @@ SELECT (SELECT count(*) FROM m), b.busy, (SELECT output FROM a), (SELECT finishe
 
 @cache
 def _ack_step_sql() -> str:
-    return _ACK_STEP.format(job_select=job_select("j"), stale=STALE.format(**tables()), **tables())
+    return _ACK_STEP.format(
+        job_select=job_select("j"), stale=STALE.format(**tables()), held=HELD, **tables()
+    )
 
 
 def _ack_params(message: Claimed, worker_id: uuid.UUID, output: Any) -> dict[str, Any]:
@@ -217,7 +219,7 @@ def _ack_task(message: Claimed, worker_id: uuid.UUID, output: Any) -> bool:
     with prepared.cursor() as cursor:
         faults.point("ack_send")
         cursor.execute(
-            _ACK_TASK.format(done=DONE_CHANNEL, job_active=_ACTIVE_X, **tables()), params
+            _ACK_TASK.format(done=DONE_CHANNEL, job_active=_ACTIVE_X, held=HELD, **tables()), params
         )
         row = cursor.fetchone()
     if row and row[1]:
@@ -508,7 +510,7 @@ WITH m AS (
     UPDATE {stream} AS s
        SET status = 'READY', worker = NULL, lease_expires_at = NULL,
            attempts = greatest(s.attempts - 1, 0)
-     WHERE id = %(id)s AND worker = %(worker)s AND status = 'RUNNING'
+     WHERE id = %(id)s AND worker = %(worker)s AND {held}
  RETURNING job_id, step, name, queue
 ), a AS (
     UPDATE {activity} AS x SET status = 'READY'
@@ -551,7 +553,7 @@ def _release_uncounted(message: Claimed, worker_id: uuid.UUID, exc: BaseExceptio
     }
     logger.warning("connection lost mid-step job=%s step=%s", message.job_id, message.step)
     with connection.cursor() as cursor:
-        cursor.execute(_RELEASE.format(channel=WORK_CHANNEL, **tables()), params)
+        cursor.execute(_RELEASE.format(channel=WORK_CHANNEL, held=HELD, **tables()), params)
 
 
 def _wait_for_codec(message: Claimed, worker_id: uuid.UUID, error: CodecError) -> None:

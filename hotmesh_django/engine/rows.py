@@ -22,6 +22,7 @@ from django.db.models.functions import Now
 from psycopg.types.json import Jsonb
 
 from hotmesh_django import faults
+from hotmesh_django.choices import HELD
 from hotmesh_django.engine import prepared
 from hotmesh_django.engine.notify import WORK_CHANNEL
 from hotmesh_django.models import Activity, Job, Journal, SealedJSONField, Stream
@@ -150,7 +151,7 @@ _ACK_GUARD = """versioned AS MATERIALIZED (
        FOR NO KEY UPDATE SKIP LOCKED
 ), acked AS (
     DELETE FROM {stream}
-     WHERE id = %(ack_id)s AND worker = %(ack_worker)s AND status = 'RUNNING'
+     WHERE id = %(ack_id)s AND worker = %(ack_worker)s AND {held}
        AND EXISTS (SELECT 1 FROM versioned)
  RETURNING id
 )"""
@@ -271,4 +272,6 @@ def ack_guard() -> str:
     """The `versioned` and `acked` CTEs of a guarded write (params ack_version,
     ack_id, ack_worker)."""
     quote = connection.ops.quote_name
-    return _ACK_GUARD.format(job=quote(Job._meta.db_table), stream=quote(Stream._meta.db_table))
+    return _ACK_GUARD.format(
+        job=quote(Job._meta.db_table), stream=quote(Stream._meta.db_table), held=HELD
+    )

@@ -274,14 +274,16 @@ WITH {guard}, a AS (
      WHERE x.id = %(job)s AND {acked}
  RETURNING x.id, x.watched
 ), d AS (
-    DELETE FROM {stream} AS s USING j WHERE s.job_id = j.id AND s.id <> %(ack_id)s
+    -- By the job's id, not j.id: a planner with stale statistics would otherwise
+    -- scan the whole table to hash-join on it. `USING j` keeps it conditional.
+    DELETE FROM {stream} AS s USING j WHERE s.job_id = %(job)s AND s.id <> %(ack_id)s
 ), c AS (
     UPDATE {activity} AS x SET status = 'CANCELLED', finished_at = now()
-      FROM j WHERE x.job_id = j.id AND x.seq <> %(step)s
+      FROM j WHERE x.job_id = %(job)s AND x.seq <> %(step)s
        AND x.status IN ('READY', 'RUNNING', 'WAITING')
 ), h AS (
     UPDATE {human_task} AS t SET status = 'CANCELLED', updated_at = now()
-      FROM j WHERE t.job_id = j.id AND t.status IN ('OPEN', 'CLAIMED')
+      FROM j WHERE t.job_id = %(job)s AND t.status IN ('OPEN', 'CLAIMED')
 ), r AS (
     INSERT INTO {journal} (job_id, step, event, name, attempt, data, created_at)
     SELECT id, %(step)s::int, 'step_completed', %(name)s, %(attempts)s::int, NULL::jsonb,

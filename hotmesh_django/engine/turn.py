@@ -23,6 +23,7 @@ from django.db.models import DateTimeField
 from django.db.models.functions import Now
 
 from hotmesh_django import middleware, registry
+from hotmesh_django.choices import HELD
 from hotmesh_django.context import WorkflowContext, activate
 from hotmesh_django.engine import human, prepared
 from hotmesh_django.engine.claim import Claimed
@@ -129,7 +130,7 @@ WITH j AS MATERIALIZED (
      WHERE id = %(job)s AND kind = 'WORKFLOW' FOR NO KEY UPDATE
 ), m AS (
     DELETE FROM {stream}
-     WHERE id = %(id)s AND worker = %(worker)s AND status = 'RUNNING'
+     WHERE id = %(id)s AND worker = %(worker)s AND {held}
        AND (SELECT count(*) FROM j) >= 0
  RETURNING id
 )
@@ -143,7 +144,9 @@ STALE = "(j.locked_version IS DISTINCT FROM (SELECT xmin::text FROM {job} WHERE 
 
 @cache
 def _take_turn_sql() -> str:
-    return _TAKE_TURN.format(job_select=job_select("j"), stale=STALE.format(**tables()), **tables())
+    return _TAKE_TURN.format(
+        job_select=job_select("j"), stale=STALE.format(**tables()), held=HELD, **tables()
+    )
 
 
 def reread_job(job_id: int) -> Job:

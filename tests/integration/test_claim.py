@@ -18,6 +18,7 @@ from hotmesh_django.engine.claim import (
     requeue_expired,
     rescue,
 )
+from hotmesh_django.engine.execute import _ack_task
 from hotmesh_django.engine.notify import connect_raw
 from hotmesh_django.models import Activity, Job, JobStatus, Journal, Queue, Stream, Worker
 from tests.factories import JobFactory, StreamFactory
@@ -220,9 +221,10 @@ def _plan_of(call: Any) -> str:
 
 
 def test_claims_and_acks_find_their_jobs_by_key_whatever_the_statistics_say() -> None:
-    """Statistics lag behind a burst of starts: taken when every job had finished,
-    they say no job is READY. A claim and an ack must still reach each job by its
-    key, not walk every READY job once per row (30 ms a claim at 3,000 waiting)."""
+    """Statistics lag behind a burst of starts: taken when every job had finished and
+    nothing ran, they say no job is READY and no message RUNNING. A claim and an ack
+    must still reach each row by its key, not walk every READY job once per row (30 ms
+    a claim at 3,000 waiting) or every RUNNING message to find one."""
     Job.objects.bulk_create(
         [
             Job(workflow_id=f"old-{i}", name="t.add", kind="ACTIVITY", status="SUCCESSFUL")
@@ -231,13 +233,18 @@ def test_claims_and_acks_find_their_jobs_by_key_whatever_the_statistics_say() ->
     )
     with connection.cursor() as cursor:
         cursor.execute(f"ANALYZE {Job._meta.db_table}")
+        cursor.execute(f"ANALYZE {Stream._meta.db_table}")
     _messages(3000)
     worker = uuid.uuid4()
     plan = _plan_of(lambda: claim(queue="default", worker_id=worker, limit=32, lease_seconds=60))
     assert '"hotmesh_django_job_pkey"' in plan
     assert "hotmesh_job_status_idx" not in plan, plan
 
-    batch = claim(queue="default", worker_id=worker, limit=32, lease_seconds=60)
-    plan = _plan_of(lambda: ack_tasks(worker, [(m, None) for m in batch]))
+    batch = claim(queue="default", worker_id=worker, limit=2000, lease_seconds=60)
+    plan = _plan_of(lambda: ack_tasks(worker, [(m, None) for m in batch[:32]]))
     assert '"hotmesh_django_job_pkey"' in plan
     assert "hotmesh_job_status_idx" not in plan, plan
+    # One message by its id, not by scanning the index of every RUNNING one (2,000).
+    plan = _plan_of(lambda: _ack_task(batch[0], worker, None))
+    assert '"hotmesh_django_stream_pkey"' in plan
+    assert "hotmesh_job_status_idx" not in plan and "running" not in plan, plan
