@@ -316,9 +316,9 @@ class Worker:
 
     def _worth_claiming(self, free: int) -> bool:
         """Under a backlog, wait for room for half of what the worker may hold while
-        the runners still have claimed work queued: a claim costs about the same for
-        one row as for a hundred, so claiming per finished job would cost more than
-        the jobs."""
+        the runners still have claimed work queued: much of what a claim costs is per
+        statement (a round trip, a commit), so claiming per finished job would cost
+        more than the jobs."""
         if not self._backlog or self._inbox.empty():
             return True
         return free >= max(1, self._capacity() // 2)

@@ -20,6 +20,7 @@ lost in the meantime is simply not acked.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -84,6 +85,11 @@ SELECT (SELECT coalesce(array_agg(id), '{{}}') FROM m),
 """
 
 
+@functools.cache
+def _ack_batch_sql() -> str:
+    return _ACK_BATCH.format(done=DONE_CHANNEL, job_active=_ACTIVE_T, held=_HELD_S, **tables())
+
+
 def ack_tasks(worker_id: uuid.UUID, items: list[tuple[Claimed, Any]]) -> tuple[set[int], set[int]]:
     """Ack the successful TASK messages `items` ((message, stored output) pairs) in one
     statement; return (message ids acked, job ids finished)."""
@@ -101,10 +107,7 @@ def ack_tasks(worker_id: uuid.UUID, items: list[tuple[Claimed, Any]]) -> tuple[s
     params: dict[str, Any] = {"acks": Jsonb(document), "worker": worker_id}
     with prepared.cursor() as cursor:
         faults.point("ack_send")
-        cursor.execute(
-            _ACK_BATCH.format(done=DONE_CHANNEL, job_active=_ACTIVE_T, held=_HELD_S, **tables()),
-            params,
-        )
+        cursor.execute(_ack_batch_sql(), params)
         row = cursor.fetchone()
     if row is None:
         return set(), set()

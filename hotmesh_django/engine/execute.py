@@ -202,6 +202,11 @@ def _ack_step_sql() -> str:
     )
 
 
+@cache
+def _ack_task_sql() -> str:
+    return _ACK_TASK.format(done=DONE_CHANNEL, job_active=_ACTIVE_X, held=HELD, **tables())
+
+
 def _ack_params(message: Claimed, worker_id: uuid.UUID, output: Any) -> dict[str, Any]:
     return {
         "id": message.id,
@@ -218,9 +223,7 @@ def _ack_task(message: Claimed, worker_id: uuid.UUID, output: Any) -> bool:
     params = _ack_params(message, worker_id, output)
     with prepared.cursor() as cursor:
         faults.point("ack_send")
-        cursor.execute(
-            _ACK_TASK.format(done=DONE_CHANNEL, job_active=_ACTIVE_X, held=HELD, **tables()), params
-        )
+        cursor.execute(_ack_task_sql(), params)
         row = cursor.fetchone()
     if row and row[1]:
         metrics.job_finished(message.name, "SUCCESSFUL")
