@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from django.db import (
@@ -88,6 +88,11 @@ def dispatch(message: claims.Claimed, local: Local, held: set[int] | None = None
         pending = False
         try:
             if current.kind in ("TURN", "TIMER"):
+                if not current.claim_committed():
+                    # Still READY: another claim runs it. A step's body may start
+                    # before its claim commits (engine/early.py); a turn is all writes.
+                    logger.warning("claim did not commit, turn left job=%s", current.job_id)
+                    break
                 with tracing.span("hotmesh.turn", job_id=current.job_id, queue=current.queue):
                     following = run_turn(current, local)
                 faults.point("turn_commit")
@@ -276,36 +281,40 @@ class Worker:
             # Dropped before the claim: a NOTIFY arriving meanwhile puts it back.
             self._hot.discard(queue)
             began = time.monotonic()
-            limits = queue_control.limits_for(queue)
-            if limits is None:
-                batch = claims.claim(
-                    queue=queue,
-                    worker_id=self.id,
-                    limit=free,
-                    lease_seconds=settings.lease_seconds,
-                )
-            else:
-                batch = queue_control.claim_limited(
-                    queue=queue,
-                    limits=limits,
-                    worker_id=self.id,
-                    limit=free,
-                    lease_seconds=settings.lease_seconds,
-                )
-            metrics.observe_claim(queue, time.monotonic() - began, len(batch))
-            if len(batch) == free:
-                self._hot.add(queue)  # a full batch: there may be more
-                backlog = True
-            for message in batch:
-                with self._lock:
-                    self._in_flight += 1
-                self._held.add(message.id)
-                self._inbox.put(message)
+            with self._claim(queue, free) as batch:
+                metrics.observe_claim(queue, time.monotonic() - began, len(batch))
+                if len(batch) == free:
+                    self._hot.add(queue)  # a full batch: there may be more
+                    backlog = True
+                for message in batch:
+                    with self._lock:
+                        self._in_flight += 1
+                    self._held.add(message.id)
+                    self._inbox.put(message)
             claimed += len(batch)
             free -= len(batch)
         self._rotation += 1
         self._backlog = backlog
         return claimed
+
+    @contextlib.contextmanager
+    def _claim(self, queue: str, limit: int) -> Iterator[list[claims.Claimed]]:
+        """Claim up to `limit` messages of `queue`; the runners may start them inside
+        the block, before the claim's commit has finished (engine/early.py)."""
+        lease = settings.lease_seconds
+        limits = queue_control.limits_for(queue)
+        if limits is not None:
+            yield queue_control.claim_limited(
+                queue=queue, limits=limits, worker_id=self.id, limit=limit, lease_seconds=lease
+            )
+        elif not prepared.enabled():
+            # Through a pooler: no pipeline, whose implicit transaction it would not keep.
+            yield claims.claim(queue=queue, worker_id=self.id, limit=limit, lease_seconds=lease)
+        else:
+            with claims.claim_early(
+                queue=queue, worker_id=self.id, limit=limit, lease_seconds=lease
+            ) as batch:
+                yield batch
 
     def prefetch(self) -> int:
         """Runners' worth of messages to hold under a backlog (running + queued)."""

@@ -5,18 +5,20 @@ Each function is one short transaction. User code never runs inside them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import logging
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from django.db import connection, transaction
 
 from hotmesh_django import faults
 from hotmesh_django.choices import JobStatus, status_in
-from hotmesh_django.engine import prepared
+from hotmesh_django.engine import early, prepared
 from hotmesh_django.engine.complete import enqueue_turn
 from hotmesh_django.engine.notify import WORK_CHANNEL, tables
 
@@ -173,6 +175,14 @@ class Claimed:
     # What a sticky turn may run from (engine/sticky.py): for a step, the job as the
     # turn that handed it over left it (a TurnCache); for a turn, its claim's JobRead.
     cache: Any = dataclasses.field(default=None, compare=False, repr=False)
+    # The claim's commit, which may still be under way when the message is handed to
+    # a runner (engine/early.py): what writes about the message waits for it first.
+    commit: early.Commit = dataclasses.field(default=early.COMMITTED, compare=False, repr=False)
+
+    def claim_committed(self) -> bool:
+        """Wait for this message's claim to commit; False if it did not (the message
+        is still READY and this worker holds no lease on it)."""
+        return self.commit.wait()
 
 
 def claim(*, queue: str, worker_id: uuid.UUID, limit: int, lease_seconds: float) -> list[Claimed]:
@@ -189,6 +199,26 @@ def claim(*, queue: str, worker_id: uuid.UUID, limit: int, lease_seconds: float)
         "lease": lease_seconds,
     }
     return _run_claim(sql, params)
+
+
+@contextlib.contextmanager
+def claim_early(
+    *, queue: str, worker_id: uuid.UUID, limit: int, lease_seconds: float
+) -> Iterator[list[Claimed]]:
+    """As claim(), but yield the messages before the claim's commit has finished
+    (engine/early.py), and wait for it on exit. Each message's claim_committed()
+    says how the commit ended: hand them to runners inside the block."""
+    sql = _claim_sql(_CANDIDATES)
+    params: dict[str, Any] = {
+        "queue": queue,
+        "limit": limit,
+        "worker": worker_id,
+        "lease": lease_seconds,
+    }
+    faults.point("claim_send")
+    with early.rows_then_commit(sql, params) as (rows, commit):
+        yield _claimed(rows, commit)
+    faults.point("claim", rows)  # as for claim(): once the claim has committed
 
 
 def claim_ids(*, ids: list[int], worker_id: uuid.UUID, lease_seconds: float) -> list[Claimed]:
@@ -225,11 +255,16 @@ def _run_claim(sql: str, params: dict[str, Any]) -> list[Claimed]:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     faults.point("claim", rows)
+    return _claimed(rows, early.COMMITTED)
+
+
+def _claimed(rows: list[Any], commit: early.Commit) -> list[Claimed]:
     n = len(_FIELDS)
     return [
         Claimed(
             **dict(zip(_FIELDS, (*row[:5], loads_jsonb(row[5]), *row[6:n]), strict=True)),
             cache=None if row[n] is None else JobRead(row[n], tuple(row[n + 1 :])),
+            commit=commit,
         )
         for row in rows
     ]
