@@ -192,13 +192,14 @@ def claim(*, queue: str, worker_id: uuid.UUID, limit: int, lease_seconds: float)
     locks last only as long as the statement.
     """
     sql = _claim_sql(_CANDIDATES)
-    params: dict[str, Any] = {
-        "queue": queue,
-        "limit": limit,
-        "worker": worker_id,
-        "lease": lease_seconds,
-    }
+    params = _claim_params(queue, worker_id, limit, lease_seconds)
     return _run_claim(sql, params)
+
+
+def _claim_params(
+    queue: str, worker_id: uuid.UUID, limit: int, lease_seconds: float
+) -> dict[str, Any]:
+    return {"queue": queue, "limit": limit, "worker": worker_id, "lease": lease_seconds}
 
 
 @contextlib.contextmanager
@@ -209,12 +210,7 @@ def claim_early(
     (engine/early.py), and wait for it on exit. Each message's claim_committed()
     says how the commit ended: hand them to runners inside the block."""
     sql = _claim_sql(_CANDIDATES)
-    params: dict[str, Any] = {
-        "queue": queue,
-        "limit": limit,
-        "worker": worker_id,
-        "lease": lease_seconds,
-    }
+    params = _claim_params(queue, worker_id, limit, lease_seconds)
     faults.point("claim_send")
     with early.rows_then_commit(sql, params) as (rows, commit):
         yield _claimed(rows, commit)
