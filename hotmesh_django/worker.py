@@ -87,12 +87,13 @@ def dispatch(message: claims.Claimed, local: Local, held: set[int] | None = None
             held.add(current.id)
         pending = False
         try:
+            # The runner was woken while the claim's commit was still being flushed
+            # (engine/early.py); user code runs after it. One that did not commit
+            # left the message READY, its attempt uncounted: another claim runs it.
+            if not current.claim_committed():
+                logger.warning("claim did not commit, message left job=%s", current.job_id)
+                break
             if current.kind in ("TURN", "TIMER"):
-                if not current.claim_committed():
-                    # Still READY: another claim runs it. A step's body may start
-                    # before its claim commits (engine/early.py); a turn is all writes.
-                    logger.warning("claim did not commit, turn left job=%s", current.job_id)
-                    break
                 with tracing.span("hotmesh.turn", job_id=current.job_id, queue=current.queue):
                     following = run_turn(current, local)
                 faults.point("turn_commit")

@@ -176,7 +176,7 @@ class Claimed:
     # turn that handed it over left it (a TurnCache); for a turn, its claim's JobRead.
     cache: Any = dataclasses.field(default=None, compare=False, repr=False)
     # The claim's commit, which may still be under way when the message is handed to
-    # a runner (engine/early.py): what writes about the message waits for it first.
+    # a runner (engine/early.py): the runner waits for it before running the message.
     commit: early.Commit = dataclasses.field(default=early.COMMITTED, compare=False, repr=False)
 
     def claim_committed(self) -> bool:

@@ -1,17 +1,15 @@
 """A statement whose rows arrive before its commit has finished.
 
-A claim is one statement in an implicit transaction, and most of what it costs an
+A claim is one statement in an implicit transaction, and much of what it costs an
 idle worker is the commit: the server flushes the WAL to disk before it answers.
 Here the statement goes out in pipeline mode as Bind/Execute, Flush, Sync, all in
 one write. The Flush makes the server send the rows as soon as the statement has
-run; the Sync then commits. So the runners may start the bodies of the activities
-while the WAL flush is still under way, and the durability of the claim is what it
-was: everything that *writes* about a claimed message first waits for the commit
-(`Commit.wait`), and a claim that did not commit writes nothing (its message is still
-READY, and its attempt was never counted).
-
-The Sync is on the wire before any runner sees a row: a worker killed by the
-activity it has just started cannot take the count of that attempt with it.
+run; the Sync then commits. So the claiming thread hands the messages to the runner
+threads while the WAL flush is still under way, and waking a runner (a thread
+switch, slow on a virtual machine) overlaps the flush instead of following it.
+A runner still starts a message only once its claim has committed (`Commit.wait`):
+user code runs after the claim's commit, its attempt already counted; a claim that
+did not commit runs nothing and writes nothing (its message is still READY).
 
 Only for a connection this thread owns, with no transaction open, on a direct
 session (prepared statements: a pooler in transaction mode keeps neither them nor a

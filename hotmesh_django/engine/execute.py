@@ -127,21 +127,6 @@ def _mine(message: Claimed, worker_id: uuid.UUID) -> Any:
     return Stream.objects.filter(id=message.id, worker=worker_id, status=StreamStatus.RUNNING)
 
 
-def _claim_lost(message: Claimed) -> bool:
-    """Wait for the claim of `message` to commit (a runner may start an activity's body
-    while it is still under way: engine/early.py); True if it did not, and then
-    nothing may be written about the message: it is still READY, its attempt uncounted.
-    """
-    if message.claim_committed():
-        return False
-    logger.warning(
-        "claim did not commit, message left to run again job=%s step=%s",
-        message.job_id,
-        message.step,
-    )
-    return True
-
-
 # The whole success ack of an activity job in one statement (the W1 hot path): drop
 # the message (guarded by worker and status), record the step, finish the job,
 # journal both and wake result() waiters. Activity jobs have no parent and one step.
@@ -251,8 +236,6 @@ def ack_success(message: Claimed, local: Local, output: Any) -> tuple[bool, Clai
     Return (acked, next message this worker claimed). acked is False if the lease
     was lost.
     """
-    if _claim_lost(message):
-        return False, None
     worker_id = local.worker_id
     if message.kind == "TASK":
         return _ack_task(message, worker_id, output), None
@@ -291,8 +274,6 @@ def ack_success(message: Claimed, local: Local, output: Any) -> tuple[bool, Clai
 
 def ack_retry(message: Claimed, worker_id: uuid.UUID, error: dict[str, Any], delay: float) -> bool:
     """Record a failed attempt and schedule the next one `delay` seconds from now."""
-    if _claim_lost(message):
-        return False
     with transaction.atomic():
         moved = _mine(message, worker_id).update(
             status=StreamStatus.SCHEDULED,
@@ -324,8 +305,6 @@ def ack_retry(message: Claimed, worker_id: uuid.UUID, error: dict[str, Any], del
 
 def ack_failure(message: Claimed, worker_id: uuid.UUID, error: dict[str, Any]) -> bool:
     """Record the final failure of a step (its workflow sees ActivityFailed)."""
-    if _claim_lost(message):
-        return False
     with transaction.atomic():
         if not _mine(message, worker_id).delete()[0]:
             return False
@@ -494,8 +473,6 @@ def _execute(
         # signals are handled by flags, never by raising into the activity.
         return None, _record_failure(message, local.worker_id, definition.retry, exc)
     if message.kind == "TASK" and local.acks is not None:
-        if _claim_lost(message):
-            return None, None
         # An activity job's ack ends it and starts nothing: group it with others.
         local.acks.submit(message, output)
         return Handoff.ACK_PENDING, metrics.SUCCESSFUL
@@ -558,8 +535,6 @@ def release_after_loss(message: Claimed, worker_id: uuid.UUID, exc: BaseExceptio
     If this fails too, the lease expires and the rescue does it.
     """
     connection.close()
-    if _claim_lost(message):
-        return
     if message.kind in ("TURN", "TIMER"):
         with transaction.atomic():
             if _mine(message, worker_id).delete()[0]:
@@ -572,8 +547,6 @@ def release_after_loss(message: Claimed, worker_id: uuid.UUID, exc: BaseExceptio
 def _release_uncounted(message: Claimed, worker_id: uuid.UUID, exc: BaseException) -> None:
     """Give the message back at once without counting the attempt (on a new
     connection). If this fails too, the lease expires and the rescue counts it."""
-    if _claim_lost(message):
-        return
     params: dict[str, Any] = {
         "id": message.id,
         "worker": worker_id,
@@ -598,8 +571,6 @@ def _wait_for_codec(message: Claimed, worker_id: uuid.UUID, error: CodecError) -
         PARK_SECONDS,
         error,
     )
-    if _claim_lost(message):
-        return
     with transaction.atomic():
         moved = _mine(message, worker_id).update(
             status=StreamStatus.SCHEDULED,

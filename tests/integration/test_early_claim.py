@@ -1,4 +1,4 @@
-"""A claim's rows arrive before its commit ends; what writes about them waits for it.
+"""A claim's rows arrive before its commit ends; the runner waits for it.
 
 A deferred constraint trigger fires at commit, so it can hold a claim's commit open
 for as long as a test needs (or make it fail), from the server's side: what the
@@ -14,14 +14,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, connection, connections
 
 from hotmesh_django.engine import early
-from hotmesh_django.engine.claim import claim, claim_early
+from hotmesh_django.engine.claim import Claimed, claim, claim_early
 from hotmesh_django.engine.execute import ack_success
 from hotmesh_django.engine.notify import connect_raw, tables
 from hotmesh_django.engine.turn import Local
 from hotmesh_django.models import Job, JobStatus, Stream
+from hotmesh_django.worker import dispatch
 from tests import activities
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -77,33 +78,53 @@ def _row_state(message_id: int) -> tuple[str, int]:
     return row[0], row[1]
 
 
-def test_rows_arrive_before_the_commit_and_what_writes_waits_for_it(slow_commit: None) -> None:
-    activities.add.start(2, 3)
+def _bumps(key: str) -> int:
+    """How often user code counted `key`, read on another session (this thread's
+    connection is the claim's until its block ends)."""
+    from tests.models import Counter
+
+    with connect_raw() as other:
+        row = other.execute(
+            f"SELECT value FROM {Counter._meta.db_table} WHERE key = %s",  # noqa: S608
+            [key],
+        ).fetchone()
+    return row[0] if row else 0
+
+
+def _run(message: Claimed, worker_id: uuid.UUID, outcome: list[bool]) -> None:
+    """A runner thread: run `message` as the worker's runners do."""
+    try:
+        outcome.append(dispatch(message, _local(worker_id)))
+    finally:
+        connections.close_all()
+
+
+def test_rows_arrive_before_the_commit_and_user_code_runs_after_it(slow_commit: None) -> None:
+    activities.fail_times.start("early", 0)
     worker_id = uuid.uuid4()
-    waited: list[bool] = []
+    outcome: list[bool] = []
     began = time.monotonic()
     with claim_early(queue="default", worker_id=worker_id, limit=5, lease_seconds=60) as batch:
         arrived = time.monotonic() - began
         (message,) = batch
         # Another session still sees the message as it was: the claim has not committed.
         assert _row_state(message.id) == ("READY", 0)
-        runner = threading.Thread(target=lambda: waited.append(message.claim_committed()))
+        runner = threading.Thread(target=_run, args=(message, worker_id, outcome), daemon=True)
         runner.start()
         runner.join(timeout=HOLD_SECONDS / 3)
-        assert runner.is_alive(), "a runner's write must wait for the claim's commit"
+        assert runner.is_alive(), "a runner must wait for the claim's commit"
+        assert _bumps("early") == 0, "user code ran before the claim committed"
     committed = time.monotonic() - began
-    runner.join(timeout=5)
-    assert waited == [True]
+    runner.join(timeout=10)
     assert arrived < HOLD_SECONDS <= committed
-    assert _row_state(message.id) == ("RUNNING", 1)
-    assert ack_success(message, _local(worker_id), 5) == (True, None)
+    assert outcome == [False] and _bumps("early") == 1
     assert Job.objects.get(id=message.job_id).status == JobStatus.SUCCESSFUL
 
 
-def test_a_claim_that_does_not_commit_writes_nothing_and_its_message_runs_again(
+def test_a_claim_that_does_not_commit_runs_nothing_and_its_message_runs_again(
     failing_commit: None,
 ) -> None:
-    activities.add.start(2, 3)
+    activities.fail_times.start("lost", 0)
     worker_id = uuid.uuid4()
     with (
         pytest.raises(DatabaseError, match="refused at commit"),
@@ -111,7 +132,9 @@ def test_a_claim_that_does_not_commit_writes_nothing_and_its_message_runs_again(
     ):
         (message,) = batch
     assert not message.claim_committed()
-    # The body may have run; its result is dropped, and nothing was counted.
+    assert dispatch(message, _local(worker_id)) is False
+    assert _bumps("lost") == 0
+    # Written as if claimed anyway, the ack's guard would find nothing of this worker's.
     assert ack_success(message, _local(worker_id), 5) == (False, None)
     assert _row_state(message.id) == ("READY", 0)
     assert Job.objects.get(id=message.job_id).status == JobStatus.READY
