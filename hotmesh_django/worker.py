@@ -300,8 +300,9 @@ class Worker:
 
     @contextlib.contextmanager
     def _claim(self, queue: str, limit: int) -> Iterator[list[claims.Claimed]]:
-        """Claim up to `limit` messages of `queue`; the runners may start them inside
-        the block, before the claim's commit has finished (engine/early.py)."""
+        """Claim up to `limit` messages of `queue` and hand them to the runners inside
+        the block: it is entered before the claim's commit has finished and left once
+        it has (engine/early.py); each runner waits for the commit itself."""
         lease = settings.lease_seconds
         limits = queue_control.limits_for(queue)
         if limits is not None:

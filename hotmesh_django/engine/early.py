@@ -33,7 +33,8 @@ from django.db.transaction import TransactionManagementError
 from psycopg import errors, pq
 from psycopg.adapt import PyFormat, Transformer
 from psycopg.generators import fetch, send
-from psycopg.types.string import StrDumper
+
+from hotmesh_django.engine import prepared
 
 _PARAM = re.compile(r"%\((\w+)\)s")
 
@@ -96,21 +97,18 @@ def rows_then_commit(
     wrapper.close_if_health_check_failed()
     wrapper.ensure_connection()
     conn: psycopg.Connection[Any] = wrapper.connection
-    commit = Commit()
     with conn.lock:
-        try:
-            with wrapper.wrap_database_errors:
-                rows = _send(conn, sql, params)
-        except BaseException:
-            commit.settle(False)
-            raise
+        with wrapper.wrap_database_errors:
+            rows = _send(conn, sql, params)
+        commit = Commit()
         committed = False
         try:
             yield rows, commit
         finally:
             try:
                 with wrapper.wrap_database_errors:
-                    committed = _await_sync(conn)
+                    _await_sync(conn)
+                committed = True
             finally:
                 commit.settle(committed)
 
@@ -130,10 +128,7 @@ def _send(conn: psycopg.Connection[Any], sql: str, params: Mapping[str, Any]) ->
 def _send_once(conn: psycopg.Connection[Any], sql: str, params: Mapping[str, Any]) -> list[Any]:
     pgconn = conn.pgconn
     query, names = positional(sql)
-    cursor: psycopg.Cursor[Any] = psycopg.Cursor(conn)
-    # Text, not "unknown", as in prepared.cursor().
-    cursor.adapters.register_dumper(str, StrDumper)
-    tx = Transformer(cursor)
+    tx = Transformer(prepared.text_cursor(conn))
     values = tx.dump_sequence([params[n] for n in names], [PyFormat.AUTO] * len(names))
     types, formats = tx.types, tx.formats
     # Value-dependent types (psycopg dumps 1 as int2, 40000 as int4) are part of the
@@ -178,7 +173,7 @@ def _end_of_command(conn: psycopg.Connection[Any]) -> None:
         raise errors.InternalError("more than one result from the statement")
 
 
-def _await_sync(conn: psycopg.Connection[Any]) -> bool:
+def _await_sync(conn: psycopg.Connection[Any]) -> None:
     """Read up to the Sync's answer (the commit has finished) and leave pipeline
     mode; raise the server's error if the commit failed."""
     pgconn = conn.pgconn
@@ -198,7 +193,6 @@ def _await_sync(conn: psycopg.Connection[Any]) -> bool:
         _leave(pgconn)
     if failure is not None:
         raise failure
-    return True
 
 
 def _drain(conn: psycopg.Connection[Any]) -> None:

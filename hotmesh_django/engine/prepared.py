@@ -51,8 +51,13 @@ def cursor(using: str = DEFAULT_DB_ALIAS) -> Any:
             # Django turns preparing off; it only matters to server-binding cursors,
             # so the ORM's own (client-binding) statements are unaffected.
             wrapper.connection.prepare_threshold = PREPARE_THRESHOLD
-        raw: psycopg.Cursor[Any] = psycopg.Cursor(wrapper.connection)
-        # Text, not "unknown": a parameter used twice (a varchar column and a text
-        # expression) must not get two inferred types.
-        raw.adapters.register_dumper(str, StrDumper)
-        return wrapper._prepare_cursor(raw)  # type: ignore[attr-defined]
+        return wrapper._prepare_cursor(text_cursor(wrapper.connection))  # type: ignore[attr-defined]
+
+
+def text_cursor(conn: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
+    """A psycopg cursor on `conn` that sends str parameters as text."""
+    raw: psycopg.Cursor[Any] = psycopg.Cursor(conn)
+    # Text, not "unknown": a parameter used twice (a varchar column and a text
+    # expression) must not get two inferred types.
+    raw.adapters.register_dumper(str, StrDumper)
+    return raw
