@@ -24,7 +24,7 @@ import threading
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 import psycopg
@@ -131,9 +131,7 @@ def _send_once(conn: psycopg.Connection[Any], sql: str, params: Mapping[str, Any
     tx = Transformer(prepared.text_cursor(conn))
     values = tx.dump_sequence([params[n] for n in names], [PyFormat.AUTO] * len(names))
     types, formats = tx.types, tx.formats
-    # Value-dependent types (psycopg dumps 1 as int2, 40000 as int4) are part of the
-    # statement, as they are of psycopg's own prepared statements.
-    name = b"hm_" + hashlib.sha1(query + repr(types).encode()).hexdigest()[:20].encode()  # noqa: S324
+    name = _statement_name(query, tuple(types or ()))
     known = _prepared.setdefault(conn, set())
     pgconn.enter_pipeline_mode()
     try:
@@ -156,6 +154,14 @@ def _send_once(conn: psycopg.Connection[Any], sql: str, params: Mapping[str, Any
         raise
     tx.set_pgresult(result)
     return tx.load_rows(0, result.ntuples, tuple)
+
+
+@lru_cache(maxsize=256)
+def _statement_name(query: bytes, types: tuple[int, ...]) -> bytes:
+    # Value-dependent types (psycopg dumps 1 as int2, 40000 as int4) are part of the
+    # statement, as they are of psycopg's own prepared statements. Cached: hashing
+    # the query's few kilobytes is measurable on an idle worker's pickup.
+    return b"hm_" + hashlib.sha1(query + repr(types).encode()).hexdigest()[:20].encode()  # noqa: S324
 
 
 def _check(conn: psycopg.Connection[Any], result: pq.abc.PGresult | None) -> None:

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import functools
+import json
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, transaction
-from psycopg.types.json import Jsonb
 
 from hotmesh_django import metrics, middleware
 from hotmesh_django.definitions import ActivityDefinition, WorkflowDefinition
 from hotmesh_django.engine import prepared
 from hotmesh_django.engine.notify import WORK_CHANNEL, tables
 from hotmesh_django.handles import JobHandle
-from hotmesh_django.serialization import encode_call, seal, to_json
+from hotmesh_django.serialization import encode_call_text, to_json
 
 # Every CTE runs whether or not the final SELECT reads it (they modify data), and all
 # of them see the same snapshot: when ON CONFLICT skips the job, `j` is empty and so
@@ -24,8 +24,8 @@ _START = """
 WITH j AS (
     INSERT INTO {job} (workflow_id, name, kind, queue, status, priority, input, search,
                        state, concurrency_key, deadline_at, created_at, updated_at)
-    VALUES (%(wid)s, %(name)s, %(kind)s, %(queue)s, 'READY', %(priority)s, %(input)s,
-            %(search)s, '{{}}'::jsonb, %(ckey)s,
+    VALUES (%(wid)s, %(name)s, %(kind)s, %(queue)s, 'READY', %(priority)s, %(input)s::jsonb,
+            %(search)s::jsonb, '{{}}'::jsonb, %(ckey)s,
             now() + make_interval(secs => %(delay)s::float8 + %(timeout)s::float8),
             now(), now())
     ON CONFLICT (workflow_id) DO NOTHING
@@ -33,12 +33,13 @@ WITH j AS (
 ), a AS (
     INSERT INTO {activity} (job_id, seq, kind, name, queue, status, attempts, input,
                             created_at)
-    SELECT id, 1, 'ACTIVITY', %(name)s, %(queue)s, 'READY', 0, %(input)s, now()
+    SELECT id, 1, 'ACTIVITY', %(name)s, %(queue)s, 'READY', 0, %(input)s::jsonb, now()
       FROM j WHERE %(kind)s = 'ACTIVITY'
 ), s AS (
     INSERT INTO {stream} (queue, kind, job_id, step, name, payload, priority, status,
                           visible_at, attempts, created_at, concurrency_key)
-    SELECT %(queue)s, %(skind)s, id, %(step)s::int, %(name)s, %(payload)s::jsonb,
+    SELECT %(queue)s, %(skind)s, id, %(step)s::int, %(name)s,
+           CASE WHEN %(skind)s = 'TASK' THEN %(input)s::jsonb END,
            %(priority)s::int, %(sstatus)s,
            now() + make_interval(secs => %(delay)s::float8), 0, now(), %(ckey)s::varchar
       FROM j
@@ -60,6 +61,17 @@ WITH j AS (
 )
 SELECT (SELECT id FROM j), (SELECT count(*) FROM n)
 """
+
+
+@functools.cache
+def _start_sql() -> str:
+    return _START.format(**tables())
+
+
+def _dumps_search(search: Mapping[str, Any] | None) -> str:
+    if not search:
+        return "{}"
+    return json.dumps(to_json(dict(search), what="search"))
 
 
 def start_job(
@@ -124,9 +136,9 @@ def _start(
 ) -> JobHandle:
     options = definition.options
     delay = options.delay_seconds()
-    data = encode_call(args, kwargs, headers)
-    sealed = seal(data)  # one token for the job's input and its message's payload
-    search = to_json(dict(options.search or {}), what="search")
+    # One text, sealed once, for the job's input and its message's payload.
+    call = encode_call_text(args, kwargs, headers)
+    search = _dumps_search(options.search)
     is_activity = isinstance(definition, ActivityDefinition)
     workflow_id = options.workflow_id or str(uuid.uuid4())
     queue = options.queue or definition.queue
@@ -138,22 +150,20 @@ def _start(
         "kind": "ACTIVITY" if is_activity else "WORKFLOW",
         "queue": queue,
         "priority": priority,
-        "input": Jsonb(sealed),
-        "search": Jsonb(search),
+        "input": call,
+        "search": search,
         "delay": delay,
         "timeout": timeout,
         # A delayed workflow starts with a timer: at most one TURN may be READY per
         # job, and a promoted TURN could collide with one queued by a signal.
         "skind": "TASK" if is_activity else ("TIMER" if delay > 0 else "TURN"),
         "step": 1 if is_activity else None,
-        "payload": Jsonb(sealed) if is_activity else None,
         "sstatus": "SCHEDULED" if delay > 0 else "READY",
         "channel": WORK_CHANNEL,
         "ckey": options.concurrency_key,
     }
-    sql = _START.format(**tables())
     with prepared.cursor(using) as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(_start_sql(), params)
         created = cursor.fetchone()
     if created and created[0] is not None:
         transaction.on_commit(

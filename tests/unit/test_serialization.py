@@ -10,7 +10,13 @@ import pytest
 from django.test import override_settings
 
 from hotmesh_django import PayloadTooLarge
-from hotmesh_django.serialization import decode_call, encode_call, from_json, to_json
+from hotmesh_django.serialization import (
+    decode_call,
+    encode_call,
+    encode_call_text,
+    from_json,
+    to_json,
+)
 
 
 @pytest.mark.parametrize(
@@ -87,6 +93,30 @@ def test_deep_nesting_is_refused() -> None:
 def test_oversized_arguments_are_refused() -> None:
     with pytest.raises(PayloadTooLarge, match="HOTMESH_MAX_PAYLOAD_BYTES=100"):
         encode_call(("x" * 200,), {})
+
+
+@override_settings(HOTMESH_MAX_PAYLOAD_BYTES=100)
+def test_oversized_arguments_are_refused_as_text_too() -> None:
+    with pytest.raises(PayloadTooLarge, match="The arguments is 2\\d\\d bytes"):
+        encode_call_text(("x" * 200,), {})
+    # Exactly at the limit is allowed: the limit is the largest size, not one past it.
+    at_limit = encode_call_text(("x" * (100 - len('{"args":[""],"kwargs":{}}')),), {})
+    assert len(at_limit) == 100
+
+
+def test_call_text_is_the_json_of_the_encoded_call() -> None:
+    args = (1, "ü", datetime.date(2026, 12, 4), decimal.Decimal("1.10"))
+    kwargs = {"when": datetime.datetime(2026, 12, 4, 9, 0, tzinfo=datetime.UTC)}
+    headers = {"trace": "abc"}
+    text = encode_call_text(args, kwargs, headers)
+    assert text.isascii()  # so its length is its size in bytes
+    assert json.loads(text) == encode_call(args, kwargs, headers)
+    assert decode_call(json.loads(text)) == (list(args), kwargs)
+
+
+def test_call_text_names_the_argument_that_is_not_json() -> None:
+    with pytest.raises(TypeError, match="argument 'x' is of type object"):
+        encode_call_text((), {"x": object()})
 
 
 @pytest.mark.parametrize("garbage", [None, "text", [1], {"args": "nope"}, {"kwargs": []}])
