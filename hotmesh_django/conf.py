@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings as django_settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 DEFAULTS: dict[str, Any] = {
     # How long a claimed item is held before another worker may re-run it.
@@ -52,10 +54,26 @@ DEFAULTS: dict[str, Any] = {
 
 
 class Settings:
-    """Read HOTMESH_* settings on every access, so override_settings works."""
+    """The HOTMESH_* settings, read once and again after any of them changes.
+
+    The hot path reads several per step; a setting left at its default costs Django a
+    failed lookup each time. override_settings (and pytest-django's `settings`) send
+    `setting_changed`, which empties the cache.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] = {}
 
     def _get(self, name: str) -> Any:
-        return getattr(django_settings, name, DEFAULTS[name])
+        try:
+            return self._cache[name]
+        except KeyError:
+            value = self._cache[name] = getattr(django_settings, name, DEFAULTS[name])
+            return value
+
+    def clear(self) -> None:
+        """Forget what was read (a setting changed)."""
+        self._cache.clear()
 
     @property
     def lease_seconds(self) -> float:
@@ -99,3 +117,9 @@ class Settings:
 
 
 settings = Settings()
+
+
+@receiver(setting_changed)
+def _setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting.startswith("HOTMESH_"):
+        settings.clear()

@@ -132,7 +132,7 @@ _depth_queues: set[str] = set()
 
 def job_started(name: str, queue: str) -> None:
     """Count a job created for definition `name` on `queue`."""
-    JOBS_STARTED.labels(name=name, queue=queue).inc()
+    JOBS_STARTED.labels(name, queue).inc()
 
 
 def job_finished(name: str, status: str) -> None:
@@ -143,7 +143,11 @@ def job_finished(name: str, status: str) -> None:
     status = str(status)
     if status not in _FINISHED:
         raise ValueError(f"status must be one of {sorted(_FINISHED)}, not {status!r}.")
-    JOBS_FINISHED.labels(name=name, status=status).inc()
+    JOBS_FINISHED.labels(name, status).inc()
+
+
+# Label values are passed by position, in the order each metric declares them: the
+# keyword form validates the names on every call, and these run once per step.
 
 
 def observe_step(name: str, queue: str, seconds: float, outcome: str) -> None:
@@ -154,18 +158,18 @@ def observe_step(name: str, queue: str, seconds: float, outcome: str) -> None:
     """
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome must be one of {sorted(OUTCOMES)}, not {outcome!r}.")
-    STEP_DURATION.labels(name=name, queue=queue, outcome=outcome).observe(seconds)
+    STEP_DURATION.labels(name, queue, outcome).observe(seconds)
     if outcome == RETRIED:
-        STEP_ATTEMPTS_RETRIED.labels(name=name, queue=queue).inc()
+        STEP_ATTEMPTS_RETRIED.labels(name, queue).inc()
     elif outcome == FAILED:
-        STEP_ATTEMPTS_FAILED.labels(name=name, queue=queue).inc()
+        STEP_ATTEMPTS_FAILED.labels(name, queue).inc()
 
 
 def observe_claim(queue: str, seconds: float, count: int) -> None:
     """Record one claim on `queue` that took `seconds` and returned `count` messages."""
-    CLAIM_LATENCY.labels(queue=queue).observe(seconds)
+    CLAIM_LATENCY.labels(queue).observe(seconds)
     if count:
-        MESSAGES_CLAIMED.labels(queue=queue).inc(count)
+        MESSAGES_CLAIMED.labels(queue).inc(count)
 
 
 def collect_queue_depths(*, using: str = DEFAULT_DB_ALIAS) -> dict[tuple[str, str], int]:

@@ -82,9 +82,17 @@ def span(name: str, /, *, carrier: Mapping[str, str] | None = None, **attrs: Any
     suspending, end the span without marking it failed. `carrier` holds the
     propagation headers `inject()` returned, to parent the span on another process's.
     """
-    if trace is None:
+    if trace is None or (not carrier and _unconfigured()):
         return _NOOP_CONTEXT
     return _span(name, carrier, attributes(attrs))
+
+
+def _unconfigured() -> bool:
+    # No tracer provider set: every span would be a non-recording one, and with no
+    # carrier it would not even pass a trace on. Checked per call, so a provider
+    # set later (by the application, or a test) takes effect at once; skipping the
+    # span costs a step a lookup instead of a context switch through the API.
+    return type(trace.get_tracer_provider()) is trace.ProxyTracerProvider
 
 
 @contextlib.contextmanager

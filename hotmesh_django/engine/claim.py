@@ -258,7 +258,14 @@ def _claimed(rows: list[Any], commit: early.Commit) -> list[Claimed]:
     n = len(_FIELDS)
     return [
         Claimed(
-            **dict(zip(_FIELDS, (*row[:5], loads_jsonb(row[5]), *row[6:n]), strict=True)),
+            id=row[0],
+            kind=row[1],
+            job_id=row[2],
+            step=row[3],
+            name=row[4],
+            payload=loads_jsonb(row[5]),
+            attempts=row[6],
+            queue=row[7],
             cache=None if row[n] is None else JobRead(row[n], tuple(row[n + 1 :])),
             commit=commit,
         )

@@ -282,3 +282,30 @@ def test_inject_and_carrier_continue_a_trace(exporter: Any) -> None:
     start, job = exporter.get_finished_spans()
     assert job.context.trace_id == start.context.trace_id
     assert job.parent is not None and job.parent.span_id == start.context.span_id
+
+
+def test_span_without_a_tracer_provider_or_carrier_costs_no_api_call() -> None:
+    # In a fresh interpreter: this module's exporter fixture sets a global provider.
+    import subprocess
+    import sys
+
+    pytest.importorskip("opentelemetry.sdk")
+    script = (
+        "from hotmesh_django import tracing\n"
+        "from opentelemetry import trace\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "assert tracing.span('a') is tracing._NOOP_CONTEXT\n"
+        # A carrier still gets a real (non-recording) span, so it passes the trace on.
+        "carrier = {'traceparent': '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01'}\n"
+        "with tracing.span('b', carrier=carrier):\n"
+        "    assert tracing.inject()['traceparent'].startswith('00-0af7651916cd43dd')\n"
+        "trace.set_tracer_provider(TracerProvider())\n"
+        "with tracing.span('c') as s:\n"
+        "    assert s.is_recording()\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
