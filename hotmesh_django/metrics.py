@@ -130,6 +130,10 @@ _depth_lock = threading.Lock()
 _depth_queues: set[str] = set()
 
 
+# Label values are passed by position, in the order each metric declares them: the
+# keyword form validates the names on every call, and these run once per step.
+
+
 def job_started(name: str, queue: str) -> None:
     """Count a job created for definition `name` on `queue`."""
     JOBS_STARTED.labels(name, queue).inc()
@@ -144,10 +148,6 @@ def job_finished(name: str, status: str) -> None:
     if status not in _FINISHED:
         raise ValueError(f"status must be one of {sorted(_FINISHED)}, not {status!r}.")
     JOBS_FINISHED.labels(name, status).inc()
-
-
-# Label values are passed by position, in the order each metric declares them: the
-# keyword form validates the names on every call, and these run once per step.
 
 
 def observe_step(name: str, queue: str, seconds: float, outcome: str) -> None:

@@ -146,6 +146,11 @@ def check_size(data: Any, *, what: str) -> None:
         _check_length(_dumps(data), what)
 
 
+def to_json_text(value: Any, *, what: str = "value") -> str:
+    """`to_json(value)` as JSON text, to bind as a parameter cast to jsonb."""
+    return _dumps(to_json(value, what=what))
+
+
 def _dumps(data: Any) -> str:
     # ASCII (json's default), so the text's length is its size in bytes.
     return json.dumps(data, separators=(",", ":"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -15,7 +14,7 @@ from hotmesh_django.definitions import ActivityDefinition, WorkflowDefinition
 from hotmesh_django.engine import prepared
 from hotmesh_django.engine.notify import WORK_CHANNEL, tables
 from hotmesh_django.handles import JobHandle
-from hotmesh_django.serialization import encode_call_text, to_json
+from hotmesh_django.serialization import encode_call_text, to_json_text
 
 # Every CTE runs whether or not the final SELECT reads it (they modify data), and all
 # of them see the same snapshot: when ON CONFLICT skips the job, `j` is empty and so
@@ -71,7 +70,7 @@ def _start_sql() -> str:
 def _dumps_search(search: Mapping[str, Any] | None) -> str:
     if not search:
         return "{}"
-    return json.dumps(to_json(dict(search), what="search"))
+    return to_json_text(dict(search), what="search")
 
 
 def start_job(
