@@ -31,6 +31,7 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
+from hotmesh_django.conf import settings
 from hotmesh_django.exceptions import CodecError
 
 __all__ = ["Codec", "CodecError", "FernetCodec", "active_codec", "fernet_key_problems"]
@@ -122,7 +123,7 @@ def active_codec() -> Codec | None:
     Raise ImproperlyConfigured when the setting names something unusable: falling
     back to plain storage would write in clear what the operator meant to protect.
     """
-    path = getattr(django_settings, "HOTMESH_CODEC", None)
+    path = settings.codec  # cached: every stored value passes here
     if path is None:
         return None
     return _load(path)

@@ -111,6 +111,11 @@ class Settings:
         return value
 
     @property
+    def codec(self) -> Any:
+        # Not coerced: codecs.active_codec() says what is wrong with a bad value.
+        return self._get("HOTMESH_CODEC")
+
+    @property
     def redact_keys(self) -> Any:
         # Checked by hotmesh.E025; redaction treats a malformed value as "hide all".
         return self._get("HOTMESH_REDACT_KEYS") or []

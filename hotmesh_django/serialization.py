@@ -151,9 +151,13 @@ def to_json_text(value: Any, *, what: str = "value") -> str:
     return _dumps(to_json(value, what=what))
 
 
+# ASCII (json's default), so the text's length is its size in bytes. One encoder:
+# json.dumps() with options makes a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def _dumps(data: Any) -> str:
-    # ASCII (json's default), so the text's length is its size in bytes.
-    return json.dumps(data, separators=(",", ":"))
+    return _ENCODER.encode(data)
 
 
 def _check_length(text: str, what: str) -> None:

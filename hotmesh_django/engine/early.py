@@ -128,7 +128,7 @@ def _send(conn: psycopg.Connection[Any], sql: str, params: Mapping[str, Any]) ->
 def _send_once(conn: psycopg.Connection[Any], sql: str, params: Mapping[str, Any]) -> list[Any]:
     pgconn = conn.pgconn
     query, names = positional(sql)
-    tx = Transformer(prepared.text_cursor(conn))
+    tx = Transformer(prepared.TextContext(conn))
     values = tx.dump_sequence([params[n] for n in names], [PyFormat.AUTO] * len(names))
     types, formats = tx.types, tx.formats
     name = _statement_name(query, tuple(types or ()))

@@ -19,16 +19,18 @@ from hotmesh_django.serialization import encode_call_text, to_json_text
 # Every CTE runs whether or not the final SELECT reads it (they modify data), and all
 # of them see the same snapshot: when ON CONFLICT skips the job, `j` is empty and so
 # is everything built from it. One round trip, and it joins the caller's transaction.
+# Without a workflow_id the server makes one (a UUID, as uuid.uuid4() would), which
+# cannot conflict.
 _START = """
 WITH j AS (
     INSERT INTO {job} (workflow_id, name, kind, queue, status, priority, input, search,
                        state, concurrency_key, deadline_at, created_at, updated_at)
-    VALUES (%(wid)s, %(name)s, %(kind)s, %(queue)s, 'READY', %(priority)s, %(input)s::jsonb,
-            %(search)s::jsonb, '{{}}'::jsonb, %(ckey)s,
+    VALUES (coalesce(%(wid)s, gen_random_uuid()::text), %(name)s, %(kind)s, %(queue)s,
+            'READY', %(priority)s, %(input)s::jsonb, %(search)s::jsonb, '{{}}'::jsonb, %(ckey)s,
             now() + make_interval(secs => %(delay)s::float8 + %(timeout)s::float8),
             now(), now())
     ON CONFLICT (workflow_id) DO NOTHING
-    RETURNING id
+    RETURNING id, workflow_id
 ), a AS (
     INSERT INTO {activity} (job_id, seq, kind, name, queue, status, attempts, input,
                             created_at)
@@ -58,7 +60,7 @@ WITH j AS (
                      ELSE 't:' || extract(epoch FROM visible_at)::text END)
       FROM s
 )
-SELECT (SELECT id FROM j), (SELECT count(*) FROM n)
+SELECT (SELECT id FROM j), (SELECT count(*) FROM n), (SELECT workflow_id FROM j)
 """
 
 
@@ -139,7 +141,7 @@ def _start(
     call = encode_call_text(args, kwargs, headers)
     search = _dumps_search(options.search)
     is_activity = isinstance(definition, ActivityDefinition)
-    workflow_id = options.workflow_id or str(uuid.uuid4())
+    workflow_id = options.workflow_id or None
     queue = options.queue or definition.queue
     priority = definition.priority if options.priority is None else options.priority
     timeout = None if is_activity else definition.timeout
@@ -168,4 +170,7 @@ def _start(
         transaction.on_commit(
             functools.partial(metrics.job_started, definition.name, queue), using=using
         )
-    return JobHandle(workflow_id, using=using)
+        return JobHandle(created[2], using=using)
+    # Nothing created: the workflow_id given exists (an idempotent start); one the
+    # server made cannot.
+    return JobHandle(str(workflow_id), using=using)
