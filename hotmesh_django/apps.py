@@ -25,5 +25,5 @@ class HotmeshConfig(AppConfig):
         autodiscover_modules("activities", "workflows")
         for module in settings.imports:
             # A module that fails to import is reported by the hotmesh.E005 check.
-            with contextlib.suppress(ImportError):
+            with contextlib.suppress(ImportError, ValueError, TypeError):
                 importlib.import_module(module)

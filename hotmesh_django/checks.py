@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import re
 from typing import Any
 
@@ -54,10 +55,14 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     errors: list[CheckMessage] = []
     for name, check_id in _POSITIVE_NUMBERS.items():
         value = _number(name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 < value < math.inf
+        ):
             errors.append(
                 Error(
-                    f"{name} must be a positive number of seconds, not {value!r}.",
+                    f"{name} must be a positive, finite number of seconds, not {value!r}.",
                     hint=f"For example {name} = {DEFAULTS[name]}.",
                     id=check_id,
                 )
@@ -85,7 +90,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         for module in imports:
             try:
                 importlib.import_module(module)
-            except ImportError as exc:
+            # An empty or relative name ("", ".tasks") is a ValueError or TypeError.
+            except (ImportError, ValueError, TypeError) as exc:
                 errors.append(
                     Error(
                         f"HOTMESH_IMPORTS names {module!r}, which cannot be imported: {exc}.",

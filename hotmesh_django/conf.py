@@ -93,7 +93,12 @@ class Settings:
 
     @property
     def imports(self) -> list[str]:
-        return list(self._get("HOTMESH_IMPORTS"))
+        value = self._get("HOTMESH_IMPORTS")
+        # A malformed value (a bare string, None) is hotmesh.E005's to report; read
+        # as a list it would import one module per character, or crash app loading.
+        if not isinstance(value, list | tuple) or not all(isinstance(m, str) for m in value):
+            return []
+        return list(value)
 
     @property
     def max_payload_bytes(self) -> int:

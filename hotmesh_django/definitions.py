@@ -94,7 +94,7 @@ class StartOptions:
                 f"workflow_id must be a non-empty string of at most {_MAX_NAME} characters."
             )
         if self.queue is not None:
-            _check_queue(self.queue)
+            check_queue_name(self.queue)
         if self.priority is not None and not isinstance(self.priority, int):
             raise TypeError(f"priority must be an int, not {type(self.priority).__name__}.")
         if self.delay < 0:
@@ -112,7 +112,8 @@ class StartOptions:
             raise TypeError("search must be a mapping of attribute names to values.")
 
 
-def _check_queue(queue: object) -> None:
+def check_queue_name(queue: object) -> None:
+    """Raise ValueError unless `queue` can name a queue (the column holds 100)."""
     if not isinstance(queue, str) or not queue or len(queue) > _MAX_QUEUE:
         raise ValueError(f"queue must be a non-empty string of at most {_MAX_QUEUE} characters.")
 
@@ -258,7 +259,7 @@ def _check_function(f: Callable[..., Any], what: str) -> None:
 def _check_common(name: str | None, queue: str, priority: int) -> None:
     if name is not None and (not isinstance(name, str) or not name or len(name) > _MAX_NAME):
         raise ValueError(f"name must be a non-empty string of at most {_MAX_NAME} characters.")
-    _check_queue(queue)
+    check_queue_name(queue)
     if not isinstance(priority, int):
         raise TypeError(f"priority must be an int, not {type(priority).__name__}.")
 

@@ -23,6 +23,7 @@ from django.db.models.functions import Now
 
 from hotmesh_django import registry
 from hotmesh_django.conf import settings
+from hotmesh_django.definitions import check_queue_name
 from hotmesh_django.engine.claim import Claimed, claim, claim_ids
 from hotmesh_django.engine.notify import WORK_CHANNEL, tables
 from hotmesh_django.exceptions import HotmeshError
@@ -85,6 +86,10 @@ class Limits:
 def validate_queue_options(name: str, options: object) -> list[str]:
     """Return what is wrong with one HOTMESH_QUEUES entry (empty when fine)."""
     problems = []
+    try:
+        check_queue_name(name)
+    except ValueError as exc:
+        problems.append(f"HOTMESH_QUEUES has the key {name!r}, but a {exc}")
     if not isinstance(options, dict):
         return [f"HOTMESH_QUEUES[{name!r}] must be a dict, not {options!r}."]
     unknown = set(options) - {"concurrency", "rate", "key_concurrency"}
@@ -230,8 +235,9 @@ def set_paused(queue: str, paused: bool, *, force: bool = False, actor: str = ""
     """Pause or resume `queue` on every worker; return whether it changed.
 
     Raise UnknownQueue for a name nothing uses (a typo), unless `force`. `actor`
-    (who asked) goes into the log line.
+    (who asked) goes into the log line. Raise ValueError for what cannot name a queue.
     """
+    check_queue_name(queue)
     if not force and queue not in known_queues():
         raise UnknownQueue(
             f"Unknown queue {queue!r}: no definition, HOTMESH_QUEUES entry or job uses it. "

@@ -52,3 +52,10 @@ def test_nothing_is_recorded_when_nothing_changed() -> None:
     User.objects.create_user("ops", is_staff=True)
     call_command("hotmesh_ctl", "resume", "default", "--user", "ops", stdout=StringIO())
     assert not LogEntry.objects.exists()
+
+
+@pytest.mark.parametrize("name", ["", "q" * 101])
+def test_a_name_that_cannot_be_a_queue_is_refused_even_with_force(name: str) -> None:
+    with pytest.raises(CommandError, match="queue must be a non-empty string of at most 100"):
+        call_command("hotmesh_ctl", "pause", "--force", name)
+    assert not Queue.objects.exists()

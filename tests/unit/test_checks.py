@@ -26,6 +26,12 @@ def test_default_settings_pass() -> None:
     [
         ("HOTMESH_LEASE_SECONDS", 0, "hotmesh.E002"),
         ("HOTMESH_LEASE_SECONDS", "30", "hotmesh.E002"),
+        ("HOTMESH_LEASE_SECONDS", float("inf"), "hotmesh.E002"),
+        ("HOTMESH_POLL_INTERVAL_SECONDS", float("nan"), "hotmesh.E004"),
+        ("HOTMESH_IMPORTS", None, "hotmesh.E005"),
+        ("HOTMESH_IMPORTS", [".relative"], "hotmesh.E005"),
+        ("HOTMESH_IMPORTS", [""], "hotmesh.E005"),
+        ("HOTMESH_QUEUES", {"": {"concurrency": 1}}, "hotmesh.E008"),
         ("HOTMESH_HEARTBEAT_SECONDS", -1, "hotmesh.E003"),
         ("HOTMESH_POLL_INTERVAL_SECONDS", None, "hotmesh.E004"),
         ("HOTMESH_IMPORTS", "tests.activities", "hotmesh.E005"),
@@ -67,6 +73,32 @@ def test_non_postgres_database_fails_the_system_check(tmp_path: Any) -> None:
     assert result.returncode != 0
     assert "hotmesh.E001" in result.stderr and "needs PostgreSQL" in result.stderr
     assert "HINT: Set DATABASES" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["'tests.activities'", "None", "['.relative']", "[1]"])
+def test_bad_imports_setting_fails_the_check_not_app_loading(tmp_path: Any, value: str) -> None:
+    """A bare string (read as a list it is one module per character), None or a
+    relative name must reach hotmesh.E005, not crash every process at start-up."""
+    (tmp_path / "bad_imports_settings.py").write_text(
+        f"from demo_project.settings import *  # noqa: F403\nHOTMESH_IMPORTS = {value}\n"
+    )
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "bad_imports_settings",
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "hotmesh.E005" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("value", [0, -5, "7d", True])

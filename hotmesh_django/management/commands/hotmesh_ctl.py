@@ -49,6 +49,8 @@ class Command(BaseCommand):
             )
         except queues.UnknownQueue as exc:
             raise CommandError(f"{exc} Use --force to {action} it anyway.") from exc
+        except ValueError as exc:
+            raise CommandError(f"QUEUE {queue!r}: {exc}") from exc
         verb = "paused" if action == "pause" else "resumed"
         if changed and user is not None:
             _log_change(user, queue, "Paused." if action == "pause" else "Resumed.")
