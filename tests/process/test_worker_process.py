@@ -160,10 +160,14 @@ def test_durable_sleep_spans_a_worker_restart(spawn_worker: Spawn) -> None:
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--concurrency", "0"], "must be at least 1"),
+        (["--concurrency", "0"], "must be from 1 to 512, not 0"),
         (["--concurrency", "many"], "is not an integer"),
-        (["--processes", "-2"], "must be at least 1"),
+        (["--concurrency", "100000"], "must be from 1 to 512, not 100000"),
+        (["--processes", "-2"], "must be from 1 to 128, not -2"),
         (["--graceful-timeout", "soon"], "is not a number of seconds"),
+        (["--graceful-timeout", "inf"], "must be from 0 to 604800 seconds (a week), not inf"),
+        (["--graceful-timeout", "nan"], "must be from 0 to 604800 seconds"),
+        (["--import", ".relative"], "Cannot import '.relative'"),
         (["--queues", ","], "give at least one queue name"),
         (["--import", "no.such.module"], "Cannot import 'no.such.module'"),
         (["--colour", "blue"], "unrecognized arguments"),

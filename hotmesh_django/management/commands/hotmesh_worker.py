@@ -16,6 +16,29 @@ from hotmesh_django.worker import Worker
 logger = logging.getLogger("hotmesh_django.worker")
 
 
+# Each runner thread holds a database session of its own, so a process with
+# thousands of them fails on max_connections (or on starting the threads) instead.
+MAX_CONCURRENCY = 512
+MAX_PROCESSES = 128
+# threading's waits refuse timeouts beyond about 292 years (OverflowError).
+MAX_GRACEFUL_SECONDS = 7 * 86400
+
+
+def bounded_int(highest: int) -> Any:
+    """An argparse type: an integer from 1 to `highest`."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+        if not 1 <= number <= highest:
+            raise argparse.ArgumentTypeError(f"must be from 1 to {highest}, not {number}")
+        return number
+
+    return parse
+
+
 def positive_int(value: str) -> int:
     try:
         number = int(value)
@@ -31,8 +54,10 @@ def non_negative_seconds(value: str) -> float:
         number = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
-    if not number >= 0:
-        raise argparse.ArgumentTypeError(f"must be zero or more seconds, not {value}")
+    if not 0 <= number <= MAX_GRACEFUL_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"must be from 0 to {MAX_GRACEFUL_SECONDS} seconds (a week), not {value}"
+        )
     return number
 
 
@@ -65,12 +90,15 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--concurrency",
-            type=positive_int,
+            type=bounded_int(MAX_CONCURRENCY),
             default=4,
             help="Runner threads per process (default 4).",
         )
         parser.add_argument(
-            "--processes", type=positive_int, default=1, help="Worker processes (default 1)."
+            "--processes",
+            type=bounded_int(MAX_PROCESSES),
+            default=1,
+            help="Worker processes (default 1).",
         )
         parser.add_argument("--burst", action="store_true", help="Exit once the queues are empty.")
         parser.add_argument(
@@ -99,7 +127,8 @@ class Command(BaseCommand):
         for module in [*settings.imports, *options["imports"]]:
             try:
                 importlib.import_module(module)
-            except ImportError as exc:
+            # An empty or relative name ("", ".tasks") is a ValueError or TypeError.
+            except (ImportError, ValueError, TypeError) as exc:
                 raise CommandError(f"Cannot import {module!r}: {exc}") from exc
         kwargs = {
             "queues": options["queues"],
