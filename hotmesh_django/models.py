@@ -395,6 +395,10 @@ class Worker(models.Model):
     paused = models.BooleanField(_("paused"), default=False)
     started_at = models.DateTimeField(_("started at"), db_default=Now())
     last_seen = models.DateTimeField(_("last seen"), db_default=Now())
+    # How long this worker may go without a heartbeat before the others take it for
+    # dead and requeue its work: by its own lease and heartbeat settings, which may
+    # differ from theirs (a rolling deploy that changes HOTMESH_LEASE_SECONDS).
+    stale_seconds = models.FloatField(_("presumed gone after (s)"), default=30.0, db_default=30.0)
 
     class Meta:
         verbose_name = _("worker")

@@ -575,7 +575,7 @@ class Worker:
         # expire and be rescued, not be kept alive by a live worker forever.
         claims.extend_leases(worker_id=self.id, ids=list(self._held), lease_seconds=lease)
         self._refresh_paused()  # the floor under the pause/resume NOTIFY
-        claims.rescue(stale_seconds=max(lease, 3 * settings.heartbeat_seconds))
+        claims.rescue(stale_seconds=self._stale_seconds())
         # Cron slots and retention, each run by whichever worker wins its lock.
         schedules.tick()
         prune.auto_prune()
@@ -587,7 +587,14 @@ class Worker:
             "queues": self.queues if not self.all_queues else ["*"],
             "concurrency": self.concurrency,
             "in_flight": self._in_flight,
+            "stale_seconds": self._stale_seconds(),
         }
+
+    @staticmethod
+    def _stale_seconds() -> float:
+        """How long a worker with these settings may go unseen and still be alive:
+        a lease, and at least three heartbeats."""
+        return max(settings.lease_seconds, 3 * settings.heartbeat_seconds)
 
     def _register_when_up(self) -> None:
         """Register, waiting with backoff while the database is away: a worker that

@@ -365,7 +365,12 @@ def requeue_expired(*, workers: list[uuid.UUID]) -> int:
 
 def rescue(*, stale_seconds: float) -> int:
     """As whichever worker wins the advisory lock, forget silent workers and requeue
-    expired leases. Return how many messages moved (0 if another worker holds it)."""
+    expired leases. Return how many messages moved (0 if another worker holds it).
+
+    A worker is silent when it has not been seen for `stale_seconds` (the rescuer's
+    own bound) or for its own, whichever is longer: a worker with a longer lease and
+    heartbeat than the rescuer's is alive between its beats.
+    """
     t = tables()
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [RESCUE_LOCK_KEY])
@@ -374,7 +379,8 @@ def rescue(*, stale_seconds: float) -> int:
             return 0
         cursor.execute(
             f"DELETE FROM {t['worker']} "  # noqa: S608 - table name from _meta
-            "WHERE last_seen < now() - make_interval(secs => %s) RETURNING id",
+            "WHERE last_seen < now() - make_interval(secs => greatest(%s, stale_seconds)) "
+            "RETURNING id",
             [stale_seconds],
         )
         dead = [row[0] for row in cursor.fetchall()]

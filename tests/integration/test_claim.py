@@ -146,6 +146,50 @@ def test_rescue_forgets_silent_workers_and_frees_their_turns() -> None:
     assert (turn.kind, turn.status, turn.worker) == ("TURN", "READY", None)
 
 
+def test_rescue_judges_a_worker_silent_by_its_own_settings_not_the_rescuers() -> None:
+    """A rescuer with a short lease and heartbeat must not take a worker that beats
+    every 5 s (and promised to be seen within 30) for dead 10 s after its last beat:
+    that re-ran a live worker's activity while it was still running."""
+    alive = Worker.objects.create(host="h", pid=1, stale_seconds=30)
+    gone = Worker.objects.create(host="h", pid=2, stale_seconds=30)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {Worker._meta.db_table} SET last_seen = now() - "
+            "CASE WHEN id = %s THEN interval '10 seconds' ELSE interval '31 seconds' END",
+            [alive.id],
+        )
+    for n, worker in enumerate((alive, gone)):
+        job = Job.objects.create(workflow_id=f"wf{n}", name="t.add", kind="ACTIVITY")
+        Activity.objects.create(job=job, seq=1, name="t.add", status="RUNNING")
+        Stream.objects.create(
+            queue="default",
+            kind="TASK",
+            job=job,
+            step=1,
+            name="t.add",
+            status="RUNNING",
+            worker=worker.id,
+            lease_expires_at="2999-01-01T00:00:00Z",
+        )
+    assert rescue(stale_seconds=3) == 1
+    assert list(Worker.objects.values_list("id", flat=True)) == [alive.id]
+    assert Stream.objects.get(worker=alive.id).status == "RUNNING"
+    assert Stream.objects.get(job__workflow_id="wf1").status == "READY"
+
+
+def test_a_worker_row_says_how_long_it_may_stay_silent(settings: Any) -> None:
+    from hotmesh_django.worker import Worker as Runner
+
+    settings.HOTMESH_LEASE_SECONDS = 12
+    settings.HOTMESH_HEARTBEAT_SECONDS = 5
+    runner = Runner(queues=["default"])
+    runner._register()
+    assert Worker.objects.get(id=runner.id).stale_seconds == 15
+    settings.HOTMESH_LEASE_SECONDS = 40
+    runner._beat()
+    assert Worker.objects.get(id=runner.id).stale_seconds == 40
+
+
 def test_rescue_runs_in_one_worker_at_a_time() -> None:
     with connect_raw() as other:
         other.execute("BEGIN")
