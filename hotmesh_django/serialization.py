@@ -146,11 +146,6 @@ def check_size(data: Any, *, what: str) -> None:
         _check_length(_dumps(data), what)
 
 
-def to_json_text(value: Any, *, what: str = "value") -> str:
-    """`to_json(value)` as JSON text, to bind as a parameter cast to jsonb."""
-    return _dumps(to_json(value, what=what))
-
-
 # ASCII (json's default), so the text's length is its size in bytes. One encoder:
 # json.dumps() with options makes a new one per call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
@@ -168,6 +163,33 @@ def _check_length(text: str, what: str) -> None:
         )
 
 
+def _check_call_length(text: str, data: dict[str, Any]) -> None:
+    """As _check_length for a call's JSON `text`, naming its largest argument."""
+    limit = settings.max_payload_bytes
+    if not 0 < limit < len(text):
+        return
+    # Only on the way to an error: the size of each argument alone.
+    sizes = [(len(_dumps(v)), f"argument {i}") for i, v in enumerate(data["args"])]
+    sizes += [(len(_dumps(v)), f"argument {k!r}") for k, v in data["kwargs"].items()]
+    if data.get("headers"):
+        sizes.append((len(_dumps(data["headers"])), "the middleware headers"))
+    largest = ""
+    if sizes:
+        size, name = max(sizes)
+        largest = f"; the largest is {name}, {size} bytes"
+    raise PayloadTooLarge(
+        f"The arguments are {len(text)} bytes serialized, over "
+        f"HOTMESH_MAX_PAYLOAD_BYTES={limit}{largest}."
+    )
+
+
+def search_text(search: Mapping[str, Any]) -> str:
+    """Search attributes as the JSON text a start binds, within the payload limit."""
+    text = _dumps(to_json(dict(search), what="search"))
+    _check_length(text, "The search attributes object")
+    return text
+
+
 def encode_call(
     args: tuple[Any, ...], kwargs: Mapping[str, Any], headers: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -179,7 +201,8 @@ def encode_call(
     header that is not JSON, so nothing is enqueued with half its input.
     """
     data = _call_data(args, kwargs, headers)
-    check_size(data, what="The arguments")
+    if settings.max_payload_bytes > 0:
+        _check_call_length(_dumps(data), data)
     return data
 
 
@@ -194,7 +217,7 @@ def encode_call_text(
     """
     data = _call_data(args, kwargs, headers)
     text = _dumps(data)
-    _check_length(text, "The arguments")
+    _check_call_length(text, data)
     sealed = seal(data)
     return text if sealed is data else _dumps(sealed)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -14,7 +15,7 @@ from hotmesh_django.definitions import ActivityDefinition, WorkflowDefinition
 from hotmesh_django.engine import prepared
 from hotmesh_django.engine.notify import WORK_CHANNEL, tables
 from hotmesh_django.handles import JobHandle
-from hotmesh_django.serialization import encode_call_text, to_json_text
+from hotmesh_django.serialization import encode_call_text, search_text
 
 # Every CTE runs whether or not the final SELECT reads it (they modify data), and all
 # of them see the same snapshot: when ON CONFLICT skips the job, `j` is empty and so
@@ -72,7 +73,7 @@ def _start_sql() -> str:
 def _dumps_search(search: Mapping[str, Any] | None) -> str:
     if not search:
         return "{}"
-    return to_json_text(dict(search), what="search")
+    return search_text(search)
 
 
 def start_job(
@@ -85,10 +86,10 @@ def start_job(
     """Create a job for `definition` and return its handle.
 
     Idempotent on workflow_id: if a job with that id exists, in any state, return a
-    handle to it and write nothing. Raise TypeError naming the argument that is not
-    JSON before anything is written. With HOTMESH_MIDDLEWARE, the start passes
-    through each middleware's start() hook first; what one raises reaches the
-    caller and nothing is written.
+    handle to it and write nothing. Raise TypeError, before anything is written, when
+    the arguments do not fit the function or one of them is not JSON. With
+    HOTMESH_MIDDLEWARE, the start passes through each middleware's start() hook
+    first; what one raises reaches the caller and nothing is written.
     """
     hooks = middleware.loaded().start
     # Started from inside an activity (or a workflow turn): carry its headers on.
@@ -96,6 +97,39 @@ def start_job(
     if hooks:
         return _start_through(hooks, definition, args, kwargs, inherited, using)
     return _start(definition, args, kwargs, inherited, using)
+
+
+def check_arguments(
+    definition: ActivityDefinition[Any, Any] | WorkflowDefinition[Any, Any],
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+) -> None:
+    """Raise TypeError when `args` and `kwargs` cannot be passed to the function:
+    at start(), not attempts later in a worker, after the retries it would cost."""
+    signature = _signature(definition.func)
+    if signature is None:
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise TypeError(
+            f"{definition.name}.start() arguments do not fit {definition.func.__name__}"
+            f"{_parameters(signature)}: {exc}."
+        ) from None
+
+
+@functools.cache
+def _signature(func: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(func)
+    except (TypeError, ValueError):  # nothing to check against (a builtin, say)
+        return None
+
+
+def _parameters(signature: inspect.Signature) -> str:
+    """`(a, b=1, *rest)`: the parameters without their annotations, for a message."""
+    bare = [p.replace(annotation=p.empty) for p in signature.parameters.values()]
+    return str(signature.replace(parameters=bare, return_annotation=signature.empty))
 
 
 def _start_through(
@@ -139,6 +173,9 @@ def _start(
     delay = options.delay_seconds()
     # One text, sealed once, for the job's input and its message's payload.
     call = encode_call_text(args, kwargs, headers)
+    # After the JSON check, which names the argument; with the arguments middleware
+    # passed on, which are what the function will be called with.
+    check_arguments(definition, args, kwargs)
     search = _dumps_search(options.search)
     is_activity = isinstance(definition, ActivityDefinition)
     workflow_id = options.workflow_id or None

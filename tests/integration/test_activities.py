@@ -16,6 +16,7 @@ import hotmesh_django as hm
 from hotmesh_django.models import Activity, Job, JobStatus, Journal, Stream
 from hotmesh_django.testing import WorkerThread
 from tests import activities as a
+from tests import workflows as w
 from tests.conftest import InProcessWorker
 from tests.models import Counter
 
@@ -70,6 +71,25 @@ def test_non_json_argument_fails_at_start_and_enqueues_nothing() -> None:
     with pytest.raises(TypeError, match="argument 'value'"):
         a.echo.start(value={1, 2})
     assert not Job.objects.exists()
+
+
+def test_arguments_that_do_not_fit_the_function_fail_at_start() -> None:
+    with pytest.raises(
+        TypeError, match=r"t.add.start\(\) arguments do not fit add\(a, b\): missing"
+    ):
+        a.add.start(1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="missing a required argument: 'b'"):
+        a.add.start(1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):
+        a.add.start(1, 2, bogus=3)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=r"three_steps\(n\): too many positional arguments"):
+        w.three_steps.start(1, 2)  # type: ignore[call-arg]
+    assert not Job.objects.exists()
+    assert not Stream.objects.exists()
+    # Defaults and keywords that fit are fine.
+    w.waiter.start("go")
+    w.waiter.start(name="go", timeout=1.0)
+    assert Job.objects.count() == 2
 
 
 def test_get_handle_and_unknown_ids() -> None:

@@ -15,6 +15,7 @@ from hotmesh_django.serialization import (
     encode_call,
     encode_call_text,
     from_json,
+    search_text,
     to_json,
 )
 
@@ -97,11 +98,27 @@ def test_oversized_arguments_are_refused() -> None:
 
 @override_settings(HOTMESH_MAX_PAYLOAD_BYTES=100)
 def test_oversized_arguments_are_refused_as_text_too() -> None:
-    with pytest.raises(PayloadTooLarge, match="The arguments is 2\\d\\d bytes"):
+    with pytest.raises(PayloadTooLarge, match="The arguments are 2\\d\\d bytes"):
         encode_call_text(("x" * 200,), {})
     # Exactly at the limit is allowed: the limit is the largest size, not one past it.
     at_limit = encode_call_text(("x" * (100 - len('{"args":[""],"kwargs":{}}')),), {})
     assert len(at_limit) == 100
+
+
+@override_settings(HOTMESH_MAX_PAYLOAD_BYTES=100)
+@pytest.mark.parametrize("encode", [encode_call, encode_call_text])
+def test_oversized_arguments_name_the_largest_one(encode: Any) -> None:
+    with pytest.raises(PayloadTooLarge, match="the largest is argument 1, 152 bytes"):
+        encode((1, "x" * 150, "y"), {"z": 2})
+    with pytest.raises(PayloadTooLarge, match="the largest is argument 'note', 302 bytes"):
+        encode((1,), {"note": "x" * 300})
+
+
+@override_settings(HOTMESH_MAX_PAYLOAD_BYTES=100)
+def test_oversized_search_attributes_are_refused() -> None:
+    with pytest.raises(PayloadTooLarge, match="The search attributes object is 1\\d\\d bytes"):
+        search_text({"s": "q" * 120})
+    assert search_text({"s": "q"}) == '{"s":"q"}'
 
 
 def test_call_text_is_the_json_of_the_encoded_call() -> None:
