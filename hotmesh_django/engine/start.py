@@ -15,7 +15,7 @@ from hotmesh_django.definitions import ActivityDefinition, WorkflowDefinition
 from hotmesh_django.engine import prepared
 from hotmesh_django.engine.notify import WORK_CHANNEL, tables
 from hotmesh_django.handles import JobHandle
-from hotmesh_django.serialization import encode_call_text, search_text
+from hotmesh_django.serialization import encode_call, encode_call_text, search_text
 
 # Every CTE runs whether or not the final SELECT reads it (they modify data), and all
 # of them see the same snapshot: when ON CONFLICT skips the job, `j` is empty and so
@@ -91,6 +91,8 @@ def start_job(
     HOTMESH_MIDDLEWARE, the start passes through each middleware's start() hook
     first; what one raises reaches the caller and nothing is written.
     """
+    # The caller's arguments, before any middleware: what they wrote must fit.
+    check_arguments(definition, args, kwargs)
     hooks = middleware.loaded().start
     # Started from inside an activity (or a workflow turn): carry its headers on.
     inherited = middleware.headers()
@@ -112,6 +114,8 @@ def check_arguments(
     try:
         signature.bind(*args, **kwargs)
     except TypeError as exc:
+        # An argument that is not JSON is named first, whatever else is wrong.
+        encode_call(args, kwargs)
         raise TypeError(
             f"{definition.name}.start() arguments do not fit {definition.func.__name__}"
             f"{_parameters(signature)}: {exc}."
@@ -173,9 +177,6 @@ def _start(
     delay = options.delay_seconds()
     # One text, sealed once, for the job's input and its message's payload.
     call = encode_call_text(args, kwargs, headers)
-    # After the JSON check, which names the argument; with the arguments middleware
-    # passed on, which are what the function will be called with.
-    check_arguments(definition, args, kwargs)
     search = _dumps_search(options.search)
     is_activity = isinstance(definition, ActivityDefinition)
     workflow_id = options.workflow_id or None

@@ -84,6 +84,9 @@ def test_arguments_that_do_not_fit_the_function_fail_at_start() -> None:
         a.add.start(1, 2, bogus=3)  # type: ignore[call-arg]
     with pytest.raises(TypeError, match=r"three_steps\(n\): too many positional arguments"):
         w.three_steps.start(1, 2)  # type: ignore[call-arg]
+    # Both wrong: the argument that is not JSON is named.
+    with pytest.raises(TypeError, match="argument 1 is of type object"):
+        a.add.start(1, object(), 3)  # type: ignore[call-arg]
     assert not Job.objects.exists()
     assert not Stream.objects.exists()
     # Defaults and keywords that fit are fine.
