@@ -16,6 +16,19 @@ def _ids(messages: list[Any]) -> list[str]:
     return [m.id for m in messages]
 
 
+def _manage_check(**env: str) -> subprocess.CompletedProcess[str]:
+    """`manage.py check` in a fresh process with `env` on top of ours."""
+    return subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def test_default_settings_pass() -> None:
     assert check_settings() == []
     assert check_database() == []
@@ -56,19 +69,9 @@ def test_heartbeat_must_be_shorter_than_the_lease() -> None:
 
 
 def test_non_postgres_database_fails_the_system_check(tmp_path: Any) -> None:
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3",
-        "DJANGO_SETTINGS_MODULE": "demo_project.settings",
-    }
-    result = subprocess.run(
-        [sys.executable, "manage.py", "check"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    result = _manage_check(
+        DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite3",
+        DJANGO_SETTINGS_MODULE="demo_project.settings",
     )
     assert result.returncode != 0
     assert "hotmesh.E001" in result.stderr and "needs PostgreSQL" in result.stderr
@@ -82,19 +85,9 @@ def test_bad_imports_setting_fails_the_check_not_app_loading(tmp_path: Any, valu
     (tmp_path / "bad_imports_settings.py").write_text(
         f"from demo_project.settings import *  # noqa: F403\nHOTMESH_IMPORTS = {value}\n"
     )
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "bad_imports_settings",
-        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
-    }
-    result = subprocess.run(
-        [sys.executable, "manage.py", "check"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    result = _manage_check(
+        DJANGO_SETTINGS_MODULE="bad_imports_settings",
+        PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]),
     )
     assert result.returncode != 0
     assert "hotmesh.E005" in result.stderr, result.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -24,29 +25,24 @@ MAX_PROCESSES = 128
 MAX_GRACEFUL_SECONDS = 7 * 86400
 
 
-def bounded_int(highest: int) -> Any:
-    """An argparse type: an integer from 1 to `highest`."""
+def bounded_int(highest: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer of at least 1 (and at most `highest`)."""
 
     def parse(value: str) -> int:
         try:
             number = int(value)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-        if not 1 <= number <= highest:
+        if highest is None and number < 1:
+            raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+        if highest is not None and not 1 <= number <= highest:
             raise argparse.ArgumentTypeError(f"must be from 1 to {highest}, not {number}")
         return number
 
     return parse
 
 
-def positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
-    return number
+positive_int = bounded_int()
 
 
 def non_negative_seconds(value: str) -> float:
