@@ -127,7 +127,8 @@ class StreamStatus(models.TextChoices):
     RUNNING = "RUNNING", _("Running")
 
 
-# A message this worker holds (see status_in): for writes that name the message's id.
+# A message this worker holds (see status_in): for writes that name the message's id,
+# its worker and its attempt (a worker rescued while alive may claim it again).
 HELD: Final = status_in("status", StreamStatus.RUNNING, choices=StreamStatus)
 
 

@@ -60,7 +60,7 @@ WITH x AS (
 ), m AS (
     DELETE FROM {stream} AS s
      USING x
-     WHERE s.id = x.id AND s.worker = %(worker)s AND {held}
+     WHERE s.id = x.id AND s.worker = %(worker)s AND s.attempts = x.attempts AND {held}
  RETURNING s.id, s.job_id, x.output, x.attempts, x.step, x.name
 ), a AS (
     UPDATE {activity} AS t

@@ -2,9 +2,10 @@
 
 User code runs after the claim has committed and before the ack begins, except for
 `atomic=True` activities, whose own ORM writes share the ack's transaction so they
-happen exactly once. Every ack is guarded by the message id, this worker's id and
-the RUNNING status: when the lease was lost (the message was rescued, or its job
-finished or was cancelled) the ack moves nothing and the late result is dropped.
+happen exactly once. Every ack is guarded by the message id, this worker's id, the
+attempt and the RUNNING status: when the lease was lost (the message was rescued, or
+its job finished or was cancelled) the ack moves nothing and the late result is
+dropped, also when this worker has since claimed the message again.
 """
 
 from __future__ import annotations
@@ -124,7 +125,13 @@ def _step(message: Claimed) -> Any:
 
 
 def _mine(message: Claimed, worker_id: uuid.UUID) -> Any:
-    return Stream.objects.filter(id=message.id, worker=worker_id, status=StreamStatus.RUNNING)
+    """The message, if it is still held by this worker for this attempt (see HELD)."""
+    return Stream.objects.filter(
+        id=message.id,
+        worker=worker_id,
+        attempts=message.attempts,
+        status=StreamStatus.RUNNING,
+    )
 
 
 # The whole success ack of an activity job in one statement (the W1 hot path): drop
@@ -133,7 +140,7 @@ def _mine(message: Claimed, worker_id: uuid.UUID) -> Any:
 _ACK_TASK = """
 WITH m AS (
     DELETE FROM {stream}
-     WHERE id = %(id)s AND worker = %(worker)s AND {held}
+     WHERE id = %(id)s AND worker = %(worker)s AND attempts = %(attempts)s AND {held}
  RETURNING job_id
 ), a AS (
     UPDATE {activity} AS x
@@ -167,7 +174,7 @@ SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM j),
 _ACK_STEP = """
 WITH m AS (
     DELETE FROM {stream}
-     WHERE id = %(id)s AND worker = %(worker)s AND {held}
+     WHERE id = %(id)s AND worker = %(worker)s AND attempts = %(attempts)s AND {held}
  RETURNING job_id
 ), a AS (
     UPDATE {activity} AS x
@@ -513,7 +520,7 @@ WITH m AS (
     UPDATE {stream} AS s
        SET status = 'READY', worker = NULL, lease_expires_at = NULL,
            attempts = greatest(s.attempts - 1, 0)
-     WHERE id = %(id)s AND worker = %(worker)s AND {held}
+     WHERE id = %(id)s AND worker = %(worker)s AND attempts = %(attempts)s AND {held}
  RETURNING job_id, step, name, queue
 ), a AS (
     UPDATE {activity} AS x SET status = 'READY'
@@ -551,6 +558,7 @@ def _release_uncounted(message: Claimed, worker_id: uuid.UUID, exc: BaseExceptio
         "id": message.id,
         "worker": worker_id,
         "attempt": message.attempts,
+        "attempts": message.attempts,
         # The database's message may quote a value, so it is sealed like one.
         "data": Jsonb(seal({"reason": "database connection lost", "error": str(exc)[:500]})),
     }

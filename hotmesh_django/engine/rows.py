@@ -151,7 +151,8 @@ _ACK_GUARD = """versioned AS MATERIALIZED (
        FOR NO KEY UPDATE SKIP LOCKED
 ), acked AS (
     DELETE FROM {stream}
-     WHERE id = %(ack_id)s AND worker = %(ack_worker)s AND {held}
+     WHERE id = %(ack_id)s AND worker = %(ack_worker)s AND attempts = %(ack_attempts)s
+       AND {held}
        AND EXISTS (SELECT 1 FROM versioned)
  RETURNING id
 )"""
@@ -166,6 +167,7 @@ class StepAck:
 
     message_id: int
     worker_id: uuid.UUID
+    attempts: int  # the attempt whose outcome this is (the guard names it too)
     version: str  # the job row's xmin the replay assumed
 
 
@@ -203,7 +205,12 @@ def write_turn(
     if ack is not None:
         guard = GUARD
         ctes.append(ack_guard())
-        params.update(ack_version=ack.version, ack_id=ack.message_id, ack_worker=ack.worker_id)
+        params.update(
+            ack_version=ack.version,
+            ack_id=ack.message_id,
+            ack_worker=ack.worker_id,
+            ack_attempts=ack.attempts,
+        )
     if new_steps:
         ctes.append(_insert("steps", Activity, where=guard))
         params["steps"] = _document(Activity, new_steps)
@@ -270,7 +277,7 @@ def write_turn(
 @cache
 def ack_guard() -> str:
     """The `versioned` and `acked` CTEs of a guarded write (params ack_version,
-    ack_id, ack_worker)."""
+    ack_id, ack_worker, ack_attempts)."""
     quote = connection.ops.quote_name
     return _ACK_GUARD.format(
         job=quote(Job._meta.db_table), stream=quote(Stream._meta.db_table), held=HELD

@@ -199,7 +199,12 @@ def _replay_and_write(
     result, error, returned = turn.replay(ctx, func, args, kwargs)
     if error is not None or not _fits(ctx):
         return None
-    ack = StepAck(message_id=message.id, worker_id=local.worker_id, version=cache.version)
+    ack = StepAck(
+        message_id=message.id,
+        worker_id=local.worker_id,
+        attempts=message.attempts,
+        version=cache.version,
+    )
     if returned:
         if acked is None:
             return None  # a turn that ends its job: the usual path
@@ -316,6 +321,7 @@ def _finish(
         "ack_version": ack.version,
         "ack_id": ack.message_id,
         "ack_worker": ack.worker_id,
+        "ack_attempts": ack.attempts,
         "output": Jsonb(stored_output),
         "result": Jsonb(seal(output)),
         "attempts": message.attempts,

@@ -97,7 +97,12 @@ def run_turn(message: Claimed, local: Local) -> Claimed | None:
     taken = turn_from_claim(message, local)
     if taken is not None:
         return taken.following
-    params: dict[str, Any] = {"job": message.job_id, "id": message.id, "worker": local.worker_id}
+    params: dict[str, Any] = {
+        "job": message.job_id,
+        "id": message.id,
+        "worker": local.worker_id,
+        "attempts": message.attempts,
+    }
     with transaction.atomic():
         with prepared.cursor() as cursor:
             cursor.execute(_take_turn_sql(), params)
@@ -130,7 +135,7 @@ WITH j AS MATERIALIZED (
      WHERE id = %(job)s AND kind = 'WORKFLOW' FOR NO KEY UPDATE
 ), m AS (
     DELETE FROM {stream}
-     WHERE id = %(id)s AND worker = %(worker)s AND {held}
+     WHERE id = %(id)s AND worker = %(worker)s AND attempts = %(attempts)s AND {held}
        AND (SELECT count(*) FROM j) >= 0
  RETURNING id
 )

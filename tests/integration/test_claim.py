@@ -18,7 +18,7 @@ from hotmesh_django.engine.claim import (
     requeue_expired,
     rescue,
 )
-from hotmesh_django.engine.execute import _ack_task
+from hotmesh_django.engine.execute import _ack_task, _release_uncounted, ack_failure, ack_retry
 from hotmesh_django.engine.notify import connect_raw
 from hotmesh_django.models import Activity, Job, JobStatus, Journal, Queue, Stream, Worker
 from tests.factories import JobFactory, StreamFactory
@@ -188,6 +188,50 @@ def test_a_worker_row_says_how_long_it_may_stay_silent(settings: Any) -> None:
     settings.HOTMESH_LEASE_SECONDS = 40
     runner._beat()
     assert Worker.objects.get(id=runner.id).stale_seconds == 40
+
+
+def _claimed_twice_by(worker: uuid.UUID) -> tuple[Any, Any]:
+    """One activity job's message claimed by `worker`, rescued when its lease ran
+    out, and claimed again by the same worker: (first attempt, second attempt)."""
+    job = Job.objects.create(workflow_id="again", name="t.add", kind="ACTIVITY")
+    Activity.objects.create(job=job, seq=1, name="t.add")
+    Stream.objects.create(queue="default", kind="TASK", job=job, step=1, name="t.add")
+    (first,) = claim(queue="default", worker_id=worker, limit=1, lease_seconds=0.01)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_sleep(0.05)")
+    assert rescue(stale_seconds=60) == 1
+    (second,) = claim(queue="default", worker_id=worker, limit=1, lease_seconds=60)
+    assert (first.id, first.attempts, second.attempts) == (second.id, 1, 2)
+    return first, second
+
+
+@pytest.mark.parametrize(
+    "late_ack",
+    [
+        lambda m, w: _ack_task(m, w, "late"),
+        lambda m, w: bool(ack_tasks(w, [(m, "late")])[0]),
+        lambda m, w: ack_retry(m, w, {"type": "E", "message": "late"}, 1.0),
+        lambda m, w: ack_failure(m, w, {"type": "E", "message": "late"}),
+        lambda m, w: _release_uncounted(m, w, RuntimeError("late")) or False,
+    ],
+    ids=["ack", "ack batch", "retry", "failure", "release"],
+)
+def test_an_earlier_attempts_outcome_moves_nothing_once_the_message_is_claimed_again(
+    late_ack: Any,
+) -> None:
+    """A worker cut off from the database for longer than its lease is rescued; once
+    back, it may claim the same message again (same id, same worker) while the first
+    attempt's body still runs. That attempt's outcome must not be taken for the
+    second's: every guard names the attempt too."""
+    me = uuid.uuid4()
+    first, second = _claimed_twice_by(me)
+    assert not late_ack(first, me)
+    row = Stream.objects.get()
+    assert (row.status, row.worker, row.attempts) == ("RUNNING", me, 2)
+    assert _ack_task(second, me, "mine")
+    step = Activity.objects.get()
+    assert (step.status, step.output, step.attempts) == ("SUCCESSFUL", "mine", 2)
+    assert Job.objects.get().output == "mine"
 
 
 def test_rescue_runs_in_one_worker_at_a_time() -> None:
