@@ -31,8 +31,8 @@ from hotmesh_django import timeline
 from hotmesh_django.admin_views import (
     JobOperationsMixin,
     diagnose,
+    is_live,
     job_url,
-    live_cutoff,
     shown_error,
     shown_json,
     status_badge,
@@ -791,7 +791,7 @@ class WorkerAdmin(ReadOnlyAdmin):
 
     @admin.display(description=_("state"))
     def liveness(self, obj: Worker) -> SafeString:
-        if obj.last_seen >= live_cutoff(timezone.now()):
+        if is_live(obj, timezone.now()):
             return status_badge("alive", str(_("alive")))
         return status_badge("stale", str(_("stale")))
 

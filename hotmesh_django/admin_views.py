@@ -23,7 +23,16 @@ from typing import TYPE_CHECKING, Any
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, Min, Q, QuerySet
+from django.db.models import (
+    Count,
+    DurationField,
+    ExpressionWrapper,
+    F,
+    Min,
+    Q,
+    QuerySet,
+    Value,
+)
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -109,9 +118,18 @@ def job_url(job_id: int) -> str:
     return reverse("admin:hotmesh_django_job_change", args=[job_id])
 
 
-def live_cutoff(now: datetime.datetime) -> datetime.datetime:
-    """Return the heartbeat time before which a worker counts as stale."""
-    return now - datetime.timedelta(seconds=settings.lease_seconds)
+def is_live(worker: Worker, now: datetime.datetime) -> bool:
+    """Whether `worker` was seen within its own bound (Worker.stale_seconds): the
+    workers the rescue leaves alone, whatever this process's settings say."""
+    return worker.last_seen >= now - datetime.timedelta(seconds=worker.stale_seconds)
+
+
+def live_workers(now: datetime.datetime) -> QuerySet[Worker]:
+    """The workers is_live() at `now`, filtered in SQL."""
+    bound = ExpressionWrapper(
+        F("stale_seconds") * Value(datetime.timedelta(seconds=1)), output_field=DurationField()
+    )
+    return Worker.objects.filter(last_seen__gte=Value(now) - bound)
 
 
 def serves(worker: Worker, queue: str) -> bool:
@@ -163,7 +181,7 @@ def diagnose(job: Job, now: datetime.datetime | None = None) -> list[Reason]:
     if job.status in FINISHED_STATUSES:
         return []
     reasons: list[Reason] = []
-    workers = list(Worker.objects.filter(last_seen__gte=live_cutoff(now)))
+    workers = list(live_workers(now))
     messages_ = list(Stream.objects.filter(job=job).order_by("id"))
     open_steps = {s.seq: s for s in Activity.objects.filter(job=job, status__in=ACTIVE_STATUSES)}
     for message in messages_:
@@ -447,7 +465,7 @@ def queue_stats(now: datetime.datetime) -> list[dict[str, Any]]:
         .order_by()
     ):
         row(item["queue"])["finished"][item["status"]] = item["n"]
-    workers = list(Worker.objects.filter(last_seen__gte=live_cutoff(now)))
+    workers = list(live_workers(now))
     for queue in settings.queues:
         row(queue)
     for state in Queue.objects.all():

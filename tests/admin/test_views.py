@@ -6,6 +6,7 @@ import datetime
 import re
 
 import pytest
+from django.test import override_settings
 from django.urls import reverse
 from django.utils import timezone
 
@@ -240,6 +241,26 @@ def test_workers_page_alive_and_stale(admin_client) -> None:
     html = admin_client.get(reverse("admin:hotmesh_django_worker_changelist")).content.decode()
     assert "fresh-host" in html and "old-host" in html
     assert "hm-badge hm-alive" in html and "hm-badge hm-stale" in html
+
+
+@override_settings(HOTMESH_LEASE_SECONDS=3, HOTMESH_HEARTBEAT_SECONDS=1)
+def test_a_worker_is_alive_by_its_own_bound_not_the_web_processs_settings() -> None:
+    """A worker that beats every 5 s (and may go 30 s unseen) is alive 10 s after its
+    last beat, however short the lease of the process showing it: as the rescue sees
+    it (engine.claim.rescue), so the admin never calls stale what is left running."""
+    from hotmesh_django.admin_views import is_live, live_workers
+
+    now = timezone.now()
+    beating = WorkerFactory(host="slow-beat", stale_seconds=30)
+    gone = WorkerFactory(host="gone", stale_seconds=30)
+    type(beating).objects.filter(pk=beating.pk).update(
+        last_seen=now - datetime.timedelta(seconds=10)
+    )
+    type(gone).objects.filter(pk=gone.pk).update(last_seen=now - datetime.timedelta(seconds=31))
+    beating.refresh_from_db()
+    gone.refresh_from_db()
+    assert is_live(beating, now) and not is_live(gone, now)
+    assert list(live_workers(now)) == [beating]
 
 
 @pytest.mark.parametrize("model", ["activity", "journal", "stream", "signal", "worker"])
