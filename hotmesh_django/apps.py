@@ -20,10 +20,10 @@ class HotmeshConfig(AppConfig):
             checks,  # noqa: F401 - registers the system checks
             tasks,  # noqa: F401 - registers the TASKS backend's activity
         )
-        from hotmesh_django.conf import settings
+        from hotmesh_django.conf import IMPORT_ERRORS, settings
 
         autodiscover_modules("activities", "workflows")
         for module in settings.imports:
             # A module that fails to import is reported by the hotmesh.E005 check.
-            with contextlib.suppress(ImportError, ValueError, TypeError):
+            with contextlib.suppress(*IMPORT_ERRORS):
                 importlib.import_module(module)

@@ -16,7 +16,7 @@ from django.utils.module_loading import import_string
 
 from hotmesh_django import registry
 from hotmesh_django.codecs import FernetCodec, active_codec, fernet_key_problems
-from hotmesh_django.conf import DEFAULTS
+from hotmesh_django.conf import DEFAULTS, IMPORT_ERRORS, is_module_list
 from hotmesh_django.engine.schedules import validate_schedule
 from hotmesh_django.models import Schedule
 
@@ -78,7 +78,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             )
         )
     imports = _number("HOTMESH_IMPORTS")
-    if not isinstance(imports, list | tuple) or not all(isinstance(m, str) for m in imports):
+    if not is_module_list(imports):
         errors.append(
             Error(
                 f"HOTMESH_IMPORTS must be a list of module paths, not {imports!r}.",
@@ -90,8 +90,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         for module in imports:
             try:
                 importlib.import_module(module)
-            # An empty or relative name ("", ".tasks") is a ValueError or TypeError.
-            except (ImportError, ValueError, TypeError) as exc:
+            except IMPORT_ERRORS as exc:
                 errors.append(
                     Error(
                         f"HOTMESH_IMPORTS names {module!r}, which cannot be imported: {exc}.",

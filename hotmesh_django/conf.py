@@ -53,6 +53,16 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+# What importlib.import_module() raises for a module that cannot be imported:
+# ImportError, and ValueError or TypeError for an empty or relative name ("", ".x").
+IMPORT_ERRORS = (ImportError, ValueError, TypeError)
+
+
+def is_module_list(value: object) -> bool:
+    """Whether `value` is what HOTMESH_IMPORTS must be: a list of module paths."""
+    return isinstance(value, list | tuple) and all(isinstance(m, str) for m in value)
+
+
 class Settings:
     """The HOTMESH_* settings, read once and again after any of them changes.
 
@@ -96,7 +106,7 @@ class Settings:
         value = self._get("HOTMESH_IMPORTS")
         # A malformed value (a bare string, None) is hotmesh.E005's to report; read
         # as a list it would import one module per character, or crash app loading.
-        if not isinstance(value, list | tuple) or not all(isinstance(m, str) for m in value):
+        if not is_module_list(value):
             return []
         return list(value)
 

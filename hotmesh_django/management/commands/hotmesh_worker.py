@@ -10,7 +10,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from hotmesh_django.conf import settings
+from hotmesh_django.conf import IMPORT_ERRORS, settings
 from hotmesh_django.pool import install_signal_handlers, run_pool
 from hotmesh_django.worker import Worker
 
@@ -123,8 +123,7 @@ class Command(BaseCommand):
         for module in [*settings.imports, *options["imports"]]:
             try:
                 importlib.import_module(module)
-            # An empty or relative name ("", ".tasks") is a ValueError or TypeError.
-            except (ImportError, ValueError, TypeError) as exc:
+            except IMPORT_ERRORS as exc:
                 raise CommandError(f"Cannot import {module!r}: {exc}") from exc
         kwargs = {
             "queues": options["queues"],
