@@ -238,6 +238,7 @@ class WorkflowContext:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> StepHandle:
+        from hotmesh_django.definitions import positional_names
         from hotmesh_django.handles import StepHandle
         from hotmesh_django.models import JobStatus, StepKind
         from hotmesh_django.serialization import encode_call
@@ -249,7 +250,9 @@ class WorkflowContext:
                 name=definition.name,
                 queue=definition.options.queue or definition.queue,
                 status=JobStatus.READY,
-                input=encode_call(args, kwargs, self.headers),
+                input=encode_call(
+                    args, kwargs, self.headers, names=positional_names(definition.func)
+                ),
             )
             self.new_activity_calls.append((step, definition))
         return StepHandle(self, seq)
@@ -260,6 +263,7 @@ class WorkflowContext:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> StepHandle:
+        from hotmesh_django.definitions import positional_names
         from hotmesh_django.handles import StepHandle
         from hotmesh_django.models import JobStatus, StepKind
         from hotmesh_django.serialization import encode_call
@@ -271,7 +275,9 @@ class WorkflowContext:
                 name=definition.name,
                 queue=definition.options.queue or definition.queue,
                 status=JobStatus.RUNNING,
-                input=encode_call(args, kwargs, self.headers),
+                input=encode_call(
+                    args, kwargs, self.headers, names=positional_names(definition.func)
+                ),
             )
             self.new_children.append((step, definition, step.input))
         return StepHandle(self, seq)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
+import inspect
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
@@ -18,6 +20,29 @@ R = TypeVar("R")
 DEFAULT_QUEUE = "default"
 _MAX_NAME = 255
 _MAX_QUEUE = 100
+
+
+@functools.cache
+def signature_of(func: Callable[..., Any]) -> inspect.Signature | None:
+    """The signature start() checks a call against; None when there is none to read
+    (a builtin, say)."""
+    try:
+        return inspect.signature(func)
+    except (TypeError, ValueError):
+        return None
+
+
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+@functools.cache
+def positional_names(func: Callable[..., Any]) -> tuple[str, ...]:
+    """The names of `func`'s positional parameters, in order, so an error about
+    argument 1 can say which parameter that is."""
+    signature = signature_of(func)
+    if signature is None:
+        return ()
+    return tuple(p.name for p in signature.parameters.values() if p.kind in _POSITIONAL)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -19,7 +19,7 @@ import decimal
 import json
 import math
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from django.utils.dateparse import parse_date, parse_datetime, parse_duration, parse_time
@@ -163,13 +163,13 @@ def _check_length(text: str, what: str) -> None:
         )
 
 
-def _check_call_length(text: str, data: dict[str, Any]) -> None:
+def _check_call_length(text: str, data: dict[str, Any], names: Sequence[str]) -> None:
     """As _check_length for a call's JSON `text`, naming its largest argument."""
     limit = settings.max_payload_bytes
     if not 0 < limit < len(text):
         return
     # Only on the way to an error: the size of each argument alone.
-    sizes = [(len(_dumps(v)), f"argument {i}") for i, v in enumerate(data["args"])]
+    sizes = [(len(_dumps(v)), _positional(i, names)) for i, v in enumerate(data["args"])]
     sizes += [(len(_dumps(v)), f"argument {k!r}") for k, v in data["kwargs"].items()]
     if data.get("headers"):
         sizes.append((len(_dumps(data["headers"])), "the middleware headers"))
@@ -191,23 +191,33 @@ def search_text(search: Mapping[str, Any]) -> str:
 
 
 def encode_call(
-    args: tuple[Any, ...], kwargs: Mapping[str, Any], headers: Mapping[str, Any] | None = None
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    headers: Mapping[str, Any] | None = None,
+    *,
+    names: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Serialize call arguments as {"args": [...], "kwargs": {...}}.
 
     Middleware headers, when there are any, ride along as a "headers" key, so they
     are stored (and retried, re-run, encoded) with the payload they belong to and
     need no column of their own. Raise TypeError naming the first argument or
-    header that is not JSON, so nothing is enqueued with half its input.
+    header that is not JSON, so nothing is enqueued with half its input. `names`
+    are the function's positional parameters (definitions.positional_names), so a
+    message says "argument 1 ('cents')" and not only the index.
     """
-    data = _call_data(args, kwargs, headers)
+    data = _call_data(args, kwargs, headers, names)
     if settings.max_payload_bytes > 0:
-        _check_call_length(_dumps(data), data)
+        _check_call_length(_dumps(data), data, names)
     return data
 
 
 def encode_call_text(
-    args: tuple[Any, ...], kwargs: Mapping[str, Any], headers: Mapping[str, Any] | None = None
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    headers: Mapping[str, Any] | None = None,
+    *,
+    names: Sequence[str] = (),
 ) -> str:
     """As `encode_call`, then `seal`, returned as JSON text: what a start writes.
 
@@ -215,18 +225,27 @@ def encode_call_text(
     job's input and its message's payload, instead of each parameter adapter
     serializing the same structure again.
     """
-    data = _call_data(args, kwargs, headers)
+    data = _call_data(args, kwargs, headers, names)
     text = _dumps(data)
-    _check_call_length(text, data)
+    _check_call_length(text, data, names)
     sealed = seal(data)
     return text if sealed is data else _dumps(sealed)
 
 
+def _positional(index: int, names: Sequence[str]) -> str:
+    if index < len(names):
+        return f"argument {index} ({names[index]!r})"
+    return f"argument {index}"
+
+
 def _call_data(
-    args: tuple[Any, ...], kwargs: Mapping[str, Any], headers: Mapping[str, Any] | None
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    headers: Mapping[str, Any] | None,
+    names: Sequence[str],
 ) -> dict[str, Any]:
     data = {
-        "args": [to_json(a, what=f"argument {i}") for i, a in enumerate(args)],
+        "args": [to_json(a, what=_positional(i, names)) for i, a in enumerate(args)],
         "kwargs": {k: to_json(v, what=f"argument {k!r}") for k, v in kwargs.items()},
     }
     if headers:

@@ -11,7 +11,12 @@ from typing import Any
 from django.db import DEFAULT_DB_ALIAS, transaction
 
 from hotmesh_django import metrics, middleware
-from hotmesh_django.definitions import ActivityDefinition, WorkflowDefinition
+from hotmesh_django.definitions import (
+    ActivityDefinition,
+    WorkflowDefinition,
+    positional_names,
+    signature_of,
+)
 from hotmesh_django.engine import prepared
 from hotmesh_django.engine.notify import WORK_CHANNEL, tables
 from hotmesh_django.handles import JobHandle
@@ -108,26 +113,18 @@ def check_arguments(
 ) -> None:
     """Raise TypeError when `args` and `kwargs` cannot be passed to the function:
     at start(), not attempts later in a worker, after the retries it would cost."""
-    signature = _signature(definition.func)
+    signature = signature_of(definition.func)
     if signature is None:
         return
     try:
         signature.bind(*args, **kwargs)
     except TypeError as exc:
         # An argument that is not JSON is named first, whatever else is wrong.
-        encode_call(args, kwargs)
+        encode_call(args, kwargs, names=positional_names(definition.func))
         raise TypeError(
             f"{definition.name}.start() arguments do not fit {definition.func.__name__}"
             f"{_parameters(signature)}: {exc}."
         ) from None
-
-
-@functools.cache
-def _signature(func: Callable[..., Any]) -> inspect.Signature | None:
-    try:
-        return inspect.signature(func)
-    except (TypeError, ValueError):  # nothing to check against (a builtin, say)
-        return None
 
 
 def _parameters(signature: inspect.Signature) -> str:
@@ -176,7 +173,7 @@ def _start(
     options = definition.options
     delay = options.delay_seconds()
     # One text, sealed once, for the job's input and its message's payload.
-    call = encode_call_text(args, kwargs, headers)
+    call = encode_call_text(args, kwargs, headers, names=positional_names(definition.func))
     search = _dumps_search(options.search)
     is_activity = isinstance(definition, ActivityDefinition)
     workflow_id = options.workflow_id or None

@@ -73,6 +73,21 @@ def test_non_json_argument_fails_at_start_and_enqueues_nothing() -> None:
     assert not Job.objects.exists()
 
 
+def test_non_json_positional_argument_is_named_by_its_parameter() -> None:
+    with pytest.raises(TypeError, match=r"argument 1 \('b'\)\[0\] is of type set"):
+        a.add.start(1, [{2}])
+    with pytest.raises(TypeError, match=r"argument 0 \('n'\) is of type object"):
+        w.three_steps.start(object())
+    assert not Job.objects.exists()
+
+
+@override_settings(HOTMESH_MAX_PAYLOAD_BYTES=200)
+def test_oversized_start_names_the_parameter() -> None:
+    with pytest.raises(hm.PayloadTooLarge, match=r"the largest is argument 0 \('value'\)"):
+        a.echo.start("x" * 300)
+    assert not Job.objects.exists()
+
+
 def test_arguments_that_do_not_fit_the_function_fail_at_start() -> None:
     with pytest.raises(
         TypeError, match=r"t.add.start\(\) arguments do not fit add\(a, b\): missing"
@@ -84,8 +99,8 @@ def test_arguments_that_do_not_fit_the_function_fail_at_start() -> None:
         a.add.start(1, 2, bogus=3)  # type: ignore[call-arg]
     with pytest.raises(TypeError, match=r"three_steps\(n\): too many positional arguments"):
         w.three_steps.start(1, 2)  # type: ignore[call-arg]
-    # Both wrong: the argument that is not JSON is named.
-    with pytest.raises(TypeError, match="argument 1 is of type object"):
+    # Both wrong: the argument that is not JSON is named, by position and parameter.
+    with pytest.raises(TypeError, match=r"argument 1 \('b'\) is of type object"):
         a.add.start(1, object(), 3)  # type: ignore[call-arg]
     assert not Job.objects.exists()
     assert not Stream.objects.exists()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import functools
 import json
 import uuid
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 from django.test import override_settings
 
 from hotmesh_django import PayloadTooLarge
+from hotmesh_django.definitions import positional_names
 from hotmesh_django.serialization import (
     decode_call,
     encode_call,
@@ -68,6 +70,22 @@ def test_tuples_come_back_as_lists() -> None:
 def test_bad_values_raise_type_error_naming_the_argument(value: Any, fragment: str) -> None:
     with pytest.raises(TypeError, match=fragment):
         encode_call(("fine", value), {})
+
+
+def test_positional_argument_is_named_by_its_parameter_when_known() -> None:
+    with pytest.raises(TypeError, match=r"argument 1 \('cents'\) is of type object"):
+        encode_call((42, object()), {}, names=("order_id", "cents"))
+    # Past the named parameters (a *args function): the position alone.
+    with pytest.raises(TypeError, match=r"argument 2 is of type object"):
+        encode_call((42, 1, object()), {}, names=("order_id", "cents"))
+
+
+def test_positional_names_of_a_function() -> None:
+    def f(a: int, /, b: int, *rest: int, c: int = 0, **extra: int) -> None: ...
+
+    assert positional_names(f) == ("a", "b")
+    assert positional_names(len) == ("obj",)
+    assert positional_names(functools.partial(f, 1)) == ("b",)
 
 
 def test_bad_keyword_argument_is_named() -> None:
