@@ -74,9 +74,13 @@ class SealedJSONField(models.JSONField):
         return super().get_db_prep_save(value, connection)
 
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
-        from hotmesh_django.serialization import open_stored
+        from hotmesh_django.serialization import Undecodable, open_stored
 
-        return open_stored(super().from_db_value(value, expression, connection))
+        try:
+            decoded = super().from_db_value(value, expression, connection)
+        except RecursionError:  # see serialization.loads_stored
+            return Undecodable(len(value))
+        return open_stored(decoded)
 
     def deconstruct(self) -> Any:
         # The column is plain jsonb either way: migrations see a JSONField, so turning

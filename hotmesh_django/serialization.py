@@ -125,6 +125,8 @@ def from_json(data: Any) -> Any:
     """
     if isinstance(data, Unreadable):
         raise data.error
+    if isinstance(data, Undecodable):
+        raise ValueError(f"A stored value is {data!r}.")
     if isinstance(data, list):
         return [from_json(item) for item in data]
     if isinstance(data, dict):
@@ -343,6 +345,32 @@ def unseal(data: Any) -> Any:
         raise CodecError(
             f"HOTMESH_CODEC could not decode a value: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def loads_stored(text: str | bytes) -> Any:
+    """Decode JSON text read from a jsonb column.
+
+    JSON nested deeper than Python's recursion limit (Postgres accepts it, and only
+    a writer other than start() can store it) comes back as `Undecodable`, so the
+    job it belongs to fails as malformed instead of the worker that read it.
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        return Undecodable(len(text))
+
+
+class Undecodable:
+    """A stored JSON value too deeply nested to decode. Neither a dict nor a list,
+    so `decode_call` refuses it as a malformed payload."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __repr__(self) -> str:
+        return f"<JSON of {self.size} characters nested too deeply to decode>"
 
 
 class Unreadable:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import uuid
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from hotmesh_django.choices import JobStatus, status_in
 from hotmesh_django.engine import early, prepared
 from hotmesh_django.engine.complete import enqueue_turn
 from hotmesh_django.engine.notify import WORK_CHANNEL, tables
+from hotmesh_django.serialization import loads_stored
 
 logger = logging.getLogger(__name__)
 
@@ -275,8 +275,8 @@ def _claimed(rows: list[Any], commit: early.Commit) -> list[Claimed]:
 
 def loads_jsonb(value: Any) -> Any:
     """A jsonb column as raw SQL returns it: Django loads jsonb as text (JSONField
-    decodes it itself), so decode it here."""
-    return json.loads(value) if isinstance(value, str | bytes) else value
+    decodes it itself), so decode it here (see serialization.loads_stored)."""
+    return loads_stored(value) if isinstance(value, str | bytes) else value
 
 
 _FIELDS = ("id", "kind", "job_id", "step", "name", "payload", "attempts", "queue")

@@ -161,7 +161,10 @@ def turn_from_claim(message: Claimed, local: Any) -> Taken | None:
     job = turn.job_from_row(read.row)
     if job is None or job.kind != JobKind.WORKFLOW or not registry.has_workflow(job.name):
         return None
-    steps = turn.steps_of(job)
+    try:
+        steps = turn.steps_of(job)
+    except ValueError:
+        return None  # undecodable steps: the usual path fails the job, saying so
     if turn.missing_steps(steps) or _unreadable(job, steps):
         return None
     db_now = job.db_now  # type: ignore[attr-defined]

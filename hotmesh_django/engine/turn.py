@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import time
 import uuid
 from collections.abc import Sequence
@@ -56,9 +55,11 @@ from hotmesh_django.models import (
 )
 from hotmesh_django.redaction import get_logger
 from hotmesh_django.serialization import (
+    Undecodable,
     decode_call,
     decode_headers,
     encode_value,
+    loads_stored,
     open_stored,
     readable,
 )
@@ -212,7 +213,9 @@ def job_from_row(row: Sequence[Any]) -> Job | None:
 
 def steps_of(job: Job) -> dict[int, Activity]:
     """The job's steps by number, built from the JSON `job_select()` read with the job."""
-    rows = json.loads(job.steps_json or "[]")  # type: ignore[attr-defined]
+    rows = loads_stored(job.steps_json or "[]")  # type: ignore[attr-defined]
+    if isinstance(rows, Undecodable):
+        raise ValueError(f"The job's steps hold {rows!r}.")
     fields = _STEP_FIELDS
     steps = {}
     for row in rows:
@@ -288,13 +291,13 @@ def _turn(job: Job, local: Local) -> Claimed | None:
     except UnknownDefinition as exc:
         _park(job, str(exc))
         return None
-    steps = steps_of(job)
-    acked: AckedStep | None = getattr(job, "acked_step", None)
-    if acked is not None and acked.seq in steps:
-        step = steps[acked.seq]
-        step.status, step.output, step.error = JobStatus.SUCCESSFUL, acked.output, None
-        step.attempts, step.finished_at = acked.attempts, acked.finished_at
     try:
+        steps = steps_of(job)
+        acked: AckedStep | None = getattr(job, "acked_step", None)
+        if acked is not None and acked.seq in steps:
+            step = steps[acked.seq]
+            step.status, step.output, step.error = JobStatus.SUCCESSFUL, acked.output, None
+            step.attempts, step.finished_at = acked.attempts, acked.finished_at
         args, kwargs = decode_call(job.input)
         headers = decode_headers(job.input)
         check_readable(job, steps.values())

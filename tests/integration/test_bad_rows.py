@@ -59,6 +59,51 @@ def test_garbage_workflow_input_fails_the_job_clearly(worker: WorkerThread) -> N
     assert "Malformed call payload" in _failure(handle).message
 
 
+# Postgres takes JSON nested far deeper than Python's json module can decode.
+_DEEP = '{"args": [' + "[" * 5000 + "]" * 5000 + '], "kwargs": {}}'
+
+
+def _set_json(table: type[Job] | type[Stream] | type[Activity], column: str, **where: int) -> None:
+    from django.db import connection
+
+    [(key, value)] = where.items()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table._meta.db_table} SET {column} = %s::jsonb WHERE {key} = %s",
+            [_DEEP, value],
+        )
+
+
+def test_a_payload_nested_too_deeply_to_decode_fails_its_job(worker: WorkerThread) -> None:
+    with transaction.atomic():
+        handle = a.add.start(1, 2)
+        _set_json(Stream, "payload", job_id=handle.job().pk)
+    assert "Malformed call payload" in _failure(handle).message
+    assert "nested too deeply" in _failure(handle).message
+
+
+def test_a_workflow_input_nested_too_deeply_to_decode_fails_its_job(
+    worker: WorkerThread,
+) -> None:
+    with transaction.atomic():
+        handle = w.three_steps.start(1)
+        _set_json(Job, "input", id=handle.job().pk)
+    assert "nested too deeply" in _failure(handle).message
+
+
+def test_a_step_output_nested_too_deeply_to_decode_fails_its_job(worker: WorkerThread) -> None:
+    handle = w.two_signals.start()
+    handle.signal("go", 1)
+    wait_until(
+        lambda: Activity.objects.filter(job__workflow_id=handle.id, status="SUCCESSFUL").exists(),
+        timeout=15,
+    )
+    step = Activity.objects.get(job__workflow_id=handle.id, status="SUCCESSFUL")
+    _set_json(Activity, "output", id=step.pk)
+    handle.signal("go", 2)
+    assert "nested too deeply" in _failure(handle).message
+
+
 def test_unknown_kinds_and_events_are_refused_by_the_database() -> None:
     handle = w.three_steps.start(1)
     job = handle.job()
