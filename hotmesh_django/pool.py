@@ -11,6 +11,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
@@ -40,6 +41,28 @@ def install_signal_handlers(on_first: Callable[[], None], on_second: Callable[[]
     signal.signal(signal.SIGINT, handler)
 
 
+# How often a child checks that its parent is still there.
+PARENT_CHECK_SECONDS = 1.0
+
+
+def _child(target: Callable[..., None], parent: int, **kwargs: Any) -> None:
+    """Run `target` in a forked child that stops, gracefully, when its parent dies.
+
+    A parent killed outright (SIGKILL, an OOM kill) cannot forward anything, and its
+    children would go on claiming work with nobody left to stop them: each one
+    watches for that and sends itself the SIGTERM the parent would have.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_SECONDS)
+        logger.warning("worker pool parent pid=%s is gone: stopping", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="hotmesh-parent-watch", daemon=True).start()
+    target(**kwargs)
+
+
 def run_pool(processes: int, target: Callable[..., None], kwargs: dict[str, Any]) -> int:
     """Fork `processes` children running `target(**kwargs)`; return an exit code."""
     # Children must not share the parent's sockets to Postgres.
@@ -49,7 +72,12 @@ def run_pool(processes: int, target: Callable[..., None], kwargs: dict[str, Any]
     children: dict[int, BaseProcess] = {}
 
     def spawn(slot: int) -> None:
-        proc = ctx.Process(target=target, kwargs=kwargs, name=f"hotmesh-worker-{slot}")
+        proc = ctx.Process(
+            target=_child,
+            args=(target, os.getpid()),
+            kwargs=kwargs,
+            name=f"hotmesh-worker-{slot}",
+        )
         proc.start()
         children[slot] = proc
 

@@ -631,13 +631,16 @@ class Worker:
             left = self._in_flight
         for _ in range(self.concurrency):
             self._inbox.put(None)
-        # Runners that finished exit at once; a stuck one stays behind (daemon).
+        # Runners that finished exit at once; a stuck one stays behind (daemon). One
+        # short allowance past the deadline for all of them together, not one each:
+        # with many busy runners the waits would add up to minutes.
+        allowance = max(deadline, time.monotonic()) + 1.5
         for thread in self._threads:
-            thread.join(timeout=max(0.0, deadline - time.monotonic()) + 1.5)
+            thread.join(timeout=max(0.0, allowance - time.monotonic()))
         if self._acks is not None:
             # Acks handed over by runners that finished late are written before the
             # leases are released below.
-            self._acks.close(timeout=max(0.0, deadline - time.monotonic()) + 1.5)
+            self._acks.close(timeout=max(0.1, allowance - time.monotonic()))
         try:
             # Whatever did not finish goes back to the queue now, not after the lease.
             moved = claims.requeue_expired(workers=[self.id])

@@ -147,6 +147,57 @@ def test_process_pool_runs_and_stops_together(spawn_worker: Spawn) -> None:
     assert not Worker.objects.exists()
 
 
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(x) for x in found.stdout.split()]
+
+
+def _gone(pids: list[int]) -> bool:
+    return not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+def _busy_pool(spawn_worker: Spawn, *flags: str) -> tuple[WorkerProcess, list[int]]:
+    for i in range(4):
+        a.slow.start(60, f"pool:{i}")
+    proc = spawn_worker("--processes", "2", "--concurrency", "2", *flags)
+    wait_until(lambda: Counter.objects.filter(key__startswith="pool:").count() == 4, timeout=30)
+    children = _children(proc.pid)
+    assert len(children) == 2
+    return proc, children
+
+
+def test_a_second_signal_to_the_pool_parent_stops_the_children_at_once(
+    spawn_worker: Spawn,
+) -> None:
+    proc, children = _busy_pool(spawn_worker, "--graceful-timeout", "60")
+    proc.send_signal(signal.SIGTERM)  # the parent only, as a supervisor would
+    wait_until(lambda: "finishing in-flight work" in proc.log(), timeout=10)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=5) != 0
+    wait_until(lambda: _gone(children), timeout=5)
+
+
+def test_pool_children_stop_when_their_parent_is_killed(spawn_worker: Spawn) -> None:
+    proc, children = _busy_pool(spawn_worker, "--graceful-timeout", "1")
+    proc.kill()
+    proc.wait(timeout=5)
+    # They notice within a second, then shut down gracefully: their messages go back.
+    wait_until(lambda: _gone(children), timeout=15)
+    assert set(Stream.objects.values_list("status", flat=True)) == {"READY"}
+
+
+def test_shutdown_takes_the_graceful_timeout_not_a_wait_per_runner(spawn_worker: Spawn) -> None:
+    for i in range(6):
+        a.slow.start(60, f"stuck:{i}")
+    proc = spawn_worker("--concurrency", "6", "--graceful-timeout", "1")
+    wait_until(lambda: Counter.objects.filter(key__startswith="stuck:").count() == 6, timeout=30)
+    proc.send_signal(signal.SIGTERM)
+    # 1 s of grace and one short allowance for all six runners together (it used to
+    # be 1.5 s more per runner still busy: 10 s here).
+    assert proc.wait(timeout=6) == 0, proc.log()
+    assert Stream.objects.filter(status="READY").count() == 6
+
+
 def test_durable_sleep_spans_a_worker_restart(spawn_worker: Spawn) -> None:
     handle = w.sleeper.start(2.0)
     first = spawn_worker()
