@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import re
 from typing import Any
 
@@ -20,10 +19,14 @@ from hotmesh_django.conf import DEFAULTS, IMPORT_ERRORS, is_module_list
 from hotmesh_django.engine.schedules import validate_schedule
 from hotmesh_django.models import Schedule
 
-_POSITIVE_NUMBERS = {
-    "HOTMESH_LEASE_SECONDS": "hotmesh.E002",
-    "HOTMESH_HEARTBEAT_SECONDS": "hotmesh.E003",
-    "HOTMESH_POLL_INTERVAL_SECONDS": "hotmesh.E004",
+# Seconds, with the range a worker can run with. Below it a worker spins (a heartbeat
+# of a microsecond is a thousand commits a second); above it the database's
+# timestamps or the platform's timers overflow (a lease of 1e15 s, a poll of 1e300 s).
+_DAY = 86_400
+_SECONDS = {
+    "HOTMESH_LEASE_SECONDS": ("hotmesh.E002", 0.1, 7 * _DAY),
+    "HOTMESH_HEARTBEAT_SECONDS": ("hotmesh.E003", 0.05, _DAY),
+    "HOTMESH_POLL_INTERVAL_SECONDS": ("hotmesh.E004", 0.01, _DAY),
 }
 
 
@@ -53,20 +56,15 @@ def _number(name: str) -> Any:
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """hotmesh.E002-E008: HOTMESH_* settings have the right types and ranges."""
     errors: list[CheckMessage] = []
-    for name, check_id in _POSITIVE_NUMBERS.items():
+    for name, (check_id, low, high) in _SECONDS.items():
         value = _number(name)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not 0 < value < math.inf
-        ):
-            errors.append(
-                Error(
-                    f"{name} must be a positive, finite number of seconds, not {value!r}.",
-                    hint=f"For example {name} = {DEFAULTS[name]}.",
-                    id=check_id,
-                )
-            )
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problem = f"{name} must be a number of seconds, not {value!r}."
+        elif not low <= value <= high:  # also refuses nan and inf
+            problem = f"{name} must be from {low:g} to {high:g} seconds, not {value!r}."
+        else:
+            continue
+        errors.append(Error(problem, hint=f"For example {name} = {DEFAULTS[name]}.", id=check_id))
     lease, beat = _number("HOTMESH_LEASE_SECONDS"), _number("HOTMESH_HEARTBEAT_SECONDS")
     if not errors and beat >= lease:
         errors.append(
@@ -93,7 +91,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             except IMPORT_ERRORS as exc:
                 errors.append(
                     Error(
-                        f"HOTMESH_IMPORTS names {module!r}, which cannot be imported: {exc}.",
+                        f"HOTMESH_IMPORTS names {module!r}, which cannot be imported: "
+                        f"{type(exc).__name__}: {exc}.",
                         hint="Fix the module path or remove it.",
                         id="hotmesh.E005",
                     )

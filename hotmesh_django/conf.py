@@ -53,9 +53,10 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-# What importlib.import_module() raises for a module that cannot be imported:
-# ImportError, and ValueError or TypeError for an empty or relative name ("", ".x").
-IMPORT_ERRORS = (ImportError, ValueError, TypeError)
+# What importlib.import_module() can raise for a module that cannot be imported:
+# ImportError, ValueError or TypeError for an empty or relative name ("", ".x"), and
+# whatever the module's own code raises (a SyntaxError, a RuntimeError at import).
+IMPORT_ERRORS = (Exception,)
 
 
 def is_module_list(value: object) -> bool:

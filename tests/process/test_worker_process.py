@@ -221,6 +221,7 @@ def test_durable_sleep_spans_a_worker_restart(spawn_worker: Spawn) -> None:
         (["--import", ".relative"], "Cannot import '.relative'"),
         (["--queues", ","], "give at least one queue name"),
         (["--import", "no.such.module"], "Cannot import 'no.such.module'"),
+        (["--import", "tests.broken_module"], "Cannot import 'tests.broken_module': RuntimeError"),
         (["--colour", "blue"], "unrecognized arguments"),
     ],
 )
@@ -237,6 +238,7 @@ def test_bad_flags_give_a_usage_error(
     )
     assert result.returncode != 0
     assert message in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
 
 
 def test_only_listed_queues_are_served(spawn_worker: Spawn) -> None:

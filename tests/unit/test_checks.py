@@ -41,6 +41,11 @@ def test_default_settings_pass() -> None:
         ("HOTMESH_LEASE_SECONDS", "30", "hotmesh.E002"),
         ("HOTMESH_LEASE_SECONDS", float("inf"), "hotmesh.E002"),
         ("HOTMESH_POLL_INTERVAL_SECONDS", float("nan"), "hotmesh.E004"),
+        # Finite, but past what timestamps and timers hold, or a busy loop.
+        ("HOTMESH_LEASE_SECONDS", 1e15, "hotmesh.E002"),
+        ("HOTMESH_POLL_INTERVAL_SECONDS", 1e300, "hotmesh.E004"),
+        ("HOTMESH_HEARTBEAT_SECONDS", 1e-6, "hotmesh.E003"),
+        ("HOTMESH_IMPORTS", ["tests.broken_module"], "hotmesh.E005"),
         ("HOTMESH_IMPORTS", None, "hotmesh.E005"),
         ("HOTMESH_IMPORTS", [".relative"], "hotmesh.E005"),
         ("HOTMESH_IMPORTS", [""], "hotmesh.E005"),

@@ -124,7 +124,9 @@ class Command(BaseCommand):
             try:
                 importlib.import_module(module)
             except IMPORT_ERRORS as exc:
-                raise CommandError(f"Cannot import {module!r}: {exc}") from exc
+                raise CommandError(
+                    f"Cannot import {module!r}: {type(exc).__name__}: {exc}"
+                ) from exc
         kwargs = {
             "queues": options["queues"],
             "concurrency": options["concurrency"],
