@@ -25,6 +25,7 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.text import smart_split, unescape_string_literal
+from django.utils.timesince import timesince
 from django.utils.translation import gettext_lazy as _
 
 from hotmesh_django import timeline
@@ -232,7 +233,7 @@ def _search_filter(key: str, value: str) -> Any:
     condition = Q(search__contains={key: value})
     try:
         parsed = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):
         return condition
     if parsed != value and not isinstance(parsed, dict | list):
         condition |= Q(search__contains={key: parsed})
@@ -322,14 +323,14 @@ class JobAdmin(JobOperationsMixin, ReadOnlyAdmin):
         "status_badge",
         "queue",
         "attempts",
-        "created",
+        "age",
         "duration_display",
     )
     list_filter = ("status", NameFilter, QueueFilter, "kind", "created_at")
     search_fields = ("=workflow_id",)
     search_help_text = _(
         "An exact workflow_id or name, or search attributes as key=value "
-        "(several terms must all match)."
+        "(several terms must all match; quote a term that holds spaces)."
     )
     ordering = ("-id",)
     sortable_by = ("created", "status_badge")
@@ -382,15 +383,19 @@ class JobAdmin(JobOperationsMixin, ReadOnlyAdmin):
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Job], search_term: str
     ) -> tuple[QuerySet[Job], bool]:
+        terms = Q()
         for bit in smart_split(search_term):
             if bit.startswith(('"', "'")) and bit[0] == bit[-1] and len(bit) > 1:
                 bit = unescape_string_literal(bit)
             key, sep, value = bit.partition("=")
             if sep and key:
-                queryset = queryset.filter(_search_filter(key, value))
+                terms &= _search_filter(key, value)
             else:
-                queryset = queryset.filter(Q(workflow_id=bit) | Q(name=bit))
-        return queryset, False
+                terms &= Q(workflow_id=bit) | Q(name=bit)
+        # A workflow_id is any string: the whole query, as typed, matches one too
+        # (base64 ids end in "=", others hold spaces), whatever the terms say.
+        whole = search_term.strip()
+        return queryset.filter(Q(workflow_id=whole) | terms if whole else terms), False
 
     def get_fieldsets(self, request: HttpRequest, obj: Job | None = None) -> Any:
         main = [
@@ -448,6 +453,13 @@ class JobAdmin(JobOperationsMixin, ReadOnlyAdmin):
     @admin.display(description=_("created"), ordering="id")
     def created(self, obj: Job) -> str:
         return when(obj.created_at)
+
+    @admin.display(description=_("age"), ordering="id")
+    def age(self, obj: Job) -> SafeString:
+        """How long ago the job was created; the time itself on hover."""
+        return format_html(
+            '<span title="{}">{}</span>', when(obj.created_at), timesince(obj.created_at)
+        )
 
     @admin.display(description=_("started"))
     def started(self, obj: Job) -> str:

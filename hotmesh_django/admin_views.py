@@ -565,7 +565,10 @@ def op_rerun(step: int) -> Operation:
                 return None
         except ValueError:
             return _("no step %(step)d") % {"step": step}
-        return _("%(status)s jobs are final") % {"status": _status_of(workflow_id)}
+        status = _status_of(workflow_id)
+        if status == JobStatus.READY:
+            return _("already queued: READY")
+        return _("final: %(status)s") % {"status": status}
 
     return rerun
 
@@ -828,7 +831,9 @@ class JobOperationsMixin:
         verb = _("paused") if paused else _("resumed")
         try:
             changed = queue_control.set_paused(name, paused, actor=request.user.get_username())
-        except queue_control.UnknownQueue as exc:
+        except (queue_control.UnknownQueue, ValueError) as exc:
+            # ValueError: what cannot name a queue (empty, too long), from a hand-made
+            # POST; the queue pages only post names they list.
             self.message_user(request, str(exc), messages.ERROR)
         else:
             if changed:

@@ -12,6 +12,32 @@ from hotmesh_django.exceptions import PayloadTooLarge
 from hotmesh_django.serialization import check_size, to_json
 
 
+def parse_json(text: str, *, what: Any) -> Any:
+    """The JSON value typed into an admin form, or a ValidationError saying what is
+    wrong with it: not JSON, NaN or Infinity (Python's parser takes them, JSON has
+    no such values), nested too deeply, text Postgres cannot store, the reserved
+    "__hm__" key, or over HOTMESH_MAX_PAYLOAD_BYTES."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise forms.ValidationError(
+            _("%(what)s is not valid JSON: %(error)s (line %(line)s, column %(col)s)."),
+            code="invalid_json",
+            params={"what": what, "error": exc.msg, "line": exc.lineno, "col": exc.colno},
+        ) from None
+    except RecursionError:
+        raise forms.ValidationError(
+            _("%(what)s is nested too deeply."), code="invalid_json", params={"what": what}
+        ) from None
+    try:
+        check_size(to_json(value, what=str(what)), what=str(what))
+    except TypeError as exc:
+        raise forms.ValidationError(str(exc), code="invalid") from None
+    except PayloadTooLarge as exc:
+        raise forms.ValidationError(str(exc), code="too_large") from None
+    return value
+
+
 class SignalForm(forms.Form):
     """A signal name and an optional JSON payload."""
 
@@ -34,19 +60,7 @@ class SignalForm(forms.Form):
         text = self.cleaned_data["payload"]
         if not text:
             return None
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise forms.ValidationError(
-                _("The payload is not valid JSON: %(error)s (line %(line)s, column %(col)s)."),
-                code="invalid_json",
-                params={"error": exc.msg, "line": exc.lineno, "col": exc.colno},
-            ) from None
-        try:
-            check_size(value, what="The payload")
-        except PayloadTooLarge as exc:
-            raise forms.ValidationError(str(exc), code="too_large") from None
-        return value
+        return parse_json(text, what=_("The payload"))
 
 
 class RerunForm(forms.Form):
@@ -82,18 +96,4 @@ class AnswerForm(forms.Form):
     )
 
     def clean_answer(self) -> Any:
-        text = self.cleaned_data["answer"]
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise forms.ValidationError(
-                _("The answer is not valid JSON: %(error)s (line %(line)s, column %(col)s)."),
-                code="invalid_json",
-                params={"error": exc.msg, "line": exc.lineno, "col": exc.colno},
-            ) from None
-        try:
-            check_size(to_json(value, what="The answer"), what="The answer")
-        except (TypeError, PayloadTooLarge) as exc:
-            # TypeError: the reserved "__hm__" key, or text Postgres cannot store.
-            raise forms.ValidationError(str(exc), code="invalid") from None
-        return value
+        return parse_json(self.cleaned_data["answer"], what=_("The answer"))

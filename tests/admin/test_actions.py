@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from html import unescape as html_unescape
+
 import pytest
 from django.test import Client
 from django.urls import reverse
@@ -113,6 +115,28 @@ def test_signal_form_rejects_bad_json_with_a_clear_error(admin_client) -> None:
     response = admin_client.post(url("signal", job), {"name": "", "payload": "1"})
     assert response.status_code == 400
     assert "This field is required." in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        ("NaN", "is nan, which JSON cannot represent"),
+        ('{"a": -Infinity}', "is -inf, which JSON cannot represent"),
+        ('"a\\u0000b"', "NUL character"),
+        ("[" * 5000 + "]" * 5000, "nested too deeply"),
+        ("[" * 300 + "]" * 300, "nested more than 200 levels deep"),
+        ('{"__hm__": "date", "v": "x"}', "reserved key"),
+    ],
+)
+def test_signal_forms_refuse_what_json_cannot_hold(admin_client, payload: str, error: str) -> None:
+    job = JobFactory(status=JobStatus.WAITING)
+    response = admin_client.post(url("signal", job), {"name": "go", "payload": payload})
+    assert response.status_code == 400
+    assert error in html_unescape(response.content.decode())
+    response = bulk(admin_client, "send_signal", [job], apply="1", name="go", payload=payload)
+    assert response.status_code == 400
+    assert error in html_unescape(response.content.decode())
+    assert not Signal.objects.exists()
     assert not Signal.objects.exists()
 
 
@@ -152,7 +176,14 @@ def test_rerun_reports_missing_step_and_final_jobs(admin_client) -> None:
     done = JobFactory(status=JobStatus.SUCCESSFUL)
     ActivityFactory(job=done, seq=1)
     response = admin_client.post(url("rerun", done), {"step": "1"}, follow=True)
-    assert "1 skipped (SUCCESSFUL jobs are final)" in messages_text(response)
+    assert "1 skipped (final: SUCCESSFUL)" in messages_text(response)
+    queued = JobFactory(status=JobStatus.READY)
+    ActivityFactory(job=queued, seq=1)
+    response = bulk(admin_client, "rerun_from_step", [done, queued], apply="1", step="1")
+    assert (
+        "0 jobs re-run from step 1; 2 skipped (1 final: SUCCESSFUL; 1 already queued: READY)."
+        in (messages_text(response))
+    )
     response = admin_client.post(url("rerun", job), {"step": "x"}, follow=True)
     assert "Not re-run: Enter a whole number." in messages_text(response)
 
@@ -323,6 +354,12 @@ def test_pause_and_resume_a_queue(admin_client) -> None:
     response = admin_client.post(pause, {"queue": "emials"}, follow=True)
     assert "Unknown queue 'emials'" in messages_text(response)
     assert admin_client.get(pause).status_code == 405
+    # Hand-made posts: no name, an empty one, one longer than a queue name can be.
+    for data in ({}, {"queue": ""}, {"queue": "q" * 101}):
+        response = admin_client.post(pause, data, follow=True)
+        assert response.status_code == 200
+        assert "queue" in messages_text(response).lower()
+    assert Queue.objects.filter(paused=True).count() == 0
 
 
 def test_viewer_cannot_pause_queues(viewer_client) -> None:

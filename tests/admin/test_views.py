@@ -39,6 +39,11 @@ def test_changelist_shows_columns_and_badges(admin_client) -> None:
     assert 'class="hm-badge hm-failed"' in html
     assert '<td class="field-attempts">5</td>' in html
     assert "orders" in html
+    # Age, as DESIGN.md lists it: how long ago, with the time itself on hover.
+    assert 'class="column-age' in html
+    assert re.search(
+        r'<td class="field-age"><span title="\d{4}-\d\d-\d\d [^"]+">0\xa0minutes</span>', html
+    )
 
 
 @pytest.mark.parametrize(
@@ -86,6 +91,23 @@ def test_search_by_attribute_key_value(admin_client) -> None:
     assert "match-str" not in html
     html = admin_client.get(url, {"q": "other"}).content.decode()
     assert "other" in html and "match-str" not in html
+
+
+def test_search_finds_any_workflow_id_typed_whole(admin_client) -> None:
+    JobFactory(workflow_id="dGVzdC1vcmRlcg==")
+    JobFactory(workflow_id="order 17")
+    JobFactory(workflow_id="decoy", search={"dGVzdC1vcmRlcg": "x"})
+    url = reverse("admin:hotmesh_django_job_changelist")
+    for query, found in [
+        ("dGVzdC1vcmRlcg==", "dGVzdC1vcmRlcg=="),
+        ("order 17", "order 17"),
+        ('"order 17"', "order 17"),
+    ]:
+        response = admin_client.get(url, {"q": query})
+        rows = list(response.context["cl"].result_list.values_list("workflow_id", flat=True))
+        assert rows == [found], query
+    deep = "k=" + "[" * 5000 + "]" * 5000
+    assert admin_client.get(url, {"q": deep}).status_code == 200
 
 
 def _job_in_every_state():
