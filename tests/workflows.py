@@ -182,3 +182,39 @@ def sturdy_steps(key: str, n: int) -> int:
         a.sturdy_effect(f"{key}:{i}")
         total = a.sturdy_add(total, 1)
     return total
+
+
+@hm.workflow(name="t.child_by_id")
+def child_by_id(workflow_id: str) -> Any:
+    """Wait for a child under a workflow_id the caller chose (which may be taken)."""
+    return waiter.using(workflow_id=workflow_id)("go")
+
+
+@hm.workflow(name="t.gather_child_by_id")
+def gather_child_by_id(workflow_id: str) -> list[int]:
+    return hm.gather(child.using(workflow_id=workflow_id).start(1))
+
+
+@hm.workflow(name="t.delayed_calls")
+def delayed_calls(seconds: float) -> list[float]:
+    """How long (by the workflow's clock) a delayed step and a delayed child took."""
+    start = hm.now()
+    a.add.using(delay=seconds)(1, 1)
+    middle = hm.now()
+    child.using(delay=seconds)(1)
+    end = hm.now()
+    return [(middle - start).total_seconds(), (end - middle).total_seconds()]
+
+
+@hm.workflow(name="t.catches_unstorable")
+def catches_unstorable(kind: str) -> str:
+    try:
+        a.unstorable_error(kind)
+    except hm.ActivityFailed as exc:
+        return f"{exc.type}: {exc.message}"
+    return "not reached"
+
+
+@hm.workflow(name="t.raises_unstorable")
+def raises_unstorable() -> None:
+    raise ValueError("wf\x00nul")

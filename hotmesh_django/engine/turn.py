@@ -25,6 +25,7 @@ from hotmesh_django import middleware, registry
 from hotmesh_django.choices import HELD
 from hotmesh_django.context import WorkflowContext, activate
 from hotmesh_django.engine import human, prepared
+from hotmesh_django.engine.children import start_children
 from hotmesh_django.engine.claim import Claimed
 from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job, timer_message
 from hotmesh_django.engine.notify import WORK_CHANNEL, tables
@@ -504,7 +505,11 @@ def write(
             priority=priority,
             status=StreamStatus.READY,
         )
-        if step is mine:
+        delay = definition.options.delay_seconds()
+        if delay > 0:  # .using(delay=) or run_at=: promoted when due, like a retry
+            message.status = StreamStatus.SCHEDULED
+            message.visible_at = ctx.db_now + datetime.timedelta(seconds=delay)
+        elif step is mine:
             # Written already claimed by this worker: RUNNING, leased, attempt 1.
             message.status = StreamStatus.RUNNING
             message.worker = local.worker_id
@@ -533,9 +538,11 @@ def write(
                 data={"until": step.wake_at.isoformat()} if step.wake_at else None,
             )
         )
+    follow_up = False
     if ctx.new_children:
         # Creates the child jobs and links the (still unsaved) steps to them.
-        messages.extend(_start_children(ctx, journal))
+        started, follow_up = start_children(ctx, journal)
+        messages.extend(started)
     human.write_tasks(ctx, journal)
     if ctx.consumed_signals:
         Signal.objects.bulk_update(ctx.consumed_signals, ["step"])
@@ -558,6 +565,10 @@ def write(
         notify=_wake_ups(messages),
         ack=ack,
     )
+    if follow_up:
+        # A child step settled at once (its workflow_id named a finished job): the
+        # replay that sees its outcome is the next turn.
+        enqueue_turn(job.id)
     if mine is None or mine_message is None or written.mine is None:
         return None, written
     return Claimed(
@@ -591,87 +602,17 @@ def _cache(ctx: WorkflowContext, move: StatusMove | None, written: Written) -> T
 def _take_one(ctx: WorkflowContext, local: Local) -> Activity | None:
     """Pick the first new activity step this worker can run itself, and mark it
     RUNNING (attempt 1) before it is written."""
-    for step, _definition in ctx.new_activity_calls:
-        if local.serves(step.queue) and registry.has_activity(step.name):
+    for step, definition in ctx.new_activity_calls:
+        if (
+            local.serves(step.queue)
+            and registry.has_activity(step.name)
+            and not definition.options.delay_seconds()
+        ):
             step.status = JobStatus.RUNNING
             step.attempts = 1
             step.started_at = ctx.db_now  # the clock created_at uses too
             return step
     return None
-
-
-def _start_children(ctx: WorkflowContext, journal: list[Journal]) -> list[Stream]:
-    job = ctx.job
-    wanted: dict[str, tuple[Activity, Any, Any]] = {}
-    for step, definition, data in ctx.new_children:
-        workflow_id = definition.options.workflow_id or f"{job.workflow_id}/{step.seq}"
-        wanted[workflow_id] = (step, definition, data)
-    existing = {j.workflow_id: j for j in Job.objects.filter(workflow_id__in=list(wanted))}
-    children: list[Job] = []
-    for workflow_id, (step, definition, data) in wanted.items():
-        if workflow_id in existing:
-            continue
-        priority = (
-            definition.priority
-            if definition.options.priority is None
-            else (definition.options.priority)
-        )
-        children.append(
-            Job(
-                workflow_id=workflow_id,
-                name=definition.name,
-                kind=JobKind.WORKFLOW,
-                queue=definition.options.queue or definition.queue,
-                priority=priority,
-                input=data,
-                search=dict(definition.options.search or {}),
-                # A child works for the same tenant as its parent unless told otherwise.
-                concurrency_key=definition.options.concurrency_key or job.concurrency_key,
-                parent=job,
-                parent_step=step.seq,
-            )
-        )
-    Job.objects.bulk_create(children)
-    messages = [
-        Stream(
-            queue=c.queue,
-            kind=StreamKind.TURN,
-            job=c,
-            name=c.name,
-            priority=c.priority,
-            status=StreamStatus.READY,
-        )
-        for c in children
-    ]
-    created = {c.workflow_id: c for c in children}
-    for workflow_id, (step, _definition, _data) in wanted.items():
-        child = created.get(workflow_id) or existing[workflow_id]
-        step.child = child
-        journal.append(
-            Journal(
-                job=job,
-                step=step.seq,
-                event=JournalEvent.CHILD_STARTED,
-                name=step.name,
-                data={"workflow_id": workflow_id},
-            )
-        )
-        if workflow_id in created:
-            journal.append(
-                Journal(
-                    job=child,
-                    event=JournalEvent.CREATED,
-                    name=child.name,
-                    data={"parent": job.workflow_id, "step": step.seq},
-                )
-            )
-        elif child.status in FINISHED_STATUSES:
-            # Started before under this id and already done: take its outcome now.
-            step.status = (
-                JobStatus.SUCCESSFUL if child.status == JobStatus.SUCCESSFUL else JobStatus.FAILED
-            )
-            step.output, step.error = child.output, child.error
-    return messages
 
 
 def _wake_ups(messages: list[Stream]) -> list[str]:

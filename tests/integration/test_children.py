@@ -1,0 +1,76 @@
+"""Child workflows under a workflow_id that is already taken, long parent ids, and
+start options (delay) inside a workflow."""
+
+from __future__ import annotations
+
+import pytest
+
+import hotmesh_django as hm
+from hotmesh_django.engine.children import child_workflow_id
+from hotmesh_django.models import Job, JobStatus, Journal
+from tests import workflows as w
+from tests.conftest import InProcessWorker, wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_a_child_id_of_a_finished_job_returns_its_result(worker: InProcessWorker) -> None:
+    done = w.waiter.using(workflow_id="finished-child").start("go")
+    done.signal("go", 7)
+    assert done.result(timeout=20) == 7
+    parent = w.child_by_id.start("finished-child")
+    assert parent.result(timeout=20) == 7
+    assert Job.objects.filter(workflow_id="finished-child").count() == 1
+    events = [e["event"] for e in parent.journal()]
+    assert "child_started" in events and "child_finished" in events
+    # Through gather as well (.start() inside a workflow).
+    w.child.using(workflow_id="finished-child-2").start(5).result(timeout=20)
+    assert w.gather_child_by_id.start("finished-child-2").result(timeout=20) == [105]
+
+
+def test_a_running_job_without_a_parent_is_adopted_as_the_child(worker: InProcessWorker) -> None:
+    running = w.waiter.using(workflow_id="adopted").start("go")
+    wait_until(lambda: running.status() == JobStatus.WAITING, timeout=20)
+    parent = w.child_by_id.start("adopted")
+    wait_until(lambda: Job.objects.get(workflow_id="adopted").parent_id is not None, timeout=20)
+    running.signal("go", "hello")
+    assert parent.result(timeout=20) == "hello"
+    child = Job.objects.get(workflow_id="adopted")
+    assert child.parent == parent.job() and child.parent_step == 1
+
+
+def test_a_child_id_that_reports_to_another_parent_fails_the_step_clearly(
+    worker: InProcessWorker,
+) -> None:
+    first = w.child_by_id.start("shared-child")
+    wait_until(lambda: Job.objects.filter(workflow_id="shared-child").exists(), timeout=20)
+    second = w.child_by_id.start("shared-child")
+    with pytest.raises(hm.WorkflowFailed, match="reports to one parent step"):
+        second.result(timeout=20)
+    assert Journal.objects.filter(job=second.job(), event="step_failed").exists()
+    # The first parent still gets its child's result.
+    hm.signal("shared-child", "go", 1)
+    assert first.result(timeout=20) == 1
+
+
+def test_a_parent_id_of_the_longest_length_still_starts_children(worker: InProcessWorker) -> None:
+    handle = w.parent.using(workflow_id="p" * 255).start(1)
+    assert handle.result(timeout=60) == [101, 100, 101, 102]
+    ids = list(Job.objects.filter(parent=handle.job()).values_list("workflow_id", flat=True))
+    assert len(ids) == 4 and all(len(i) <= 255 for i in ids)
+    assert len(set(ids)) == 4
+
+
+def test_child_ids_are_stable_and_fit() -> None:
+    assert child_workflow_id("order-1", 3, None) == "order-1/3"
+    assert child_workflow_id("order-1", 3, "chosen") == "chosen"
+    long = child_workflow_id("x" * 255, 12, None)
+    assert len(long) == 255 and long.endswith("/12")
+    assert long == child_workflow_id("x" * 255, 12, None)
+    assert long != child_workflow_id("x" * 254 + "y", 12, None)
+
+
+def test_delay_holds_inside_a_workflow_for_steps_and_children(worker: InProcessWorker) -> None:
+    step_wait, child_wait = w.delayed_calls.start(0.6).result(timeout=30)
+    assert step_wait >= 0.6
+    assert child_wait >= 0.6
