@@ -157,3 +157,18 @@ def sturdy_effect(key: str) -> str:
 @activity(name="t.sturdy_add", retry=STURDY)
 def sturdy_add(a: int, b: int) -> int:
     return a + b
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+
+@activity(name="t.unstorable_error", retry=FAST)
+def unstorable_error(kind: str) -> None:
+    """Raise an exception whose text Postgres cannot store as it is."""
+    if kind == "nul":
+        raise ValueError("bad\x00byte")
+    if kind == "surrogate":
+        raise ValueError("bad\ud800half")
+    raise _Unprintable()

@@ -73,11 +73,37 @@ def timer_message(job: Job, step: Activity) -> Stream:
 
 
 def error_dict(exc: BaseException, *, with_traceback: bool = True) -> dict[str, Any]:
-    """Describe an exception as stored in `error` columns."""
-    data: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)[:10_000]}
+    """Describe an exception as stored in `error` columns.
+
+    Whatever the exception holds, the result can be stored: a message with a NUL or
+    a lone surrogate (Postgres refuses both) is escaped, and an exception whose
+    __str__ raises is described by its type. Otherwise the failure itself could not
+    be written, and the step would sit RUNNING until its lease ran out, its real
+    error lost.
+    """
+    try:
+        message = str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not lose the failure
+        message = f"<{type(exc).__name__} whose str() raised>"
+    data: dict[str, Any] = {
+        "type": storable_text(type(exc).__name__),
+        "message": storable_text(message[:10_000]),
+    }
     if with_traceback:
-        data["traceback"] = "".join(tb.format_exception(exc))[-20_000:]
+        data["traceback"] = storable_text("".join(tb.format_exception(exc))[-20_000:])
     return data
+
+
+def storable_text(text: str) -> str:
+    """`text` with what Postgres cannot store in text or jsonb escaped: NUL, and
+    lone surrogates (not valid UTF-8)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def enqueue_turn(job_id: int) -> None:

@@ -207,3 +207,25 @@ def test_misbehaving_workflows_fail_the_job(
     worker: WorkerThread, definition: hm.WorkflowDefinition[[], None], error_type: str
 ) -> None:
     assert _failure(definition.start()).type == error_type
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("nul", "bad\\x00byte"),
+        ("surrogate", "bad\\ud800half"),
+        ("str", "<_Unprintable whose str() raised>"),
+    ],
+)
+def test_an_error_postgres_cannot_store_as_it_is_is_escaped_not_lost(
+    worker: WorkerThread, kind: str, message: str
+) -> None:
+    failed = _failure(a.unstorable_error.start(kind))
+    assert (failed.type, failed.message) == (
+        "ValueError" if kind != "str" else "_Unprintable",
+        message,
+    )
+    caught = w.catches_unstorable.start(kind).result(timeout=15)
+    assert caught.endswith(message)
+    flow = _failure(w.raises_unstorable.start())
+    assert (flow.type, flow.message) == ("ValueError", "wf\\x00nul")
