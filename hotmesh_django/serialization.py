@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from django.utils.dateparse import parse_date, parse_datetime, parse_duration, parse_time
+from django.utils.dateparse import parse_date, parse_datetime, parse_duration
 from django.utils.duration import duration_iso_string
 
 from hotmesh_django.codecs import active_codec
@@ -46,7 +46,8 @@ _ENCODERS: list[tuple[type, str, Callable[[Any], str]]] = [
 _DECODERS: dict[str, Callable[[str], Any]] = {
     "datetime": parse_datetime,
     "date": parse_date,
-    "time": parse_time,
+    # fromisoformat keeps an aware time's offset (Django's parse_time drops it).
+    "time": datetime.time.fromisoformat,
     "timedelta": parse_duration,
     "decimal": decimal.Decimal,
     "uuid": uuid.UUID,

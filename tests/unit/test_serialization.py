@@ -39,6 +39,7 @@ from hotmesh_django.serialization import (
         datetime.datetime(2026, 11, 25, 8, 30, tzinfo=datetime.UTC),
         datetime.date(2026, 11, 25),
         datetime.time(8, 30, 15),
+        datetime.time(8, 30, 15, 250, tzinfo=datetime.timezone(datetime.timedelta(hours=2))),
         datetime.timedelta(days=1, seconds=5),
         decimal.Decimal("19.99"),
         uuid.UUID("12345678-1234-5678-1234-567812345678"),
