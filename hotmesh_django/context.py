@@ -89,6 +89,8 @@ class WorkflowContext:
         self.cancelled_timers: list[int] = []
         self.search: dict[str, Any] = {}
         self.state: dict[str, Any] = {}
+        # hm.patched() answers per change id, fixed by the first call of the run.
+        self.patches: dict[str, bool] = {}
         self.suspended = False
         # Set by hm.continue_as_new(): the encoded arguments of the next run.
         self.continued: Any = None
@@ -358,8 +360,20 @@ class WorkflowContext:
     def patched(self, change_id: str) -> bool:
         from hotmesh_django.models import JobStatus, StepKind
 
+        # One answer per change id for the whole run, as the first call found it: a
+        # job that took the old path once (say in a loop's first pass) keeps it, or
+        # the run would mix old and new code.
+        known = self.patches.get(change_id)
+        if known is False:
+            return False
         name = f"patched:{change_id}"
         upcoming = self.steps.get(self.seq + 1)
+        if upcoming is not None and upcoming.kind == StepKind.VALUE and upcoming.name == name:
+            self.seq += 1  # a marker this run recorded (earlier releases made one a call)
+            self.patches[change_id] = True
+            return True
+        if known:
+            return True
         if upcoming is None:
             self.seq += 1
             self._add(
@@ -369,11 +383,10 @@ class WorkflowContext:
                 output=True,
                 finished_at=self.db_now,
             )
-            return True
-        if upcoming.kind == StepKind.VALUE and upcoming.name == name:
-            self.seq += 1
+            self.patches[change_id] = True
             return True
         # History made before the change: keep the old path, take no step.
+        self.patches[change_id] = False
         return False
 
 

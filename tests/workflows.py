@@ -218,3 +218,17 @@ def catches_unstorable(kind: str) -> str:
 @hm.workflow(name="t.raises_unstorable")
 def raises_unstorable() -> None:
     raise ValueError("wf\x00nul")
+
+
+@hm.workflow(name="t.patched_loop")
+def patched_loop(n: int) -> list[str]:
+    """A patch inside a loop; the code changes (FLAGS) while the run waits."""
+    out = []
+    for i in range(n):
+        if FLAGS["patched"] and hm.patched("loop"):
+            out.append(a.echo(f"new{i}"))
+        else:
+            out.append(a.echo(f"old{i}"))
+        if i == 0:
+            hm.wait_for_signal("next")
+    return out

@@ -193,6 +193,24 @@ def test_patched_during_a_running_job(worker: InProcessWorker) -> None:
     assert handle.result(timeout=30) == "new"
 
 
+def test_patched_gives_one_answer_for_the_whole_run(worker: InProcessWorker) -> None:
+    w.FLAGS["patched"] = False
+    try:
+        old = w.patched_loop.start(3)
+        wait_until(lambda: _status(old, JobStatus.WAITING))
+        w.FLAGS["patched"] = True  # deployed while the run waits after its first pass
+        old.signal("next")
+        assert old.result(timeout=30) == ["old0", "old1", "old2"]
+        new = w.patched_loop.start(3)
+        new.signal("next")
+        assert new.result(timeout=30) == ["new0", "new1", "new2"]
+    finally:
+        w.FLAGS["patched"] = False
+    # One marker for the run, not one per call.
+    names = [a["name"] for a in new.activities()]
+    assert names.count("patched:loop") == 1 and names[0] == "patched:loop"
+
+
 def test_activity_failure_can_be_caught_for_compensation(worker: InProcessWorker) -> None:
     result = w.compensates.start().result(timeout=30)
     assert result == "compensated after ValueError: charge declined"
