@@ -140,6 +140,8 @@ class JournalEvent(models.TextChoices):
     STEP_RETRIED = "step_retried", _("Step failed, retry scheduled")
     STEP_FAILED = "step_failed", _("Step failed")
     LEASE_EXPIRED = "lease_expired", _("Lease expired")
+    # Given back unfinished by a worker that was stopping: the attempt is not counted.
+    RELEASED = "released", _("Released by a stopping worker")
     TIMER_SET = "timer_set", _("Timer set")
     TIMER_FIRED = "timer_fired", _("Timer fired")
     SIGNAL_RECEIVED = "signal_received", _("Signal received")

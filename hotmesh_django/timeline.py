@@ -155,9 +155,14 @@ def _activity_spans(
     visible = step.created_at
     for event in events:
         failed_at = max(event.created_at, visible)
-        if event.event in (JournalEvent.STEP_RETRIED, JournalEvent.LEASE_EXPIRED):
+        if event.event in (
+            JournalEvent.STEP_RETRIED,
+            JournalEvent.LEASE_EXPIRED,
+            JournalEvent.RELEASED,
+        ):
+            ended = "released" if event.event == JournalEvent.RELEASED else "failed"
             spans.append(
-                _span("attempt", visible, failed_at, f"attempt {event.attempt or '?'} failed")
+                _span("attempt", visible, failed_at, f"attempt {event.attempt or '?'} {ended}")
             )
             data = event.data if isinstance(event.data, dict) else {}  # or Unreadable
             delay = float(data.get("delay") or 0)

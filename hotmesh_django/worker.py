@@ -643,7 +643,7 @@ class Worker:
             self._acks.close(timeout=max(0.1, allowance - time.monotonic()))
         try:
             # Whatever did not finish goes back to the queue now, not after the lease.
-            moved = claims.requeue_expired(workers=[self.id])
+            moved = claims.release_held(self.id)
             WorkerRow.objects.filter(id=self.id).delete()
             if left or moved:
                 logger.warning("released unfinished messages count=%s", moved)

@@ -172,3 +172,12 @@ def unstorable_error(kind: str) -> None:
     if kind == "surrogate":
         raise ValueError("bad\ud800half")
     raise _Unprintable()
+
+
+@activity(name="t.slow_first_time", retry=RetryPolicy(max_attempts=1))
+def slow_first_time(key: str) -> int:
+    """One attempt only; the first call hangs (until its worker is stopped)."""
+    count = bump(key)
+    if count == 1:
+        time.sleep(60)
+    return count

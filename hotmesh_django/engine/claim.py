@@ -14,13 +14,14 @@ from collections.abc import Iterator
 from typing import Any
 
 from django.db import connection, transaction
+from psycopg.types.json import Jsonb
 
 from hotmesh_django import faults
 from hotmesh_django.choices import JobStatus, status_in
 from hotmesh_django.engine import early, prepared
 from hotmesh_django.engine.complete import enqueue_turn
 from hotmesh_django.engine.notify import WORK_CHANNEL, tables
-from hotmesh_django.serialization import loads_stored
+from hotmesh_django.serialization import loads_stored, seal
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +151,36 @@ WITH m AS (
     SELECT job_id, step, 'lease_expired', name, attempts, NULL, now() FROM m
 )
 SELECT queue, count(*) FROM m GROUP BY queue
+"""
+
+# A stopping worker gives back the steps it still holds (their code may still be
+# running, in threads about to die with the process). Not counted as an attempt: a
+# deploy is not the activity's fault, and counting it would fail an activity with
+# max_attempts=1 on its first deploy, and any other after as many deploys.
+_RELEASE_STEPS = """
+WITH m AS (
+    UPDATE {stream} AS s
+       SET status = 'READY', worker = NULL, lease_expires_at = NULL,
+           attempts = greatest(s.attempts - 1, 0)
+     WHERE s.worker = %(worker)s AND s.status = 'RUNNING' AND s.kind IN ('STEP', 'TASK')
+ RETURNING s.id, s.kind, s.job_id, s.step, s.name, s.attempts + 1 AS attempt, s.queue
+), a AS (
+    UPDATE {activity} AS x SET status = 'READY'
+      FROM m WHERE x.job_id = m.job_id AND x.seq = m.step AND x.status = 'RUNNING'
+), j AS (
+    UPDATE {job} AS x SET status = 'READY', updated_at = now()
+      FROM m WHERE x.id = m.job_id AND m.kind = 'TASK' AND {job_running}
+), r AS (
+    INSERT INTO {journal} (job_id, step, event, name, attempt, data, created_at)
+    SELECT job_id, step, 'released', name, attempt, %(data)s, now() FROM m
+)
+SELECT queue, count(*) FROM m GROUP BY queue
+"""
+
+_HELD_TURNS = """
+SELECT id FROM {stream}
+ WHERE worker = %(worker)s AND status = 'RUNNING' AND kind IN ('TURN', 'TIMER')
+   FOR UPDATE
 """
 
 _DROP_TURNS = """
@@ -361,6 +392,29 @@ def requeue_expired(*, workers: list[uuid.UUID]) -> int:
     if queues or jobs:
         logger.info("rescued queues=%s turns=%s", queues, len(jobs))
     return moved + len(jobs)
+
+
+def release_held(worker_id: uuid.UUID) -> int:
+    """Give back everything `worker_id` still holds, as it stops; return how many.
+
+    Steps go back to READY with their attempt uncounted and a `released` journal
+    entry; a turn or timer is dropped and the job's next turn queued (as the rescue
+    does).
+    """
+    t = tables()
+    data = Jsonb(seal({"reason": "the worker stopped before the step finished"}))
+    with transaction.atomic(), connection.cursor() as cursor:
+        running = status_in("x.status", JobStatus.RUNNING)
+        params: dict[str, Any] = {"worker": worker_id, "data": data}
+        cursor.execute(_RELEASE_STEPS.format(job_running=running, **t), params)
+        rows = cursor.fetchall()
+        cursor.execute(_DROP_TURNS.format(expired=_HELD_TURNS.format(**t), **t), params)
+        jobs = {row[0] for row in cursor.fetchall()}
+        for job_id in jobs:
+            enqueue_turn(job_id)
+        for queue, _n in rows:
+            cursor.execute("SELECT pg_notify(%s, %s)", [WORK_CHANNEL, f"q:{queue}"])
+    return int(sum(n for _queue, n in rows)) + len(jobs)
 
 
 def rescue(*, stale_seconds: float) -> int:

@@ -84,8 +84,22 @@ def test_graceful_timeout_releases_unfinished_work(spawn_worker: Spawn) -> None:
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=15) == 0, proc.log()
     stream = Stream.objects.get()
-    assert (stream.status, stream.worker) == ("READY", None)
+    # Given back with its attempt uncounted, and journaled as released.
+    assert (stream.status, stream.worker, stream.attempts) == ("READY", None, 0)
     assert handle.status() == JobStatus.READY
+    assert [e["event"] for e in handle.journal()][-1] == "released"
+
+
+def test_a_release_at_shutdown_does_not_use_up_an_attempt(spawn_worker: Spawn) -> None:
+    handle = a.slow_first_time.start("deploy")  # max_attempts=1
+    first = spawn_worker("--graceful-timeout", "0.5")
+    wait_until(lambda: Counter.objects.filter(key="deploy", value=1).exists(), timeout=20)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=15) == 0, first.log()
+    spawn_worker()
+    assert handle.result(timeout=30) == 2
+    step = Activity.objects.get(job__workflow_id=handle.id)
+    assert (step.status, step.attempts) == ("SUCCESSFUL", 1)
 
 
 def test_sigkill_mid_activity_is_rescued_by_another_worker(spawn_worker: Spawn) -> None:
