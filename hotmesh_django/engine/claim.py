@@ -134,36 +134,20 @@ SELECT id FROM {stream}
    FOR UPDATE SKIP LOCKED
 """
 
+# Steps back to READY: the rescue's (expired leases, dead workers: the attempt was
+# counted at claim and stays counted, journaled `lease_expired`), or those a stopping
+# worker still holds (their code may still be running, in threads about to die with
+# the process: `uncounted` = 1 and journaled `released`, since a deploy is not the
+# activity's fault, and counting it would fail an activity with max_attempts=1 on
+# its first deploy, and any other after as many deploys).
 _REQUEUE_STEPS = """
 WITH m AS (
     UPDATE {stream} AS s
-       SET status = 'READY', worker = NULL, lease_expires_at = NULL
-     WHERE s.id IN ({expired})
- RETURNING s.id, s.kind, s.job_id, s.step, s.name, s.attempts, s.queue
-), a AS (
-    UPDATE {activity} AS x SET status = 'READY'
-      FROM m WHERE x.job_id = m.job_id AND x.seq = m.step AND x.status = 'RUNNING'
-), j AS (
-    UPDATE {job} AS x SET status = 'READY', updated_at = now()
-      FROM m WHERE x.id = m.job_id AND m.kind = 'TASK' AND {job_running}
-), r AS (
-    INSERT INTO {journal} (job_id, step, event, name, attempt, data, created_at)
-    SELECT job_id, step, 'lease_expired', name, attempts, NULL, now() FROM m
-)
-SELECT queue, count(*) FROM m GROUP BY queue
-"""
-
-# A stopping worker gives back the steps it still holds (their code may still be
-# running, in threads about to die with the process). Not counted as an attempt: a
-# deploy is not the activity's fault, and counting it would fail an activity with
-# max_attempts=1 on its first deploy, and any other after as many deploys.
-_RELEASE_STEPS = """
-WITH m AS (
-    UPDATE {stream} AS s
        SET status = 'READY', worker = NULL, lease_expires_at = NULL,
-           attempts = greatest(s.attempts - 1, 0)
-     WHERE s.worker = %(worker)s AND s.status = 'RUNNING' AND s.kind IN ('STEP', 'TASK')
- RETURNING s.id, s.kind, s.job_id, s.step, s.name, s.attempts + 1 AS attempt, s.queue
+           attempts = greatest(s.attempts - %(uncounted)s, 0)
+     WHERE s.id IN ({held})
+ RETURNING s.id, s.kind, s.job_id, s.step, s.name, s.attempts + %(uncounted)s AS attempt,
+           s.queue
 ), a AS (
     UPDATE {activity} AS x SET status = 'READY'
       FROM m WHERE x.job_id = m.job_id AND x.seq = m.step AND x.status = 'RUNNING'
@@ -172,14 +156,15 @@ WITH m AS (
       FROM m WHERE x.id = m.job_id AND m.kind = 'TASK' AND {job_running}
 ), r AS (
     INSERT INTO {journal} (job_id, step, event, name, attempt, data, created_at)
-    SELECT job_id, step, 'released', name, attempt, %(data)s, now() FROM m
+    SELECT job_id, step, %(event)s, name, attempt, %(data)s, now() FROM m
 )
 SELECT queue, count(*) FROM m GROUP BY queue
 """
 
-_HELD_TURNS = """
+# What a stopping worker still holds, of `kinds`.
+_HELD = """
 SELECT id FROM {stream}
- WHERE worker = %(worker)s AND status = 'RUNNING' AND kind IN ('TURN', 'TIMER')
+ WHERE worker = %(worker)s AND status = 'RUNNING' AND kind IN %(kinds)s
    FOR UPDATE
 """
 
@@ -372,49 +357,48 @@ def requeue_expired(*, workers: list[uuid.UUID]) -> int:
     `lease_expired` journal entry. A turn or timer is dropped and the job's next turn
     queued instead, since a turn is idempotent and at most one may be ready per job.
     """
-    t = tables()
-    params: dict[str, Any] = {"workers": workers}
-    with transaction.atomic(), connection.cursor() as cursor:
-        step_kinds: dict[str, Any] = {"kinds": ("STEP", "TASK"), **params}
-        expired = _EXPIRED.format(**t).replace("%(kinds)s", "('STEP', 'TASK')")
-        running = status_in("x.status", JobStatus.RUNNING)
-        cursor.execute(_REQUEUE_STEPS.format(expired=expired, job_running=running, **t), step_kinds)
-        rows = cursor.fetchall()
-        queues = [row[0] for row in rows]
-        moved = int(sum(row[1] for row in rows))
-        expired = _EXPIRED.format(**t).replace("%(kinds)s", "('TURN', 'TIMER')")
-        cursor.execute(_DROP_TURNS.format(expired=expired, **t), params)
-        jobs = {row[0] for row in cursor.fetchall()}
-        for job_id in jobs:
-            enqueue_turn(job_id)
-        for queue in queues:
-            cursor.execute("SELECT pg_notify(%s, %s)", [WORK_CHANNEL, f"q:{queue}"])
+    expired = _EXPIRED.format(**tables())
+    params = {"workers": workers, "uncounted": 0, "event": "lease_expired", "data": None}
+    queues, jobs = _requeue(expired, params)
     if queues or jobs:
-        logger.info("rescued queues=%s turns=%s", queues, len(jobs))
-    return moved + len(jobs)
+        logger.info("rescued queues=%s turns=%s", sorted(queues), jobs)
+    return sum(queues.values()) + jobs
 
 
 def release_held(worker_id: uuid.UUID) -> int:
     """Give back everything `worker_id` still holds, as it stops; return how many.
 
     Steps go back to READY with their attempt uncounted and a `released` journal
-    entry; a turn or timer is dropped and the job's next turn queued (as the rescue
-    does).
+    entry; a turn or timer is dropped and the job's next turn queued, as the rescue
+    does.
     """
+    params = {
+        "worker": worker_id,
+        "uncounted": 1,
+        "event": "released",
+        "data": Jsonb(seal({"reason": "the worker stopped before the step finished"})),
+    }
+    queues, jobs = _requeue(_HELD.format(**tables()), params)
+    return sum(queues.values()) + jobs
+
+
+def _requeue(held: str, params: dict[str, Any]) -> tuple[dict[str, int], int]:
+    """Requeue the steps and drop the turns that the query `held` (with a %(kinds)s
+    placeholder) selects; return the steps requeued per queue and the turns dropped."""
     t = tables()
-    data = Jsonb(seal({"reason": "the worker stopped before the step finished"}))
+    running = status_in("x.status", JobStatus.RUNNING)
     with transaction.atomic(), connection.cursor() as cursor:
-        running = status_in("x.status", JobStatus.RUNNING)
-        params: dict[str, Any] = {"worker": worker_id, "data": data}
-        cursor.execute(_RELEASE_STEPS.format(job_running=running, **t), params)
-        rows = cursor.fetchall()
-        cursor.execute(_DROP_TURNS.format(expired=_HELD_TURNS.format(**t), **t), params)
+        steps = held.replace("%(kinds)s", "('STEP', 'TASK')")
+        cursor.execute(_REQUEUE_STEPS.format(held=steps, job_running=running, **t), params)
+        queues = {queue: int(n) for queue, n in cursor.fetchall()}
+        turns = held.replace("%(kinds)s", "('TURN', 'TIMER')")
+        cursor.execute(_DROP_TURNS.format(expired=turns, **t), params)
         jobs = {row[0] for row in cursor.fetchall()}
         for job_id in jobs:
             enqueue_turn(job_id)
-        for queue, _n in rows:
+        for queue in queues:
             cursor.execute("SELECT pg_notify(%s, %s)", [WORK_CHANNEL, f"q:{queue}"])
-    return int(sum(n for _queue, n in rows)) + len(jobs)
+    return queues, len(jobs)
 
 
 def rescue(*, stale_seconds: float) -> int:
