@@ -28,6 +28,7 @@ from django.db.models.functions import Now
 
 from hotmesh_django.choices import ACTIVE_STATUSES, FINISHED_STATUSES
 from hotmesh_django.context import WorkflowContext
+from hotmesh_django.engine.complete import child_outcome
 from hotmesh_django.models import (
     Activity,
     Job,
@@ -217,14 +218,7 @@ def _take_outcome(step: Activity, child: Job) -> bool:
     """Settle `step` with `child`'s outcome if it has one; say whether it had."""
     if child.status not in FINISHED_STATUSES:
         return False
-    if child.status == JobStatus.SUCCESSFUL:
-        step.status, step.output, step.error = JobStatus.SUCCESSFUL, child.output, None
-    else:
-        step.status, step.output = JobStatus.FAILED, None
-        step.error = child.error or {
-            "type": "JobCancelled",
-            "message": "The child workflow was cancelled.",
-        }
+    step.status, step.output, step.error = child_outcome(child.status, child.output, child.error)
     return True
 
 

@@ -182,6 +182,19 @@ def finish_job(
     return True
 
 
+def child_outcome(
+    status: str, output: Any, error: dict[str, Any] | None
+) -> tuple[JobStatus, Any, dict[str, Any] | None]:
+    """The parent's step as a child that ended in `status` leaves it: SUCCESSFUL with
+    the child's output, or FAILED with its error (a cancelled child's, if it has
+    none, says so)."""
+    if status == JobStatus.SUCCESSFUL:
+        return JobStatus.SUCCESSFUL, output, None
+    if status == JobStatus.CANCELLED and error is None:
+        error = {"type": "JobCancelled", "message": "The child workflow was cancelled."}
+    return JobStatus.FAILED, None, error
+
+
 def _wake_parent(
     parent_id: int,
     step: int,
@@ -190,9 +203,7 @@ def _wake_parent(
     output: Any,
     error: dict[str, Any] | None,
 ) -> None:
-    step_status = JobStatus.SUCCESSFUL if status == JobStatus.SUCCESSFUL else JobStatus.FAILED
-    if status == JobStatus.CANCELLED and error is None:
-        error = {"type": "JobCancelled", "message": "The child workflow was cancelled."}
+    step_status, output, error = child_outcome(status, output, error)
     moved = Activity.objects.filter(job_id=parent_id, seq=step, status__in=ACTIVE_STATUSES).update(
         status=step_status, output=output, error=error, finished_at=Now()
     )
