@@ -122,24 +122,34 @@ def _check_text(text: str, where: str) -> None:
 def from_json(data: Any) -> Any:
     """Return the Python value a `to_json` structure stands for.
 
-    Raise CodecError for a sealed value that HOTMESH_CODEC cannot open.
+    Raise CodecError for a sealed value that HOTMESH_CODEC cannot open, and
+    ValueError for one nested deeper than Python's recursion limit (which Postgres
+    stores, json.loads reads on Python 3.12+, and only a writer other than start()
+    can produce: `to_json` refuses more than 200 levels).
     """
+    try:
+        return _from_json(data)
+    except RecursionError:
+        raise ValueError("A stored value is nested too deeply to decode.") from None
+
+
+def _from_json(data: Any) -> Any:
     if isinstance(data, Unreadable):
         raise data.error
     if isinstance(data, Undecodable):
         raise ValueError(f"A stored value is {data!r}.")
     if isinstance(data, list):
-        return [from_json(item) for item in data]
+        return [_from_json(item) for item in data]
     if isinstance(data, dict):
         tag = data.get(TAG)
         if tag is not None and len(data) == 2 and "v" in data:
             if tag == SEALED:
-                return from_json(unseal(data))
+                return _from_json(unseal(data))
             decoder = _DECODERS.get(tag)
             if decoder is None:
                 raise ValueError(f"Unknown value tag {tag!r} in stored payload.")
             return decoder(data["v"])
-        return {key: from_json(item) for key, item in data.items()}
+        return {key: _from_json(item) for key, item in data.items()}
     return data
 
 
@@ -270,7 +280,10 @@ def decode_call(data: Any) -> tuple[list[Any], dict[str, Any]]:
         or not isinstance(data.get("kwargs", {}), dict)
     ):
         raise ValueError(f"Malformed call payload: {str(data)[:200]!r}")
-    return from_json(data.get("args", [])), from_json(data.get("kwargs", {}))
+    try:
+        return from_json(data.get("args", [])), from_json(data.get("kwargs", {}))
+    except ValueError as exc:
+        raise ValueError(f"Malformed call payload: {exc}") from None
 
 
 def decode_headers(data: Any) -> dict[str, Any]:

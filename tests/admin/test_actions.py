@@ -123,7 +123,7 @@ def test_signal_form_rejects_bad_json_with_a_clear_error(admin_client) -> None:
         ("NaN", "is nan, which JSON cannot represent"),
         ('{"a": -Infinity}', "is -inf, which JSON cannot represent"),
         ('"a\\u0000b"', "NUL character"),
-        ("[" * 5000 + "]" * 5000, "nested too deeply"),
+        ("[" * 5000 + "]" * 5000, "nested"),  # too deeply (3.11), more than 200 levels (3.12+)
         ("[" * 300 + "]" * 300, "nested more than 200 levels deep"),
         ('{"__hm__": "date", "v": "x"}', "reserved key"),
     ],
