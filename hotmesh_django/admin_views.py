@@ -97,7 +97,11 @@ def shown_json(value: Any) -> SafeString:
     if isinstance(value, Unreadable):
         text = _("Cannot decode this value: %(error)s") % {"error": value.error}
         return format_html('<pre class="hm-json hm-unreadable">{}</pre>', text)
-    return pretty_json(redact(value))
+    try:
+        return pretty_json(redact(value))
+    except RecursionError:  # a hand-written value nested past Python's limit
+        text = _("This value is nested too deeply to show.")
+        return format_html('<pre class="hm-json hm-unreadable">{}</pre>', text)
 
 
 def shown_error(error: Any) -> dict[str, Any]:

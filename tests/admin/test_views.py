@@ -124,6 +124,23 @@ def _job_in_every_state():
     return jobs
 
 
+def test_a_value_nested_too_deeply_still_renders(admin_client) -> None:
+    from django.db import connection
+
+    job = JobFactory()
+    ActivityFactory(job=job, seq=1)
+    deep = '{"args": [' + "[" * 5000 + "]" * 5000 + '], "kwargs": {}}'
+    with connection.cursor() as cursor:
+        for table in ("hotmesh_django_job", "hotmesh_django_activity"):
+            column = "id" if table == "hotmesh_django_job" else "job_id"
+            cursor.execute(
+                f"UPDATE {table} SET input = %s::jsonb WHERE {column} = %s", [deep, job.pk]
+            )
+    response = admin_client.get(change_url(job))
+    assert response.status_code == 200
+    assert "nested too deeply" in response.content.decode()
+
+
 def test_change_view_renders_every_state(admin_client) -> None:
     for status, job in _job_in_every_state().items():
         ActivityFactory(job=job, seq=1)
