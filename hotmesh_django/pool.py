@@ -23,11 +23,27 @@ from django.db import connections
 logger = logging.getLogger(__name__)
 
 
+# What a pool's parent sends its children to make them drain. Not SIGTERM: when the
+# whole process group is signalled (Ctrl-C in a terminal, `kill -TERM -PGID`, many
+# supervisors) each child already has its SIGTERM, and a forwarded one would count
+# as its second and kill it at once. The drain signal never counts as a second.
+DRAIN_SIGNAL = signal.SIGUSR1
+
+
 def install_signal_handlers(on_first: Callable[[], None], on_second: Callable[[], None]) -> None:
-    """Call `on_first` on the first SIGTERM/SIGINT, `on_second` on the next, then exit 1."""
+    """Call `on_first` on the first SIGTERM/SIGINT, `on_second` on the next, then exit 1.
+
+    DRAIN_SIGNAL calls `on_first` if nothing has yet, and is otherwise ignored.
+    """
     received = {"count": 0}
 
     def handler(signum: int, frame: FrameType | None) -> None:
+        if signum == DRAIN_SIGNAL:
+            if received["count"] == 0:
+                received["count"] = 1
+                logger.info("drain requested: finishing in-flight work")
+                on_first()
+            return
         received["count"] += 1
         if received["count"] == 1:
             logger.info("signal=%s: finishing in-flight work (again to exit now)", signum)
@@ -39,6 +55,7 @@ def install_signal_handlers(on_first: Callable[[], None], on_second: Callable[[]
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    signal.signal(DRAIN_SIGNAL, handler)
 
 
 # How often a child checks that its parent is still there.
@@ -50,14 +67,14 @@ def _child(target: Callable[..., None], parent: int, **kwargs: Any) -> None:
 
     A parent killed outright (SIGKILL, an OOM kill) cannot forward anything, and its
     children would go on claiming work with nobody left to stop them: each one
-    watches for that and sends itself the SIGTERM the parent would have.
+    watches for that and sends itself the drain signal the parent would have.
     """
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(PARENT_CHECK_SECONDS)
         logger.warning("worker pool parent pid=%s is gone: stopping", parent)
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), DRAIN_SIGNAL)
 
     threading.Thread(target=watch, name="hotmesh-parent-watch", daemon=True).start()
     target(**kwargs)
@@ -88,7 +105,7 @@ def run_pool(processes: int, target: Callable[..., None], kwargs: dict[str, Any]
 
     def stop() -> None:
         stopping["flag"] = True
-        signal_children(signal.SIGTERM)
+        signal_children(DRAIN_SIGNAL)
 
     install_signal_handlers(stop, lambda: signal_children(signal.SIGKILL))
     for slot in range(processes):

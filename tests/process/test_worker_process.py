@@ -40,6 +40,11 @@ def test_burst_worker_drains_and_exits(spawn_worker: Spawn) -> None:
     assert proc.wait(timeout=60) == 0, proc.log()
     assert [h.result(timeout=1) for h in handles] == [i * 2 for i in range(20)]
     assert not Worker.objects.exists()
+    # Whatever LOGGING says, the command says on stdout that it ran and stopped.
+    assert f"hotmesh worker pid={proc.pid}: queues=all, 1 process(es) x 4 thread(s), burst" in (
+        proc.log()
+    )
+    assert f"hotmesh worker pid={proc.pid} stopped." in proc.log()
 
 
 def test_burst_worker_finishes_workflows_with_children_before_exiting(spawn_worker: Spawn) -> None:
@@ -189,6 +194,19 @@ def test_a_second_signal_to_the_pool_parent_stops_the_children_at_once(
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=5) != 0
     wait_until(lambda: _gone(children), timeout=5)
+
+
+def test_one_signal_to_the_whole_pool_group_drains_it(spawn_worker: Spawn) -> None:
+    """Ctrl-C in a terminal (or `kill -TERM -PGID`) reaches the parent and every
+    child at once: that is one signal, not two, so in-flight work is released (its
+    attempt uncounted) and everything exits 0."""
+    proc, children = _busy_pool(spawn_worker, "--graceful-timeout", "1")
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0, proc.log()
+    wait_until(lambda: _gone(children), timeout=5)
+    assert "again: exiting now" not in proc.log()
+    assert set(Stream.objects.values_list("status", "attempts")) == {("READY", 0)}
+    assert Journal.objects.filter(event="released").count() == 4
 
 
 def test_pool_children_stop_when_their_parent_is_killed(spawn_worker: Spawn) -> None:
