@@ -153,3 +153,19 @@ def test_report_takes_each_peers_best_setting_and_the_ratios() -> None:
     assert pickup.vs_limit == "1.67x"  # 2.0 / the floor's median p50 (1.2)
     assert rows["W3 idle pickup p95, ms"].vs_limit == "1.67x"  # 4.0 / 2.4
     assert built.peer_systems == ["procrastinate", "dbos"]
+
+
+def test_outside_the_repository_the_command_says_what_it_needs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Installed from a wheel there is no bench/ package: help still works, and
+    running it is a CommandError that says why, not a ModuleNotFoundError."""
+    from django.core.management import CommandError, ManagementUtility, call_command
+
+    for name in [m for m in sys.modules if m == "bench" or m.startswith("bench.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "bench", None)  # import bench -> ImportError
+    ManagementUtility(["manage.py", "help", "hotmesh_bench"]).execute()
+    assert "usage: manage.py hotmesh_bench" in capsys.readouterr().out
+    with pytest.raises(CommandError, match="checkout of the hotmesh_django repository"):
+        call_command("hotmesh_bench")

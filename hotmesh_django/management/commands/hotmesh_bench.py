@@ -70,8 +70,11 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        from bench.peers import PEER_SYSTEMS
-        from bench.workloads import WORKLOADS
+        try:
+            from bench.peers import PEER_SYSTEMS
+            from bench.workloads import WORKLOADS
+        except ImportError:
+            return  # installed without the repository's bench/: handle() says so
 
         parser.add_argument(
             "--workloads",
@@ -176,7 +179,14 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from bench import peers, pickup, report, workloads
+        try:
+            from bench import peers, pickup, report, workloads
+        except ImportError:
+            raise CommandError(
+                "hotmesh_bench runs from a checkout of the hotmesh_django repository: "
+                "its bench/ package is not installed with the app. Run `make bench` "
+                "there (see bench/README.md)."
+            ) from None
 
         command = _command_line()
         if options["report_from"]:

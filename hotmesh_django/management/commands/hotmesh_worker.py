@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -134,9 +135,20 @@ class Command(BaseCommand):
             "graceful_timeout": options["graceful_timeout"],
             "listen": False if options["poll_only"] else None,
         }
+        # On stdout whatever LOGGING says (Django's default drops the engine's INFO
+        # lines), so whoever started the worker sees that it runs and when it stops.
+        queues = ",".join(options["queues"]) if options["queues"] else "all"
+        self.stdout.write(
+            f"hotmesh worker pid={os.getpid()}: queues={queues}, "
+            f"{options['processes']} process(es) x {options['concurrency']} thread(s)"
+            f"{', burst' if options['burst'] else ''}. SIGTERM or Ctrl-C stops it "
+            f"gracefully (within {options['graceful_timeout']:g} s), a second one at once."
+        )
+        self.stdout.flush()
         if options["processes"] == 1:
             _run_worker(**kwargs)
-            return
-        code = run_pool(options["processes"], _run_worker, kwargs)
-        if code:
-            raise CommandError("a worker process failed", returncode=code)
+        else:
+            code = run_pool(options["processes"], _run_worker, kwargs)
+            if code:
+                raise CommandError("a worker process failed", returncode=code)
+        self.stdout.write(f"hotmesh worker pid={os.getpid()} stopped.")
