@@ -14,9 +14,10 @@ $(STAMP): requirements.txt setup.cfg pyproject.toml
 
 venv: $(STAMP)
 
+DEMO_ARGS ?=
+
 demo: venv  ## run sample workflows through a worker pool, then serve the admin
-	$(PY) manage.py migrate --noinput
-	$(PY) manage.py demo
+	$(PY) manage.py demo $(DEMO_ARGS)
 
 test: venv  ## the whole suite on real Postgres (embedded unless DATABASE_URL is set)
 	$(PY) -m pytest

@@ -57,7 +57,8 @@ def embedded_uri() -> str:
     return uri
 
 
-def _ensure_database(params: dict[str, Any]) -> None:
+def ensure_database(params: dict[str, Any]) -> None:
+    """Create the database `params['dbname']` on its server unless it exists."""
     import psycopg
     from psycopg import errors, sql
 
@@ -93,7 +94,7 @@ def database_config(default_name: str = "hotmesh") -> dict[str, Any]:
     parsed = urlparse(embedded_uri())
     host = parse_qs(parsed.query)["host"][0]
     name = name_override or default_name
-    _ensure_database({"host": host, "user": parsed.username or "postgres", "dbname": name})
+    ensure_database({"host": host, "user": parsed.username or "postgres", "dbname": name})
     return {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": name,

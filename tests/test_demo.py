@@ -63,3 +63,41 @@ def test_demo_rejects_bad_flags(flags: list[str], message: str) -> None:
 
     with pytest.raises(CommandError, match=re.escape(message)):
         call_command(Command(), "--no-serve", *flags)
+
+
+@pytest.mark.process
+@pytest.mark.django_db(transaction=True)
+def test_demo_leaves_an_existing_admin_user_alone(worker_env: dict[str, str]) -> None:
+    """DATABASE_URL may name a database that is not the demo's own."""
+    from django.contrib.auth import get_user_model
+
+    get_user_model().objects.create_user("admin", password="not-the-demo's")
+    env = {**worker_env, "DJANGO_SETTINGS_MODULE": "demo_project.settings", "COLUMNS": "200"}
+    command = [sys.executable, str(ROOT / "manage.py"), "demo", "--no-serve"]
+    proc = subprocess.run(
+        [*command, "--orders", "1", "--jobs", "1", "--workers", "1", "--timeout", "90"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert "user admin already exists in this database; its password was left" in output
+    user = get_user_model().objects.get(username="admin")
+    assert user.check_password("not-the-demo's") and not user.is_superuser
+
+
+def test_demo_refuses_a_busy_port_before_it_runs() -> None:
+    import socket
+
+    from demo_project.shop.management.commands.demo import Command
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(CommandError, match=f"Port {port} on 127.0.0.1 is in use"):
+            call_command(Command(), "--port", str(port))

@@ -20,7 +20,7 @@ class Command(BaseCommand):
         sub = parser.add_subparsers(dest="action", required=True, metavar="pause|resume|status")
         for action, text in (("pause", "stop claiming from QUEUE"), ("resume", "claim again")):
             cmd = sub.add_parser(action, help=text)
-            cmd.add_argument("queue", metavar="QUEUE")
+            cmd.add_argument("queue", metavar="QUEUE", help=f"the queue to {action}")
             cmd.add_argument("--force", action="store_true", help="act on a queue nothing uses yet")
             cmd.add_argument(
                 "--user",

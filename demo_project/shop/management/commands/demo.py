@@ -17,6 +17,7 @@ import contextlib
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -30,7 +31,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, OperationalError, connections, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.db.models import Count
 from rich.console import Console
@@ -53,6 +54,20 @@ from hotmesh_django.models import Activity, Job, Journal
 from hotmesh_django.serialization import from_json
 
 ROOT = Path(__file__).resolve().parents[4]
+
+
+def _check_port_free(port: int) -> None:
+    """Refuse a busy port before the demo runs, not after it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise CommandError(
+                f"Port {port} on 127.0.0.1 is in use: give another with --port "
+                f"(make demo DEMO_ARGS='--port 8001'), or --no-serve."
+            ) from None
+
+
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = "admin"  # noqa: S105 - a local demo login, printed on purpose
 POLL_SECONDS = 0.2
@@ -172,12 +187,18 @@ class Command(BaseCommand):
         console = Console()
         if options["orders"] + options["jobs"] == 0:
             raise CommandError("Nothing to do: give --orders or --jobs more than 0.")
-        self._migrate(console)
-        self._ensure_admin()
+        if not options["no_serve"]:
+            _check_port_free(options["port"])  # before the run, not after it
+        settings_db = connections["default"].settings_dict
         console.print(
-            f"[bold]Admin login:[/] user [bold cyan]{ADMIN_USER}[/] "
-            f"password [bold cyan]{ADMIN_PASSWORD}[/]"
+            f"Database: [bold]{settings_db['NAME']}[/] on "
+            f"{settings_db['HOST'] or 'localhost'}"
+            + ("" if os.environ.get("DATABASE_URL") else " (embedded PostgreSQL, .pgdata/)")
         )
+        self._connect(console, settings_db)
+        self._migrate(console)
+        self._login_line = self._ensure_admin()
+        console.print(f"[bold]Admin login:[/] {self._login_line}")
         run = self._start(options["orders"], options["jobs"])
         console.print(
             f"Started [bold]{len(run.orders)}[/] order workflows and [bold]{len(run.jobs)}[/] "
@@ -217,14 +238,42 @@ class Command(BaseCommand):
             console.print("Applying migrations...")
             call_command("migrate", interactive=False, verbosity=0)
 
-    def _ensure_admin(self) -> None:
-        user_model = get_user_model()
-        user, _ = user_model.objects.get_or_create(
-            username=ADMIN_USER, defaults={"email": "admin@example.com"}
+    def _connect(self, console: Console, settings_db: dict[str, Any]) -> None:
+        """Reach the database, creating it when the server says it does not exist
+        (a DATABASE_URL naming a new database); anything else is a clear error."""
+        try:
+            connections["default"].ensure_connection()
+            return
+        except OperationalError as exc:
+            if "does not exist" not in str(exc):
+                raise CommandError(f"Cannot reach the database: {exc}") from None
+        from demo_project.embedded_pg import ensure_database
+
+        ensure_database(
+            {
+                "host": settings_db["HOST"],
+                "port": settings_db["PORT"],
+                "user": settings_db["USER"],
+                "password": settings_db["PASSWORD"],
+                "dbname": settings_db["NAME"],
+            }
         )
-        user.is_active = user.is_staff = user.is_superuser = True
-        user.set_password(ADMIN_PASSWORD)
-        user.save()
+        console.print(f"Created database [bold]{settings_db['NAME']}[/].")
+
+    def _ensure_admin(self) -> str:
+        """Create the demo's superuser if there is none; return the login line.
+
+        An existing `admin` user is left as it is: DATABASE_URL may name a database
+        that is not the demo's own, and its admin's password is not ours to reset.
+        """
+        user_model = get_user_model()
+        if user_model.objects.filter(username=ADMIN_USER).exists():
+            return (
+                f"user [bold cyan]{ADMIN_USER}[/] already exists in this database; "
+                "its password was left as it is"
+            )
+        user_model.objects.create_superuser(ADMIN_USER, "admin@example.com", ADMIN_PASSWORD)
+        return f"user [bold cyan]{ADMIN_USER}[/] password [bold cyan]{ADMIN_PASSWORD}[/]"
 
     def _start(self, orders: int, jobs: int) -> Run:
         prefix = f"demo-{uuid.uuid4().hex[:6]}-"
@@ -442,8 +491,5 @@ class Command(BaseCommand):
         console.print()
         console.print(f"[bold]Admin:[/] [link={url}]{url}[/link]", soft_wrap=True)
         console.print(f"[bold]Jobs:[/]  [link={jobs_url}]{jobs_url}[/link]", soft_wrap=True)
-        console.print(
-            f"[bold]Login:[/] user [bold cyan]{ADMIN_USER}[/] password "
-            f"[bold cyan]{ADMIN_PASSWORD}[/]   (Ctrl-C to stop)\n"
-        )
+        console.print(f"[bold]Login:[/] {self._login_line}   (Ctrl-C to stop)\n")
         call_command("runserver", f"127.0.0.1:{port}", use_reloader=False)
