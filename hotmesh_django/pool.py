@@ -26,28 +26,33 @@ logger = logging.getLogger(__name__)
 # What a pool's parent sends its children to make them drain. Not SIGTERM: when the
 # whole process group is signalled (Ctrl-C in a terminal, `kill -TERM -PGID`, many
 # supervisors) each child already has its SIGTERM, and a forwarded one would count
-# as its second and kill it at once. The drain signal never counts as a second.
+# as its second and kill it at once. The drain signal is not counted at all, so it
+# may arrive before or after the group's SIGTERM (Python runs pending handlers in
+# signal-number order: SIGUSR1 before SIGTERM).
 DRAIN_SIGNAL = signal.SIGUSR1
 
 
 def install_signal_handlers(on_first: Callable[[], None], on_second: Callable[[], None]) -> None:
     """Call `on_first` on the first SIGTERM/SIGINT, `on_second` on the next, then exit 1.
 
-    DRAIN_SIGNAL calls `on_first` if nothing has yet, and is otherwise ignored.
+    DRAIN_SIGNAL calls `on_first` unless it was called already, and counts for
+    nothing: only a second SIGTERM/SIGINT exits at once.
     """
-    received = {"count": 0}
+    state = {"signals": 0, "draining": False}
+
+    def drain(why: str) -> None:
+        if not state["draining"]:
+            state["draining"] = True
+            logger.info("%s: finishing in-flight work (again to exit now)", why)
+            on_first()
 
     def handler(signum: int, frame: FrameType | None) -> None:
         if signum == DRAIN_SIGNAL:
-            if received["count"] == 0:
-                received["count"] = 1
-                logger.info("drain requested: finishing in-flight work")
-                on_first()
+            drain("drain requested")
             return
-        received["count"] += 1
-        if received["count"] == 1:
-            logger.info("signal=%s: finishing in-flight work (again to exit now)", signum)
-            on_first()
+        state["signals"] += 1
+        if state["signals"] == 1:
+            drain(f"signal={signum}")
         else:
             logger.warning("signal=%s again: exiting now", signum)
             on_second()
