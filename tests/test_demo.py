@@ -12,25 +12,12 @@ from django.core.management import CommandError, call_command
 from tests.conftest import ROOT
 
 
-@pytest.mark.process
-@pytest.mark.django_db(transaction=True)
-def test_demo_runs_every_job_to_success(worker_env: dict[str, str]) -> None:
-    env = {**worker_env, "DJANGO_SETTINGS_MODULE": "demo_project.settings", "COLUMNS": "120"}
+def _demo(worker_env: dict[str, str], *flags: str) -> str:
+    """Run `manage.py demo --no-serve` with one worker; return its output (exit 0)."""
+    env = {**worker_env, "DJANGO_SETTINGS_MODULE": "demo_project.settings", "COLUMNS": "200"}
+    command = [sys.executable, str(ROOT / "manage.py"), "demo", "--no-serve", "--workers", "1"]
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "manage.py"),
-            "demo",
-            "--no-serve",
-            "--orders",
-            "3",
-            "--jobs",
-            "5",
-            "--workers",
-            "1",
-            "--timeout",
-            "90",
-        ],
+        [*command, "--timeout", "90", *flags],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -40,6 +27,13 @@ def test_demo_runs_every_job_to_success(worker_env: dict[str, str]) -> None:
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
+    return output
+
+
+@pytest.mark.process
+@pytest.mark.django_db(transaction=True)
+def test_demo_runs_every_job_to_success(worker_env: dict[str, str]) -> None:
+    output = _demo(worker_env, "--orders", "3", "--jobs", "5")
     assert "Demo summary" in output
     assert "All 8 jobs SUCCESSFUL" in output
     assert "Admin login: user admin password admin" in output
@@ -72,19 +66,7 @@ def test_demo_leaves_an_existing_admin_user_alone(worker_env: dict[str, str]) ->
     from django.contrib.auth import get_user_model
 
     get_user_model().objects.create_user("admin", password="not-the-demo's")
-    env = {**worker_env, "DJANGO_SETTINGS_MODULE": "demo_project.settings", "COLUMNS": "200"}
-    command = [sys.executable, str(ROOT / "manage.py"), "demo", "--no-serve"]
-    proc = subprocess.run(
-        [*command, "--orders", "1", "--jobs", "1", "--workers", "1", "--timeout", "90"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output
+    output = _demo(worker_env, "--orders", "1", "--jobs", "1")
     assert "user admin already exists in this database; its password was left" in output
     user = get_user_model().objects.get(username="admin")
     assert user.check_password("not-the-demo's") and not user.is_superuser

@@ -41,14 +41,7 @@ _SCRIPT = textwrap.dedent(
 def test_a_drain_request_never_counts_as_a_second_signal(
     sent: list[str], calls: str, code: int
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", f"SENT = {sent!r}\n{_SCRIPT}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = _run(sent, _SCRIPT)
     assert (result.returncode, result.stdout.strip()) == (code, calls), result.stderr
 
 
@@ -56,12 +49,16 @@ def test_a_second_terminating_signal_exits_at_once() -> None:
     script = _SCRIPT.replace(
         "time.sleep(0.2)", "os.kill(os.getpid(), signal.SIGTERM)\ntime.sleep(0.2)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", f"SENT = ['SIGUSR1', 'SIGTERM']\n{script}"],
+    result = _run(["SIGUSR1", "SIGTERM"], script)
+    assert result.returncode == 1, result.stderr
+
+
+def _run(sent: list[str], script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", f"SENT = {sent!r}\n{script}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
-    assert result.returncode == 1, result.stderr
