@@ -77,12 +77,8 @@ def start_children(ctx: WorkflowContext, journal: list[Journal]) -> tuple[list[S
             settled = True
             continue
         wanted[workflow_id] = (step, definition, data)
-    created = _create(ctx, wanted)
+    created, existing = _create(ctx, wanted)
     messages = [_start_message(c, wanted[c.workflow_id][1], ctx.db_now) for c in created.values()]
-    existing = {
-        j.workflow_id: j
-        for j in Job.objects.filter(workflow_id__in=[w for w in wanted if w not in created])
-    }
     for workflow_id, (step, _definition, _data) in wanted.items():
         child = created.get(workflow_id) or existing[workflow_id]
         linked = workflow_id in created or _link(job, step, child)
@@ -129,13 +125,14 @@ def _failed_entry(job: Job, step: Activity) -> Journal:
     )
 
 
-def _create(ctx: WorkflowContext, wanted: dict[str, tuple[Activity, Any, Any]]) -> dict[str, Job]:
-    """Insert the children whose ids are free; return them by workflow_id."""
+def _create(
+    ctx: WorkflowContext, wanted: dict[str, tuple[Activity, Any, Any]]
+) -> tuple[dict[str, Job], dict[str, Job]]:
+    """Insert the children whose ids are free; return the new jobs and the jobs that
+    had the other ids, each by workflow_id."""
     job = ctx.job
     for _ in range(3):
-        taken = set(
-            Job.objects.filter(workflow_id__in=list(wanted)).values_list("workflow_id", flat=True)
-        )
+        taken = {j.workflow_id: j for j in Job.objects.filter(workflow_id__in=list(wanted))}
         children = [
             _child_job(job, step, definition, data, workflow_id)
             for workflow_id, (step, definition, data) in wanted.items()
@@ -148,7 +145,7 @@ def _create(ctx: WorkflowContext, wanted: dict[str, tuple[Activity, Any, Any]]) 
                 Job.objects.bulk_create(children)
         except IntegrityError:
             continue
-        return {c.workflow_id: c for c in children}
+        return {c.workflow_id: c for c in children}, taken
     raise IntegrityError("Child workflow ids kept being taken while this turn started them.")
 
 
