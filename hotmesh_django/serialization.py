@@ -119,6 +119,18 @@ def _check_text(text: str, where: str) -> None:
         raise TypeError(f"{where} is not valid UTF-8 text: {exc.reason}.") from None
 
 
+def storable_text(text: str) -> str:
+    """`text` with what `_check_text` refuses escaped instead: for text the engine
+    writes on its own account (an exception's message), which must be stored."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def from_json(data: Any) -> Any:
     """Return the Python value a `to_json` structure stands for.
 

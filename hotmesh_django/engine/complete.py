@@ -30,7 +30,7 @@ from hotmesh_django.models import (
     StreamStatus,
     sources_of,
 )
-from hotmesh_django.serialization import seal
+from hotmesh_django.serialization import seal, storable_text
 
 logger = logging.getLogger(__name__)
 
@@ -92,18 +92,6 @@ def error_dict(exc: BaseException, *, with_traceback: bool = True) -> dict[str, 
     if with_traceback:
         data["traceback"] = storable_text("".join(tb.format_exception(exc))[-20_000:])
     return data
-
-
-def storable_text(text: str) -> str:
-    """`text` with what Postgres cannot store in text or jsonb escaped: NUL, and
-    lone surrogates (not valid UTF-8)."""
-    if "\x00" in text:
-        text = text.replace("\x00", "\\x00")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
 
 
 def enqueue_turn(job_id: int) -> None:
