@@ -7,6 +7,7 @@ worker subprocesses at it with DATABASE_URL.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -46,6 +47,10 @@ def private_server() -> Iterator[tuple[Any, str]]:
             conn.execute("CREATE DATABASE hm_restart")
         yield server, str(socket_dir)
     finally:
+        # The test restarts the server with pg_ctl, and the wheel's cleanup() does not
+        # stop a postmaster it did not start: stop it here, or it outlives the run.
+        with contextlib.suppress(Exception):
+            _pg_ctl(server, "", "stop")
         server.cleanup()
         shutil.rmtree(folder, ignore_errors=True)
 
