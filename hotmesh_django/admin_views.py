@@ -778,19 +778,28 @@ class JobOperationsMixin:
         title: str,
         submit: str,
     ) -> HttpResponse:
-        targets = list(queryset.order_by("id")[:MAX_BULK])
+        select_across = request.POST.get("select_across") == "1"
+        selected = request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)
+        targets = list(queryset.order_by("id")[:50])
+        total = queryset.count()
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
             "form": form,
             "title": title,
-            "targets": targets[:50],
-            "more": max(0, len(targets) - 50),
+            "targets": targets,
+            "total": total,
+            "more": total - len(targets),
+            "max_bulk": MAX_BULK,
             "action": action,
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-            "selected": [str(j.pk) for j in targets],
+            # "Select all N" re-selects by the changelist's filters (the form posts back
+            # to the same URL), so it sends back one id, which Django needs to see an
+            # action at all, not thousands: they would pass
+            # DATA_UPLOAD_MAX_NUMBER_FIELDS and the post would be refused with a 400.
+            "selected": selected[:1] if select_across else selected,
             "submit_label": submit,
-            "select_across": request.POST.get("select_across") == "1",
+            "select_across": select_across,
             "has_view_permission": True,
             "media": self.media,  # type: ignore[attr-defined]
         }

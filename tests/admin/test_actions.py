@@ -263,6 +263,47 @@ def test_bulk_select_across_is_capped(admin_client, monkeypatch) -> None:
     assert sorted(status(j) for j in jobs) == [JobStatus.FAILED, JobStatus.READY, JobStatus.READY]
 
 
+def form_fields(html: str) -> list[tuple[str, str]]:
+    """The hidden inputs of the intermediate form, as a browser would post them back."""
+    import re
+
+    return [
+        (html_unescape(name), html_unescape(value))
+        for name, value in re.findall(
+            r'<input type="hidden" name="([^"]+)" value="([^"]*)"', html
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("action", "fields", "message"),
+    [
+        ("send_signal", {"name": "go", "payload": "1"}, "30 jobs sent signal go."),
+        ("rerun_from_step", {"step": "1"}, "0 jobs re-run from step 1; 30 skipped"),
+    ],
+)
+def test_bulk_form_with_select_all_posts_back_one_id(
+    admin_client, settings, action: str, fields: dict[str, str], message: str
+) -> None:
+    """"Select all N" re-selects by the changelist's filters, so the intermediate form
+    carries one id, not all: one hidden field per job would pass DATA_UPLOAD_MAX_NUMBER_FIELDS
+    (1,000 by default) and the whole action would be refused with a 400."""
+    settings.DATA_UPLOAD_MAX_NUMBER_FIELDS = 20
+    jobs = [JobFactory(status=JobStatus.WAITING, queue="wide") for _ in range(30)]
+    JobFactory(status=JobStatus.WAITING, queue="other")
+    changelist = reverse(CHANGELIST) + "?queue=wide"
+    first = {"action": action, "_selected_action": [jobs[0].pk], "select_across": "1"}
+    response = admin_client.post(changelist, first)
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "This applies to 30 selected jobs" in html
+    posted = form_fields(html)
+    assert [v for k, v in posted if k == "_selected_action"] == [str(jobs[0].pk)]
+    response = admin_client.post(changelist, {**dict(posted), **fields}, follow=True)
+    assert response.status_code == 200
+    assert message in messages_text(response)
+
+
 # -- permissions and CSRF -----------------------------------------------------------------
 
 
