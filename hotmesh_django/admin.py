@@ -51,7 +51,7 @@ from hotmesh_django.models import (
     sources_of,
 )
 from hotmesh_django.redaction import redact
-from hotmesh_django.serialization import Unreadable
+from hotmesh_django.serialization import Unreadable, to_json
 
 # A job's detail page draws and lists at most this many steps and journal entries.
 MAX_STEPS = 500
@@ -228,16 +228,41 @@ def _search_filter(key: str, value: str) -> Any:
     """Match search attribute `key` equal to `value`, read as JSON when it parses.
 
     `order=42` matches both the number 42 and the string "42". Containment (`@>`)
-    is what the GIN index on `search` serves.
+    is what the GIN index on `search` serves. A value no search attribute can hold
+    (NaN, Infinity, a NUL, a lone surrogate: `set_search` refuses them) matches
+    nothing rather than reaching Postgres, which would refuse the query.
     """
-    condition = Q(search__contains={key: value})
+    candidates = [value]
     try:
         parsed = json.loads(value)
     except (ValueError, RecursionError):
-        return condition
+        parsed = value
     if parsed != value and not isinstance(parsed, dict | list):
-        condition |= Q(search__contains={key: parsed})
+        candidates.append(parsed)
+    condition = Q(pk__in=[])
+    for candidate in candidates:
+        try:
+            to_json({key: candidate}, what="search attribute")
+        except TypeError:
+            continue
+        condition |= Q(search__contains={key: candidate})
     return condition
+
+
+class WholeWorkflowIdSearch:
+    """Search pages of rows that belong to a job: the query, typed whole, also
+    matches a workflow_id (which is any string: spaces, quotes, a trailing "=")."""
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
+    ) -> tuple[QuerySet[Any], bool]:
+        whole = search_term.strip()
+        found, may_have_duplicates = super().get_search_results(  # type: ignore[misc]
+            request, queryset, search_term
+        )
+        if not whole:
+            return found, may_have_duplicates
+        return found | queryset.filter(job__workflow_id=whole), may_have_duplicates
 
 
 class ActivityInline(admin.TabularInline):  # type: ignore[type-arg]
@@ -665,7 +690,7 @@ def _data_text(data: Any, limit: int = 600) -> str:
 
 
 @admin.register(Activity)
-class ActivityAdmin(ReadOnlyAdmin):
+class ActivityAdmin(WholeWorkflowIdSearch, ReadOnlyAdmin):
     list_display = (
         "job_link",
         "seq",
@@ -679,7 +704,7 @@ class ActivityAdmin(ReadOnlyAdmin):
     list_filter = ("status", "kind")
     list_select_related = ("job",)
     search_fields = ("=job__workflow_id",)
-    search_help_text = _("An exact workflow_id.")
+    search_help_text = _("An exact workflow_id, typed whole.")
     ordering = ("-id",)
     sortable_by = ()
 
@@ -701,12 +726,12 @@ class ActivityAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Journal)
-class JournalAdmin(ReadOnlyAdmin):
+class JournalAdmin(WholeWorkflowIdSearch, ReadOnlyAdmin):
     list_display = ("id", "job_link", "step", "event", "name", "attempt", "created")
     list_filter = ("event",)
     list_select_related = ("job",)
     search_fields = ("=job__workflow_id",)
-    search_help_text = _("An exact workflow_id.")
+    search_help_text = _("An exact workflow_id, typed whole.")
     ordering = ("-id",)
     sortable_by = ()
 
@@ -720,7 +745,7 @@ class JournalAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Stream)
-class StreamAdmin(ReadOnlyAdmin):
+class StreamAdmin(WholeWorkflowIdSearch, ReadOnlyAdmin):
     list_display = (
         "id",
         "queue",
@@ -738,7 +763,7 @@ class StreamAdmin(ReadOnlyAdmin):
     list_filter = ("status", "kind", QueueFilter)
     list_select_related = ("job",)
     search_fields = ("=job__workflow_id",)
-    search_help_text = _("An exact workflow_id.")
+    search_help_text = _("An exact workflow_id, typed whole.")
     ordering = ("-id",)
     sortable_by = ()
 
@@ -756,11 +781,11 @@ class StreamAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Signal)
-class SignalAdmin(ReadOnlyAdmin):
+class SignalAdmin(WholeWorkflowIdSearch, ReadOnlyAdmin):
     list_display = ("id", "job_link", "name", "step", "created_at")
     list_select_related = ("job",)
     search_fields = ("=job__workflow_id",)
-    search_help_text = _("An exact workflow_id.")
+    search_help_text = _("An exact workflow_id, typed whole.")
     ordering = ("-id",)
     sortable_by = ()
 

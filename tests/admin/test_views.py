@@ -110,6 +110,39 @@ def test_search_finds_any_workflow_id_typed_whole(admin_client) -> None:
     assert admin_client.get(url, {"q": deep}).status_code == 200
 
 
+@pytest.mark.parametrize(
+    "query",
+    ["x=NaN", "x=1e999", "x=-Infinity", 'x="\\u0000"', 'x="\\ud800"'],
+)
+def test_search_for_what_no_row_can_hold_finds_nothing(admin_client, query: str) -> None:
+    """Values set_search refuses (NaN, Infinity, NUL, lone surrogates) match no job;
+    passed on, Postgres would refuse the query and the page would be a 500."""
+    JobFactory(workflow_id="plain", search={"x": "NaN"})
+    url = reverse("admin:hotmesh_django_job_changelist")
+    response = admin_client.get(url, {"q": query})
+    assert response.status_code == 200
+    rows = list(response.context["cl"].result_list.values_list("workflow_id", flat=True))
+    assert rows == ([] if query != "x=NaN" else ["plain"])
+
+
+@pytest.mark.parametrize("page", ["activity", "journal", "stream", "signal"])
+def test_job_rows_pages_find_a_workflow_id_typed_whole(admin_client, page: str) -> None:
+    job = JobFactory(workflow_id="order 17")
+    other = JobFactory(workflow_id="order")
+    for owner in (job, other):
+        {
+            "activity": lambda j: ActivityFactory(job=j, seq=1),
+            "journal": lambda j: JournalFactory(job=j),
+            "stream": lambda j: StreamFactory(job=j),
+            "signal": lambda j: SignalFactory(job=j),
+        }[page](owner)
+    url = reverse(f"admin:hotmesh_django_{page}_changelist")
+    for query in ("order 17", '"order 17"'):
+        response = admin_client.get(url, {"q": query})
+        rows = {row.job.workflow_id for row in response.context["cl"].result_list}
+        assert rows == {"order 17"}, query
+
+
 def _job_in_every_state():
     now = timezone.now()
     jobs = {status: JobFactory(status=status, started_at=now) for status in JobStatus.values}
