@@ -9,7 +9,9 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from hotmesh_django import registry
 from hotmesh_django.engine import schedules
+from hotmesh_django.engine.start import check_arguments
 from hotmesh_django.exceptions import HotmeshError
 from hotmesh_django.models import Schedule
 
@@ -20,17 +22,27 @@ class ScheduleForm(forms.ModelForm):  # type: ignore[type-arg]
         fields = ["name", "workflow", "cron", "timezone", "args", "kwargs", "enabled"]
 
     def clean(self) -> dict[str, Any]:
+        # Cron, timezone and the shape of the arguments: Schedule.clean(). Here, what
+        # only this process's registry can tell: a schedule whose workflow is unknown
+        # or whose arguments do not fit would be skipped by every worker, silently.
         data = super().clean() or {}
-        cron, timezone = data.get("cron"), data.get("timezone")
-        if cron and timezone:
+        name = data.get("workflow")
+        if not name:
+            return data
+        if not registry.has_workflow(name):
+            self.add_error(
+                "workflow",
+                f"No workflow named {name!r} is registered. Workers import workflows.py "
+                "of each installed app and the HOTMESH_IMPORTS modules; add its module "
+                "there so that this process knows it too.",
+            )
+            return data
+        args, kwargs = data.get("args"), data.get("kwargs")
+        if isinstance(args, list) and isinstance(kwargs, dict):
             try:
-                schedules.validate_schedule(cron, timezone)
-            except ValueError as exc:
-                raise forms.ValidationError(str(exc)) from exc
-        if not isinstance(data.get("args", []), list):
-            self.add_error("args", 'Arguments must be a JSON list, e.g. [1, "two"].')
-        if not isinstance(data.get("kwargs", {}), dict):
-            self.add_error("kwargs", 'Keyword arguments must be a JSON object, e.g. {"a": 1}.')
+                check_arguments(registry.get_workflow(name), tuple(args), kwargs)
+            except TypeError as exc:
+                self.add_error("args", str(exc))
         return data
 
 
@@ -44,7 +56,10 @@ class ScheduleAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     actions = ["enable", "disable", "trigger_now"]
 
     def save_model(self, request: HttpRequest, obj: Schedule, form: Any, change: bool) -> None:
-        if "cron" in form.changed_data or "timezone" in form.changed_data or not change:
+        # As the enable action does: a schedule switched on counts from now, so the
+        # slots missed while it was off do not fire.
+        moved = {"cron", "timezone"} & set(form.changed_data) or not change
+        if moved or ("enabled" in form.changed_data and obj.enabled):
             from django.utils import timezone as tz
 
             obj.next_run_at = schedules.next_run_after(obj.cron, obj.timezone, tz.now())

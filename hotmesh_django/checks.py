@@ -9,6 +9,7 @@ from typing import Any
 
 from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Error, Tags, register
+from django.core.checks import Warning as CheckWarning
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connections, transaction
 from django.utils.module_loading import import_string
@@ -153,39 +154,57 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
 
 
 @register()
-def check_schedules(
-    app_configs: Any = None, databases: Any = None, **kwargs: Any
-) -> list[CheckMessage]:
-    """hotmesh.E010: every declared schedule, and with --database every Schedule row,
-    has a valid cron expression and timezone."""
-    found: list[tuple[str, Any, Any]] = [
-        (f"@workflow {d.name!r}", d.schedule, d.timezone)
+def check_schedules(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """hotmesh.E010: every schedule declared in code has a valid cron expression and
+    timezone (the decorator refuses them too; this catches one made by hand)."""
+    return [
+        Error(
+            f"@workflow {d.name!r}: {problem}",
+            hint="Fix the decorator; a schedule that does not parse never fires.",
+            id="hotmesh.E010",
+        )
         for d in registry.workflows().values()
         if d.schedule is not None
+        for problem in _schedule_problems(d.schedule, d.timezone)
     ]
-    # The table is read only when the caller asked for database checks (migrate,
-    # check --database): plain `check` must work before the database exists.
+
+
+@register(Tags.database)
+def check_schedule_rows(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """hotmesh.W010: every Schedule row has a valid cron expression and timezone.
+
+    Tagged `database`, so it reads the table only when the caller asks for database
+    checks (`check --database`, migrate). A bad row is data, not configuration: it
+    warns and never stops a command (an error would stop the very migrate or worker
+    that ships the fix); workers skip such a row and log it.
+    """
+    warnings: list[CheckMessage] = []
     for alias in databases or ():
         try:
             with transaction.atomic(using=alias):
                 rows = list(Schedule.objects.using(alias).values_list("name", "cron", "timezone"))
         except DatabaseError:
             continue  # not migrated yet
-        found += [(f"Schedule {name!r}", cron, tz) for name, cron, tz in rows]
-    errors: list[CheckMessage] = []
-    for where, cron, tz in found:
-        try:
-            validate_schedule(cron, tz)
-        except ValueError as exc:
-            errors.append(
-                Error(
-                    f"{where}: {exc}",
-                    hint="Fix it in the admin or the decorator; a schedule that does not "
-                    "parse never fires.",
-                    id="hotmesh.E010",
-                )
+        warnings += [
+            CheckWarning(
+                f"Schedule {name!r}: {problem}",
+                hint="Fix or disable it in the admin; until then it never fires.",
+                id="hotmesh.W010",
             )
-    return errors
+            for name, cron, tz in rows
+            for problem in _schedule_problems(cron, tz)
+        ]
+    return warnings
+
+
+def _schedule_problems(cron: Any, tz: Any) -> list[str]:
+    try:
+        validate_schedule(cron, tz)
+    except ValueError as exc:
+        return [str(exc)]
+    return []
 
 
 @register()

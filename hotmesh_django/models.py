@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Now
@@ -453,6 +454,26 @@ class Schedule(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        """What a worker needs to fire this row: a cron expression and timezone that
+        parse, a list of arguments and an object of keyword arguments. The admin form
+        runs this; code that writes rows should call full_clean() too."""
+        # engine.schedules imports this module.
+        from hotmesh_django.engine.schedules import validate_cron, validate_timezone
+
+        errors: dict[str, Any] = {}
+        for field, validate in (("cron", validate_cron), ("timezone", validate_timezone)):
+            try:
+                validate(getattr(self, field))
+            except ValueError as exc:
+                errors[field] = str(exc)
+        if not isinstance(self.args, list):
+            errors["args"] = _('Arguments must be a JSON list, e.g. [1, "two"].')
+        if not isinstance(self.kwargs, dict):
+            errors["kwargs"] = _('Keyword arguments must be a JSON object, e.g. {"a": 1}.')
+        if errors:
+            raise ValidationError(errors)
 
 
 class HumanTaskQuerySet(models.QuerySet["HumanTask"]):

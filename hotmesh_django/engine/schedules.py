@@ -67,6 +67,12 @@ def validate_schedule(cron: object, timezone: object) -> zoneinfo.ZoneInfo:
     such as "@daily". Raise ValueError with a message fit for a form or a
     decorator; the admin form and the system check call this too.
     """
+    validate_cron(cron)
+    return validate_timezone(timezone)
+
+
+def validate_cron(cron: object) -> None:
+    """Raise ValueError unless `cron` is a cron expression this scheduler can honour."""
     if not isinstance(cron, str) or not cron.strip():
         raise ValueError(
             f"The cron expression must be a non-empty string such as '*/5 * * * *', not {cron!r}."
@@ -90,10 +96,10 @@ def validate_schedule(cron: object, timezone: object) -> zoneinfo.ZoneInfo:
         croniter(expression)
     except (CroniterError, ValueError, KeyError) as exc:
         raise ValueError(f"Invalid cron expression {cron!r}: {exc}.") from None
-    return _zone(timezone)
 
 
-def _zone(timezone: object) -> zoneinfo.ZoneInfo:
+def validate_timezone(timezone: object) -> zoneinfo.ZoneInfo:
+    """Return the IANA timezone `timezone` names, or raise ValueError saying why not."""
     hint = "use an IANA name such as 'UTC' or 'Europe/Paris'"
     if not isinstance(timezone, str) or not timezone:
         raise ValueError(f"The timezone must be a non-empty string ({hint}), not {timezone!r}.")

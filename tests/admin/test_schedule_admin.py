@@ -13,6 +13,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_schedule_form_validates_cron_and_timezone(admin_client: Any) -> None:
+    import tests.integration.schedule_defs  # noqa: F401 - registers sched.ping
+
     url = reverse("admin:hotmesh_django_schedule_add")
     data = {
         "name": "nightly",
@@ -31,6 +33,75 @@ def test_schedule_form_validates_cron_and_timezone(admin_client: Any) -> None:
     response = admin_client.post(url, data)
     assert response.status_code == 302
     assert Schedule.objects.get().next_run_at is not None
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "error"),
+    [
+        ({"workflow": "sched.nope"}, "workflow", "No workflow named 'sched.nope' is registered"),
+        ({"args": "[1, 2]"}, "args", "sched.ping.start() arguments do not fit ping(tag='')"),
+        ({"kwargs": '{"colour": 1}'}, "args", "unexpected keyword argument"),
+        ({"args": '{"a": 1}'}, "args", "Arguments must be a JSON list"),
+    ],
+)
+def test_schedule_form_refuses_what_no_worker_could_start(
+    admin_client: Any, changes: dict[str, str], field: str, error: str
+) -> None:
+    """A schedule whose workflow is unknown, or whose arguments do not fit it, would be
+    skipped by every worker with only a log line to say why."""
+    import tests.integration.schedule_defs  # noqa: F401 - registers sched.ping
+
+    data = {
+        "name": "n",
+        "workflow": "sched.ping",
+        "cron": "0 9 * * *",
+        "timezone": "UTC",
+        "args": '["x"]',
+        "kwargs": "{}",
+        "enabled": "on",
+        **changes,
+    }
+    response = admin_client.post(reverse("admin:hotmesh_django_schedule_add"), data)
+    assert response.status_code == 200
+    assert error in " ".join(response.context["adminform"].form.errors[field])
+    assert not Schedule.objects.exists()
+
+
+def test_schedule_model_clean_checks_what_a_worker_needs() -> None:
+    from django.core.exceptions import ValidationError
+
+    bad = Schedule(name="x", workflow="w", cron="61 * * * *", timezone="Mars/Base", args={})
+    with pytest.raises(ValidationError) as caught:
+        bad.full_clean()
+    assert set(caught.value.message_dict) == {"cron", "timezone", "args"}
+    Schedule(name="y", workflow="w", cron="@daily", timezone="UTC").full_clean()
+
+
+def test_enabling_in_the_form_counts_from_now(admin_client: Any) -> None:
+    """As the enable action does: the slots missed while it was off do not fire."""
+    import datetime
+
+    from django.utils import timezone
+
+    import tests.integration.schedule_defs  # noqa: F401 - registers sched.ping
+
+    missed = timezone.now() - datetime.timedelta(hours=3)
+    schedule = Schedule.objects.create(
+        name="n", workflow="sched.ping", cron="0 * * * *", enabled=False, next_run_at=missed
+    )
+    data = {
+        "name": "n",
+        "workflow": "sched.ping",
+        "cron": "0 * * * *",
+        "timezone": "UTC",
+        "args": "[]",
+        "kwargs": "{}",
+        "enabled": "on",
+    }
+    url = reverse("admin:hotmesh_django_schedule_change", args=[schedule.pk])
+    assert admin_client.post(url, data).status_code == 302
+    schedule.refresh_from_db()
+    assert schedule.enabled and schedule.next_run_at > timezone.now()
 
 
 def test_schedule_actions_report_what_moved(admin_client: Any) -> None:

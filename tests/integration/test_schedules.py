@@ -14,7 +14,6 @@ from django.db import connection, connections
 
 import hotmesh_django as hm
 from hotmesh_django import registry
-from hotmesh_django.checks import check_schedules
 from hotmesh_django.engine import schedules
 from hotmesh_django.engine.notify import connect_raw
 from hotmesh_django.engine.schedules import (
@@ -144,16 +143,24 @@ def test_decorator_refuses_a_bad_schedule(kwargs: dict[str, Any], message: str) 
 
 
 @pytest.mark.django_db(transaction=True)
-def test_system_check_reports_bad_rows_only_with_database_checks() -> None:
+def test_system_check_warns_of_bad_rows_only_with_database_checks() -> None:
+    """A bad row is data: it warns on `check --database` and migrate, and never
+    stops a command (it once failed every manage.py command, the worker's too)."""
+    from django.core import checks
+    from django.core.management import call_command
+
     Schedule.objects.create(name="ok", workflow="sched.ping", cron="0 9 * * *")
     Schedule.objects.create(name="bad-cron", workflow="sched.ping", cron="0 25 * * *")
     Schedule.objects.create(name="bad-tz", workflow="sched.ping", cron="0 9 * * *", timezone="X")
-    assert check_schedules() == []  # declared schedules are valid; no table read
-    errors = check_schedules(databases=["default"])
-    assert [e.id for e in errors] == ["hotmesh.E010", "hotmesh.E010"]
-    text = " ".join(e.msg for e in errors)
+    # As every command runs them: Django passes all aliases to untagged checks.
+    assert [m.id for m in checks.run_checks() if m.id.startswith("hotmesh")] == []
+    call_command("check")  # raises SystemCheckError on an error
+    found = [m for m in checks.run_checks(databases=["default"]) if m.id.startswith("hotmesh")]
+    assert [m.id for m in found] == ["hotmesh.W010", "hotmesh.W010"]
+    text = " ".join(m.msg for m in found)
     assert "Schedule 'bad-cron': Invalid cron expression '0 25 * * *'" in text
     assert "Schedule 'bad-tz': Unknown timezone 'X'" in text
+    call_command("check", "--database", "default")
 
 
 def test_long_names_still_fit_a_workflow_id() -> None:
