@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from django.utils import timezone
 
+from hotmesh_django.durations import to_seconds
 from hotmesh_django.exceptions import (
     ActivityFailed,
     CodecError,
@@ -394,10 +395,7 @@ class WorkflowContext:
 
 
 def _seconds(value: float | datetime.timedelta) -> float:
-    seconds = value.total_seconds() if isinstance(value, datetime.timedelta) else float(value)
-    if seconds != seconds or seconds < 0:  # NaN or negative
-        raise ValueError(f"A duration must be a non-negative number, not {value!r}.")
-    return seconds
+    return to_seconds(value, "A duration")
 
 
 def sleep(duration: float | datetime.timedelta) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from hotmesh_django import context, registry
+from hotmesh_django.durations import to_seconds
 
 if TYPE_CHECKING:
     from hotmesh_django.handles import JobHandle, StepHandle
@@ -59,10 +60,22 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
             raise ValueError(f"max_attempts must be an integer >= 1, not {self.max_attempts!r}.")
-        if self.initial_interval < 0 or self.max_interval < 0:
-            raise ValueError("initial_interval and max_interval must not be negative.")
-        if self.backoff < 1:
-            raise ValueError(f"backoff must be >= 1, not {self.backoff!r}.")
+        # Checked here, not when a step first fails: a bad policy found in the worker
+        # would leave the step RUNNING until its lease ran out, attempt after attempt.
+        to_seconds(self.initial_interval, "initial_interval")
+        to_seconds(self.max_interval, "max_interval")
+        if not isinstance(self.backoff, int | float) or not 1 <= self.backoff <= 100:
+            raise ValueError(f"backoff must be a number from 1 to 100, not {self.backoff!r}.")
+        if isinstance(self.non_retryable, type | str):
+            # non_retryable=ValueError: a one-element tuple was meant.
+            object.__setattr__(self, "non_retryable", (self.non_retryable,))
+        for item in self.non_retryable:
+            if not isinstance(item, str) and not (
+                isinstance(item, type) and issubclass(item, BaseException)
+            ):
+                raise TypeError(
+                    f"non_retryable must hold exception types or their names, not {item!r}."
+                )
 
     def delay_after(self, attempt: int) -> float | None:
         """Return seconds to wait before attempt `attempt + 1`, or None to stop."""
@@ -122,8 +135,7 @@ class StartOptions:
             check_queue_name(self.queue)
         if self.priority is not None and not isinstance(self.priority, int):
             raise TypeError(f"priority must be an int, not {type(self.priority).__name__}.")
-        if self.delay < 0:
-            raise ValueError(f"delay must not be negative, not {self.delay!r}.")
+        to_seconds(self.delay, "delay")
         if self.run_at is not None and (
             not isinstance(self.run_at, datetime.datetime) or self.run_at.tzinfo is None
         ):
@@ -141,15 +153,13 @@ def check_queue_name(queue: object) -> None:
     """Raise ValueError unless `queue` can name a queue (the column holds 100)."""
     if not isinstance(queue, str) or not queue or len(queue) > _MAX_QUEUE:
         raise ValueError(f"queue must be a non-empty string of at most {_MAX_QUEUE} characters.")
+    if queue != queue.strip():
+        # "orders " is not "orders": a worker given --queues orders would never see it.
+        raise ValueError(f"queue must not start or end with whitespace, not {queue!r}.")
 
 
 def _seconds(value: float | datetime.timedelta | None, what: str) -> float | None:
-    if value is None:
-        return None
-    seconds = value.total_seconds() if isinstance(value, datetime.timedelta) else float(value)
-    if seconds < 0:
-        raise ValueError(f"{what} must not be negative, not {value!r}.")
-    return seconds
+    return None if value is None else to_seconds(value, what)
 
 
 def _using(definition: Any, changes: dict[str, Any]) -> Any:

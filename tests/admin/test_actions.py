@@ -269,9 +269,7 @@ def form_fields(html: str) -> list[tuple[str, str]]:
 
     return [
         (html_unescape(name), html_unescape(value))
-        for name, value in re.findall(
-            r'<input type="hidden" name="([^"]+)" value="([^"]*)"', html
-        )
+        for name, value in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', html)
     ]
 
 
@@ -285,7 +283,7 @@ def form_fields(html: str) -> list[tuple[str, str]]:
 def test_bulk_form_with_select_all_posts_back_one_id(
     admin_client, settings, action: str, fields: dict[str, str], message: str
 ) -> None:
-    """"Select all N" re-selects by the changelist's filters, so the intermediate form
+    """ "Select all N" re-selects by the changelist's filters, so the intermediate form
     carries one id, not all: one hidden field per job would pass DATA_UPLOAD_MAX_NUMBER_FIELDS
     (1,000 by default) and the whole action would be refused with a 400."""
     settings.DATA_UPLOAD_MAX_NUMBER_FIELDS = 20

@@ -58,10 +58,18 @@ def test_using_returns_a_copy_and_validates() -> None:
     assert activities.add.options.queue is None
     with pytest.raises(TypeError, match="unknown option"):
         activities.add.using(colour="red")
-    with pytest.raises(ValueError, match="delay"):
-        activities.add.using(delay=-1)
+    # NaN and infinity once reached Postgres as "interval out of range", aborting the
+    # caller's transaction; a timedelta past what a start can wait is refused too.
+    for bad in (-1, float("nan"), float("inf"), 1e300, datetime.timedelta(days=40_000)):
+        with pytest.raises(ValueError, match="delay must be from 0 to"):
+            activities.add.using(delay=bad)
+    with pytest.raises(TypeError, match="delay must be a number of seconds"):
+        activities.add.using(delay="soon")
     with pytest.raises(ValueError, match="workflow_id"):
         activities.add.using(workflow_id="x" * 256)
+    for blank in ("   ", "orders ", "\torders"):
+        with pytest.raises(ValueError, match="whitespace"):
+            activities.add.using(queue=blank)
 
 
 def test_workflow_only_calls_refuse_outside_a_workflow() -> None:

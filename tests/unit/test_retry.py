@@ -32,8 +32,33 @@ def test_non_retryable_by_type_name_and_marker() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"max_attempts": 0}, {"backoff": 0.5}, {"initial_interval": -1}, {"max_attempts": 1.5}],
+    [
+        {"max_attempts": 0},
+        {"backoff": 0.5},
+        {"initial_interval": -1},
+        {"max_attempts": 1.5},
+        # Once accepted, these failed in the worker when a step first failed: the
+        # step sat RUNNING until its lease ran out, attempt after attempt.
+        {"initial_interval": float("nan")},
+        {"initial_interval": float("inf")},
+        {"max_interval": 1e300},
+        {"backoff": float("nan")},
+        {"backoff": 1e10},
+    ],
 )
 def test_invalid_policies_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_bare_non_retryable_type_is_taken_as_one() -> None:
+    """non_retryable=ValueError (no tuple) once failed the step with "'type' object is
+    not iterable" in the worker, every attempt."""
+    policy = RetryPolicy(non_retryable=ValueError)  # type: ignore[arg-type]
+    assert policy.non_retryable == (ValueError,)
+    assert not policy.is_retryable(ValueError())
+    assert RetryPolicy(non_retryable="KeyError").non_retryable == ("KeyError",)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="exception types or their names, not 3"):
+        RetryPolicy(non_retryable=(ValueError, 3))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="not <class 'int'>"):
+        RetryPolicy(non_retryable=(int,))  # type: ignore[arg-type]
