@@ -105,6 +105,23 @@ def write_effect(key: str) -> str:
     return key
 
 
+# Attempts of slow_effect by key, in this process: a count kept in the database would
+# be rolled back with the attempt (the test runs its worker in-process).
+_SLOW_EFFECT_CALLS: dict[str, int] = {}
+
+
+@activity(name="t.slow_effect", atomic=True, timeout=0.3, retry=FAST)
+def slow_effect(key: str, seconds: float) -> str:
+    """Write, then overrun the timeout on the first attempt only."""
+    from tests.models import Effect
+
+    Effect.objects.create(key=key)
+    _SLOW_EFFECT_CALLS[key] = _SLOW_EFFECT_CALLS.get(key, 0) + 1
+    if _SLOW_EFFECT_CALLS[key] == 1:
+        time.sleep(seconds)
+    return key
+
+
 @activity(name="t.effect_then_fail", atomic=True, retry=FAST)
 def effect_then_fail(key: str) -> None:
     from tests.models import Effect

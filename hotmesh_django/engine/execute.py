@@ -336,6 +336,10 @@ def ack_failure(message: Claimed, worker_id: uuid.UUID, error: dict[str, Any]) -
     return True
 
 
+def _timed_out(timeout: float) -> ActivityTimeout:
+    return ActivityTimeout(f"The activity ran longer than its timeout of {timeout} s.")
+
+
 def _call_with_timeout(func: Any, args: list[Any], kwargs: dict[str, Any], timeout: float) -> Any:
     """Run `func` in a helper thread and give up waiting after `timeout` seconds.
 
@@ -357,7 +361,7 @@ def _call_with_timeout(func: Any, args: list[Any], kwargs: dict[str, Any], timeo
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
-        raise ActivityTimeout(f"The activity ran longer than its timeout of {timeout} s.")
+        raise _timed_out(timeout)
     if "error" in box:
         raise box["error"]
     return box.get("result")
@@ -450,7 +454,16 @@ def _execute(
     try:
         if definition.atomic:
             with transaction.atomic():
-                output = _encode_result(func(*args, **kwargs))
+                # Its writes share this transaction, so it cannot run in a helper
+                # thread (another connection) as a timed call does: it runs here, and
+                # an attempt that overran its timeout is failed and its writes rolled
+                # back, just as a timed call's late result is dropped.
+                began = time.monotonic()
+                result = func(*args, **kwargs)
+                timeout = definition.timeout
+                if timeout is not None and time.monotonic() - began > timeout:
+                    raise _timed_out(timeout)
+                output = _encode_result(result)
                 _debug_result(message, output)
                 faults.point("step_done")
                 acked, following = ack_success(message, local, output)

@@ -186,6 +186,19 @@ def test_timed_out_attempt_is_retried_and_its_late_result_dropped(worker: InProc
     assert retried.data["error"]["type"] == "ActivityTimeout"
 
 
+def test_atomic_attempt_past_its_timeout_fails_and_rolls_back(worker: InProcessWorker) -> None:
+    """An atomic activity cannot run in a helper thread (its writes share the ack's
+    transaction): its timeout once did nothing. An attempt that overran it now fails
+    as ActivityTimeout, its writes rolled back, and the retry succeeds."""
+    from tests.models import Effect
+
+    handle = a.slow_effect.start("atomic-slow", 0.6)
+    assert handle.result(timeout=30) == "atomic-slow"
+    assert Effect.objects.filter(key="atomic-slow").count() == 1
+    retried = Journal.objects.get(job__workflow_id=handle.id, event="step_retried")
+    assert retried.data["error"]["type"] == "ActivityTimeout"
+
+
 def test_unknown_activity_fails_the_job_and_the_worker_keeps_going(worker: InProcessWorker) -> None:
     handle = a.add.start(1, 1)
     handle.result(timeout=30)
