@@ -46,7 +46,7 @@ from django.views.decorators.http import require_POST
 from hotmesh_django.conf import settings
 from hotmesh_django.engine import control
 from hotmesh_django.engine import queues as queue_control
-from hotmesh_django.exceptions import JobFinishedError, JobNotFound
+from hotmesh_django.exceptions import JobFinishedError, JobNotFound, StepRunning
 from hotmesh_django.forms import RerunForm, SignalForm
 from hotmesh_django.models import (
     ACTIVE_STATUSES,
@@ -569,6 +569,8 @@ def op_rerun(step: int) -> Operation:
                 return None
         except ValueError:
             return _("no step %(step)d") % {"step": step}
+        except StepRunning:
+            return _("a step from %(step)d on is running") % {"step": step}
         status = _status_of(workflow_id)
         if status == JobStatus.READY:
             return _("already queued: READY")

@@ -24,6 +24,10 @@ class JobFinishedError(HotmeshError):
     """The job has already finished, so it cannot take this action."""
 
 
+class StepRunning(HotmeshError):
+    """A step is running, so the job cannot be re-run from it yet."""
+
+
 class PayloadTooLarge(HotmeshError, ValueError):
     """A serialized value is larger than HOTMESH_MAX_PAYLOAD_BYTES."""
 

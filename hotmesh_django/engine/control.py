@@ -13,7 +13,7 @@ from django.db import DEFAULT_DB_ALIAS, transaction
 
 from hotmesh_django.engine import human
 from hotmesh_django.engine.complete import enqueue_turn, finish_job, timer_message
-from hotmesh_django.exceptions import JobFinishedError, JobNotFound
+from hotmesh_django.exceptions import JobFinishedError, JobNotFound, StepRunning
 from hotmesh_django.models import (
     ACTIVE_STATUSES,
     FINISHED_STATUSES,
@@ -181,8 +181,10 @@ def rerun_from_step(
     moves nothing and discards the late result.
 
     Return False (and change nothing) when the job may not move back to READY:
-    SUCCESSFUL and CANCELLED jobs are final. Raise JobNotFound for an unknown job and
-    ValueError when the job has no step `seq`.
+    SUCCESSFUL and CANCELLED jobs are final. Raise JobNotFound for an unknown job,
+    ValueError when the job has no step `seq`, and StepRunning while a worker runs
+    step `seq` or a later one: dropping its message would hide that attempt from the
+    queue's concurrency limit, and the step would run twice at once.
     """
     from hotmesh_django.models import sources_of
 
@@ -199,6 +201,17 @@ def rerun_from_step(
             return False
         if not Activity.objects.using(using).filter(job=job, seq=seq).exists():
             raise ValueError(f"Job {workflow_id!r} has no step {seq}.")
+        running = (
+            Stream.objects.using(using)
+            .filter(job=job, step__gte=seq, status=StreamStatus.RUNNING)
+            .order_by("step")
+            .values_list("step", flat=True)
+            .first()
+        )
+        if running is not None:
+            raise StepRunning(
+                f"Step {running} of job {workflow_id!r} is running; re-run it once it has finished."
+            )
         queues = _forget_steps(job, seq, using)
         moved = (
             Job.objects.using(using)

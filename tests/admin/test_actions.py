@@ -8,6 +8,8 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
+from hotmesh_django.engine import control
+from hotmesh_django.exceptions import StepRunning
 from hotmesh_django.models import (
     Activity,
     Job,
@@ -17,8 +19,10 @@ from hotmesh_django.models import (
     Signal,
     StepKind,
     Stream,
+    StreamKind,
+    StreamStatus,
 )
-from tests.admin.factories import ActivityFactory, FailedJobFactory, JobFactory
+from tests.admin.factories import ActivityFactory, FailedJobFactory, JobFactory, StreamFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -167,6 +171,23 @@ def test_rerun_button_forgets_later_steps(admin_client) -> None:
         "from_step": 2,
         "by": "admin",
     }
+
+
+def test_rerun_refuses_while_a_step_from_there_on_runs(admin_client) -> None:
+    """Dropping a running step's message hid that attempt from the queue's
+    concurrency limit, and the step ran twice at once (seen with a limit of 2 and four
+    runs). Re-running from a later step than the running one is still allowed."""
+    job = JobFactory(status=JobStatus.RUNNING)
+    ActivityFactory(job=job, seq=1, status=JobStatus.SUCCESSFUL)
+    ActivityFactory(job=job, seq=2, status=JobStatus.RUNNING)
+    StreamFactory(job=job, kind=StreamKind.STEP, step=2, status=StreamStatus.RUNNING)
+    response = admin_client.post(url("rerun", job), {"step": "1"}, follow=True)
+    text = messages_text(response)
+    assert "0 jobs re-run from step 1; 1 skipped (a step from 1 on is running)." in text
+    assert Stream.objects.filter(job=job, status=StreamStatus.RUNNING).count() == 1
+    assert Activity.objects.filter(job=job).count() == 2
+    with pytest.raises(StepRunning, match="Step 2 of job .* is running"):
+        control.rerun_from_step(job.workflow_id, 2)
 
 
 def test_rerun_reports_missing_step_and_final_jobs(admin_client) -> None:
