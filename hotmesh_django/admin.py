@@ -803,7 +803,7 @@ class WorkerAdmin(ReadOnlyAdmin):
         "queue_list",
         "concurrency",
         "in_flight",
-        "paused",
+        "draining",
         "heartbeat",
         "started",
     )
@@ -817,6 +817,11 @@ class WorkerAdmin(ReadOnlyAdmin):
     @admin.display(description=_("started"))
     def started(self, obj: Worker) -> str:
         return when(obj.started_at)
+
+    @admin.display(description=_("draining"), boolean=True, ordering="paused")
+    def draining(self, obj: Worker) -> bool:
+        """Stopping (SIGTERM, SIGUSR1): finishing what it holds, claiming nothing."""
+        return obj.paused
 
     @admin.display(description=_("last heartbeat"), ordering="last_seen")
     def heartbeat(self, obj: Worker) -> str:

@@ -318,7 +318,11 @@ def _ready_reasons(
         )
     elif not active:
         reasons.append(
-            _warn("Queue <code>{}</code> is paused: every worker serving it is paused.", queue)
+            _warn(
+                "Every worker serving queue <code>{}</code> is stopping: each finishes "
+                "what it holds and claims nothing more.",
+                queue,
+            )
         )
     elif sum(w.in_flight for w in active) >= sum(w.concurrency for w in active):
         slots = sum(w.concurrency for w in active)
@@ -439,7 +443,6 @@ def queue_stats(now: datetime.datetime) -> list[dict[str, Any]]:
                 "workers": 0,
                 "slots": 0,
                 "in_flight": 0,
-                "paused": 0,
                 "limits": settings.queues.get(queue) or {},
                 "state": None,
             },
@@ -462,8 +465,12 @@ def queue_stats(now: datetime.datetime) -> list[dict[str, Any]]:
         .order_by()
     ):
         row(item["queue"])["jobs"][item["status"]] = item["n"]
+    # Throughput is work the workers did: a bulk cancel of queued jobs is not.
     for item in (
-        Job.objects.filter(finished_at__gte=now - datetime.timedelta(minutes=5))
+        Job.objects.filter(
+            finished_at__gte=now - datetime.timedelta(minutes=5),
+            status__in=[JobStatus.SUCCESSFUL, JobStatus.FAILED],
+        )
         .values("queue", "status")
         .annotate(n=Count("id"))
         .order_by()
@@ -481,7 +488,6 @@ def queue_stats(now: datetime.datetime) -> list[dict[str, Any]]:
     for r in rows.values():
         serving = [w for w in workers if serves(w, r["queue"])]
         r["workers"] = len(serving)
-        r["paused"] = sum(1 for w in serving if w.paused)
         r["queue_paused"] = bool(r["state"] and r["state"].paused)
         r["slots"] = sum(w.concurrency for w in serving)
         r["in_flight"] = sum(w.in_flight for w in serving)

@@ -196,9 +196,10 @@ class Job(models.Model):
 
     @property
     def duration(self) -> float | None:
+        """Seconds from start to finish; for a job still active, until now."""
         if self.started_at is None:
             return None
-        end = self.finished_at or self.updated_at
+        end = self.finished_at or timezone.now()
         return (end - self.started_at).total_seconds()
 
 

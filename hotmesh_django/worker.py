@@ -624,6 +624,10 @@ class Worker:
         self._stopping.set()
         with self._claim_lock:
             pass  # a claim under way counts its messages in flight before we wait
+        # The roll-call shows it draining: alive, finishing its work, claiming none.
+        # (If the database is away, the release below says so.)
+        with contextlib.suppress(DatabaseError):
+            WorkerRow.objects.filter(id=self.id).update(paused=True)
         deadline = time.monotonic() + self.graceful_timeout
         with self._lock:
             while self._in_flight and time.monotonic() < deadline:

@@ -27,7 +27,7 @@ from hotmesh_django.definitions import check_queue_name
 from hotmesh_django.engine.claim import Claimed, claim, claim_ids
 from hotmesh_django.engine.notify import WORK_CHANNEL, tables
 from hotmesh_django.exceptions import HotmeshError
-from hotmesh_django.models import Job, Queue, Stream
+from hotmesh_django.models import Job, Queue, Stream, Worker
 
 logger = logging.getLogger(__name__)
 
@@ -224,10 +224,13 @@ def _refill(queue: str, rate: Rate) -> float:
 
 
 def known_queues() -> set[str]:
-    """Every queue a definition, HOTMESH_QUEUES, a job or a Queue row names."""
+    """Every queue a definition, HOTMESH_QUEUES, a job, a Queue row or a worker's
+    --queues names (the admin's Queues page lists each of them)."""
     names = registry.queues() | set(settings.queues)
     names |= set(Queue.objects.values_list("name", flat=True))
     names |= set(Job.objects.values_list("queue", flat=True).distinct())
+    for served in Worker.objects.values_list("queues", flat=True):
+        names |= {q for q in served or [] if isinstance(q, str) and q != "*"}
     return names
 
 

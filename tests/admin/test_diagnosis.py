@@ -59,7 +59,7 @@ def test_stale_and_paused_and_busy_workers() -> None:
     WorkerFactory(last_seen=timezone.now() - datetime.timedelta(hours=1))
     assert "No live worker serves queue default." in joined(job)
     worker = WorkerFactory(paused=True)
-    assert "Queue default is paused" in joined(job)
+    assert "Every worker serving queue default is stopping" in joined(job)
     type(worker).objects.filter(pk=worker.pk).update(paused=False, in_flight=4, concurrency=4)
     assert "All 4 worker slots serving queue default are busy." in joined(job)
 

@@ -271,6 +271,31 @@ def test_change_view_of_unknown_job_redirects(admin_client) -> None:
     assert response.status_code == 302
 
 
+def test_a_queue_only_a_worker_serves_can_be_paused_from_the_queues_page(admin_client) -> None:
+    """The page lists the queues workers serve; pausing one said "Unknown queue"."""
+    from hotmesh_django.models import Queue
+
+    WorkerFactory(queues=["ghost"])
+    html = admin_client.get(reverse("admin:hotmesh_django_job_queues")).content.decode()
+    assert "<code>ghost</code>" in html
+    response = admin_client.post(
+        reverse("admin:hotmesh_django_job_pause_queue"), {"queue": "ghost"}, follow=True
+    )
+    assert "Queue ghost paused." in " | ".join(str(m) for m in response.context["messages"])
+    assert Queue.objects.get(name="ghost").paused
+
+
+def test_active_job_duration_runs_until_now() -> None:
+    """It stopped at the job's last update: a workflow waiting a minute showed 0 ms."""
+    started = timezone.now() - datetime.timedelta(seconds=54)
+    job = JobFactory(status=JobStatus.WAITING, started_at=started)
+    type(job).objects.filter(pk=job.pk).update(updated_at=started)  # its last turn
+    job.refresh_from_db()
+    assert 54 <= job.duration < 60
+    job.finished_at = started + datetime.timedelta(seconds=2)
+    assert job.duration == 2.0
+
+
 def test_queues_page(admin_client) -> None:
     job = JobFactory(queue="emails")
     StreamFactory(job=job, queue="emails")
@@ -283,6 +308,9 @@ def test_queues_page(admin_client) -> None:
     FailedJobFactory(queue="emails")
     WorkerFactory(queues=["emails"], in_flight=1)
     JobFactory(queue="emails", status=JobStatus.SUCCESSFUL, finished_at=timezone.now())
+    # Cancelled is not throughput: a bulk cancel of queued jobs made a queue with no
+    # worker look busy.
+    JobFactory(queue="emails", status=JobStatus.CANCELLED, finished_at=timezone.now())
     response = admin_client.get(reverse("admin:hotmesh_django_job_queues"))
     assert response.status_code == 200
     html = response.content.decode()

@@ -199,6 +199,24 @@ def test_atomic_attempt_past_its_timeout_fails_and_rolls_back(worker: InProcessW
     assert retried.data["error"]["type"] == "ActivityTimeout"
 
 
+def test_a_stopping_worker_shows_as_draining_until_it_is_gone(start_worker: Any) -> None:
+    """The roll-call's paused flag (the admin's "draining") was never written."""
+    from hotmesh_django.models import Worker as WorkerRow
+    from tests.conftest import wait_until
+
+    worker = start_worker()
+    handle = a.slow.start(1.0, "draining")
+    wait_until(lambda: handle.status() == JobStatus.RUNNING)
+    assert not WorkerRow.objects.get().paused
+    stopper = threading.Thread(target=worker.stop)
+    stopper.start()
+    wait_until(lambda: WorkerRow.objects.filter(paused=True).exists())
+    assert handle.status() == JobStatus.RUNNING  # it finishes what it holds
+    stopper.join()
+    assert handle.status() == JobStatus.SUCCESSFUL
+    assert not WorkerRow.objects.exists()
+
+
 def test_unknown_activity_fails_the_job_and_the_worker_keeps_going(worker: InProcessWorker) -> None:
     handle = a.add.start(1, 1)
     handle.result(timeout=30)
