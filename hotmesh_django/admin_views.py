@@ -507,6 +507,8 @@ class Outcome:
     moved: int = 0
     skipped: Counter[str] = dataclasses.field(default_factory=Counter)
     truncated: int = 0
+    # Jobs that moved along with the chosen ones (a cancelled parent's children).
+    with_children: int = 0
 
     def message(self, verb: str) -> str:
         """Say what moved and what was skipped, e.g. '2 jobs re-queued; 1 skipped (…)'."""
@@ -514,6 +516,12 @@ class Outcome:
             "n": self.moved,
             "verb": verb,
         }
+        if self.with_children:
+            text += " " + ngettext(
+                "(and %(n)d child job with them)",
+                "(and %(n)d child jobs with them)",
+                self.with_children,
+            ) % {"n": self.with_children}
         total = sum(self.skipped.values())
         if total:
             if len(self.skipped) == 1:
@@ -535,9 +543,10 @@ class Outcome:
         return messages.WARNING if self.moved else messages.ERROR
 
 
-# An operation takes a workflow_id and the actor, and returns None when the job moved
-# or the reason it was skipped.
-Operation = Callable[[str, str], "str | None"]
+# An operation takes a workflow_id and the actor, and returns None when the job moved,
+# the reason it was skipped, or how many jobs moved when it moved others with it (a
+# cancel takes the job's active children along).
+Operation = Callable[[str, str], "str | int | None"]
 
 
 def _status_of(workflow_id: str) -> str:
@@ -551,9 +560,10 @@ def op_retry(workflow_id: str, actor: str) -> str | None:
     return _("not FAILED: it is %(status)s") % {"status": _status_of(workflow_id)}
 
 
-def op_cancel(workflow_id: str, actor: str) -> str | None:
-    if control.cancel_job(workflow_id, actor=actor):
-        return None
+def op_cancel(workflow_id: str, actor: str) -> str | int | None:
+    cancelled = control.cancel_tree(workflow_id, actor=actor)
+    if cancelled:
+        return cancelled
     return _("already finished: %(status)s") % {"status": _status_of(workflow_id)}
 
 
@@ -593,8 +603,9 @@ def apply(workflow_ids: Iterable[str], operation: Operation, actor: str) -> Outc
             reason = operation(workflow_id, actor)
         except JobNotFound:
             reason = _("no longer exists")
-        if reason is None:
+        if reason is None or isinstance(reason, int):
             outcome.moved += 1
+            outcome.with_children += (reason or 1) - 1
         else:
             outcome.skipped[reason] += 1
     return outcome

@@ -76,15 +76,21 @@ def send_signal(
 
 def cancel_job(workflow_id: str, *, using: str = DEFAULT_DB_ALIAS, actor: str = "") -> bool:
     """Cancel the job and its active children; return False if it had finished."""
+    return cancel_tree(workflow_id, using=using, actor=actor) > 0
+
+
+def cancel_tree(workflow_id: str, *, using: str = DEFAULT_DB_ALIAS, actor: str = "") -> int:
+    """As cancel_job(); return how many jobs were cancelled: the job and its active
+    descendants (0 if the job had finished)."""
     with transaction.atomic(using=using):
         job = _get(workflow_id, using)
-        if not _cancel(job.id, actor):
-            return False
-    logger.info("job cancelled job=%s by=%s", workflow_id, actor or "-")
-    return True
+        cancelled = _cancel(job.id, actor)
+    if cancelled:
+        logger.info("job cancelled job=%s jobs=%s by=%s", workflow_id, cancelled, actor or "-")
+    return cancelled
 
 
-def _cancel(job_id: int, actor: str) -> bool:
+def _cancel(job_id: int, actor: str) -> int:
     error = {"type": "JobCancelled", "message": "Cancelled on request."}
     # The journal names the operator as a key of its own, as retry and signal do,
     # so an audit reads "by" and never parses the message.
@@ -93,12 +99,9 @@ def _cancel(job_id: int, actor: str) -> bool:
         error["message"] = f"Cancelled by {actor}."
         data = {**error, "by": actor}
     if not finish_job(job_id, JobStatus.CANCELLED, error=error, data=data):
-        return False
-    for child_id in Job.objects.filter(parent_id=job_id, status__in=ACTIVE_STATUSES).values_list(
-        "id", flat=True
-    ):
-        _cancel(child_id, actor)
-    return True
+        return 0
+    children = Job.objects.filter(parent_id=job_id, status__in=ACTIVE_STATUSES)
+    return 1 + sum(_cancel(child_id, actor) for child_id in children.values_list("id", flat=True))
 
 
 def retry_job(workflow_id: str, *, using: str = DEFAULT_DB_ALIAS, actor: str = "") -> bool:
@@ -112,7 +115,7 @@ def retry_job(workflow_id: str, *, using: str = DEFAULT_DB_ALIAS, actor: str = "
             raise JobNotFound(f"No job has workflow_id {workflow_id!r}.")
         if job.status != JobStatus.FAILED:
             return False
-        _revive_steps(job)
+        _revive_steps(job, actor)
         Job.objects.filter(pk=job.pk).transition(
             JobStatus.READY, error=None, output=None, finished_at=None
         )
@@ -125,7 +128,7 @@ def retry_job(workflow_id: str, *, using: str = DEFAULT_DB_ALIAS, actor: str = "
     return True
 
 
-def _revive_steps(job: Job) -> None:
+def _revive_steps(job: Job, actor: str) -> None:
     """Re-queue the steps that failed, or were cut off when the job failed."""
     revived = Activity.objects.filter(
         job=job,
@@ -164,7 +167,7 @@ def _revive_steps(job: Job) -> None:
     )
     human.reopen_tasks(job, waiting)
     for child in Job.objects.filter(parent=job, status=JobStatus.FAILED):
-        retry_job(child.workflow_id)
+        retry_job(child.workflow_id, actor=actor)
         Activity.objects.filter(job=job, child=child).update(status=JobStatus.RUNNING, error=None)
 
 

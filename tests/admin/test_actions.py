@@ -75,6 +75,24 @@ def test_retry_button_requeues_the_failed_step(admin_client) -> None:
     assert retried.data == {"by": "admin"}
 
 
+def test_cancel_and_retry_say_what_moved_with_the_children(admin_client) -> None:
+    """A cancel takes the active children along and now says so; a retry revives a
+    failed child, and the child's journal names the operator too."""
+    parent = JobFactory(status=JobStatus.WAITING)
+    children = [JobFactory(status=JobStatus.WAITING, parent=parent) for _ in range(2)]
+    JobFactory(status=JobStatus.WAITING, parent=children[0])  # a grandchild
+    response = admin_client.post(url("cancel", parent), follow=True)
+    assert "1 job cancelled (and 3 child jobs with them)." in messages_text(response)
+    assert {status(j) for j in children} == {JobStatus.CANCELLED}
+
+    failed = failed_job()
+    child = failed_job(parent=failed)
+    response = admin_client.post(url("retry", failed), follow=True)
+    assert "1 job re-queued." in messages_text(response)
+    assert status(child) == JobStatus.READY
+    assert Journal.objects.get(job=child, event=JournalEvent.RETRIED).data == {"by": "admin"}
+
+
 def test_retry_button_reports_a_skip(admin_client) -> None:
     job = JobFactory(status=JobStatus.SUCCESSFUL)
     response = admin_client.post(url("retry", job), follow=True)
