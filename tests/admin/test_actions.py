@@ -350,6 +350,27 @@ def test_operator_with_change_job_may_act(operator_client) -> None:
     assert "1 job re-queued." in messages_text(response)
 
 
+def test_workers_link_only_for_who_may_open_it(db, viewer) -> None:
+    """A user who may view jobs but not workers was shown a link that gave a 403."""
+    from django.contrib.auth.models import Permission
+
+    workers = reverse("admin:hotmesh_django_worker_changelist")
+    client = Client()
+    client.force_login(viewer)
+    pages = [
+        reverse(CHANGELIST),
+        reverse("admin:hotmesh_django_job_queues"),
+        reverse("admin:app_list", args=["hotmesh_django"]),
+    ]
+    for page in pages:
+        assert workers in client.get(page).content.decode(), page
+    viewer.user_permissions.remove(Permission.objects.get(codename="view_worker"))
+    client.force_login(viewer)  # a fresh session: permissions are cached per user object
+    assert client.get(workers).status_code == 403
+    for page in pages:
+        assert workers not in client.get(page).content.decode(), page
+
+
 def test_viewer_sees_but_cannot_act(viewer_client) -> None:
     job = failed_job()
     response = viewer_client.get(url("change", job))
