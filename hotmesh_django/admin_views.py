@@ -573,6 +573,8 @@ def op_signal(name: str, payload: Any) -> Operation:
             control.send_signal(workflow_id, name, payload, actor=actor)
         except JobFinishedError:
             return _("finished: %(status)s") % {"status": _status_of(workflow_id)}
+        except ValueError:  # the form checked the name: it is an activity job
+            return _("an activity job takes no signals")
         return None
 
     return send

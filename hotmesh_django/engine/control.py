@@ -52,7 +52,8 @@ def send_signal(
     """Buffer signal `name` for the job and queue a turn to deliver it.
 
     Raise JobNotFound for an unknown job, JobFinishedError for a finished one,
-    ValueError for a bad name and TypeError for a payload that is not JSON.
+    ValueError for a bad name or a job that runs a single activity (it has no
+    wait_for_signal to take it), and TypeError for a payload that is not JSON.
     """
     if not isinstance(name, str) or not name or len(name) > 255:
         raise ValueError("A signal name must be a non-empty string of at most 255 characters.")
@@ -63,6 +64,11 @@ def send_signal(
             raise JobFinishedError(
                 f"Job {workflow_id!r} is {job.status}; it can no longer take signals."
             )
+        if job.kind == JobKind.ACTIVITY:
+            raise ValueError(
+                f"Job {workflow_id!r} runs the activity {job.name!r}, which cannot wait "
+                "for signals: signal a workflow."
+            )
         Signal.objects.using(using).create(job=job, name=name, payload=data)
         Journal.objects.using(using).create(
             job=job,
@@ -70,8 +76,7 @@ def send_signal(
             name=name,
             data={"payload": data, **({"by": actor} if actor else {})},
         )
-        if job.kind == JobKind.WORKFLOW:
-            enqueue_turn(job.id)
+        enqueue_turn(job.id)
 
 
 def cancel_job(workflow_id: str, *, using: str = DEFAULT_DB_ALIAS, actor: str = "") -> bool:

@@ -176,6 +176,17 @@ def test_signal_to_a_finished_job_is_skipped(admin_client) -> None:
     assert not Signal.objects.exists()
 
 
+def test_signal_to_an_activity_job_is_skipped(admin_client) -> None:
+    """It was buffered and reported as sent, though nothing could ever take it."""
+    job = JobFactory(kind="ACTIVITY", status=JobStatus.RUNNING)
+    response = admin_client.post(url("signal", job), {"name": "go"}, follow=True)
+    text = messages_text(response)
+    assert "0 jobs sent signal go; 1 skipped (an activity job takes no signals)." in text
+    assert not Signal.objects.exists()
+    with pytest.raises(ValueError, match="cannot wait for signals"):
+        control.send_signal(job.workflow_id, "go")
+
+
 def test_rerun_button_forgets_later_steps(admin_client) -> None:
     job = failed_job()
     ActivityFactory(
