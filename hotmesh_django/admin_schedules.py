@@ -49,10 +49,19 @@ class ScheduleForm(forms.ModelForm):  # type: ignore[type-arg]
 @admin.register(Schedule)
 class ScheduleAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     form = ScheduleForm
-    list_display = ["name", "workflow", "cron", "timezone", "enabled", "next_run_at", "last_run_at"]
-    list_filter = ["enabled"]
+    list_display = [
+        "name",
+        "workflow",
+        "cron",
+        "timezone",
+        "enabled",
+        "declared",
+        "next_run_at",
+        "last_run_at",
+    ]
+    list_filter = ["enabled", "declared"]
     search_fields = ["name", "workflow"]
-    readonly_fields = ["next_run_at", "last_run_at"]
+    readonly_fields = ["declared", "next_run_at", "last_run_at"]
     actions = ["enable", "disable", "trigger_now"]
 
     def save_model(self, request: HttpRequest, obj: Schedule, form: Any, change: bool) -> None:

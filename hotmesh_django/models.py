@@ -446,6 +446,11 @@ class Schedule(models.Model):
     cron = models.CharField(_("cron expression"), max_length=255)
     timezone = models.CharField(_("timezone"), max_length=64, default="UTC")
     enabled = models.BooleanField(_("enabled"), default=True)
+    # Made from a workflow's schedule= (engine/schedules.sync_declared), so it goes
+    # when the code stops declaring it; a row made in the admin is the admin's.
+    declared = models.BooleanField(
+        _("declared in code"), default=False, db_default=False, editable=False
+    )
     next_run_at = models.DateTimeField(_("next run at"), null=True, blank=True)
     last_run_at = models.DateTimeField(_("last run at"), null=True, blank=True)
 

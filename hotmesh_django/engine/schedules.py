@@ -150,19 +150,26 @@ def _now(using: str) -> datetime.datetime:
 
 
 def sync_declared(*, now: datetime.datetime | None = None, using: str = DEFAULT_DB_ALIAS) -> int:
-    """Upsert a Schedule row for every registered workflow declared with `schedule=`.
+    """Upsert a Schedule row for every registered workflow declared with `schedule=`,
+    and delete the declared rows of registered workflows that no longer declare one.
 
     The row is named after the workflow. An existing row keeps its enabled flag and
     arguments; its cron, timezone and workflow follow the code, and its next run is
-    recomputed when they change. Rows this process does not declare are left alone:
-    other processes may import other modules. Return how many rows were written.
+    recomputed when they change. Rows of workflows this process does not know are
+    left alone (other processes may import other modules), and so are rows made in
+    the admin. Return how many rows were written or deleted.
     """
     now = now or _now(using)
     written = 0
     for definition in registry.workflows().values():
+        name = definition.name
         if definition.schedule is None:
+            removed, _ = Schedule.objects.using(using).filter(name=name, declared=True).delete()
+            if removed:
+                logger.info("declared schedule removed name=%s", name, extra={"action": "schedule"})
+            written += removed
             continue
-        cron, tz, name = definition.schedule, definition.timezone, definition.name
+        cron, tz = definition.schedule, definition.timezone
         with transaction.atomic(using=using):
             row = Schedule.objects.using(using).select_for_update().filter(name=name).first()
             if row is None:
@@ -172,15 +179,25 @@ def sync_declared(*, now: datetime.datetime | None = None, using: str = DEFAULT_
                         "workflow": name,
                         "cron": cron,
                         "timezone": tz,
+                        "declared": True,
                         "next_run_at": next_run_after(cron, tz, now),
                     },
                 )
                 written += created
-            elif (row.cron, row.timezone, row.workflow) != (cron, tz, name) or (
-                row.next_run_at is None
-            ):
+            elif (row.cron, row.timezone, row.workflow, row.declared) != (
+                cron,
+                tz,
+                name,
+                True,
+            ) or (row.next_run_at is None):
+                changed = (row.cron, row.timezone, row.workflow) != (cron, tz, name)
+                next_run = next_run_after(cron, tz, now) if changed else row.next_run_at
                 Schedule.objects.using(using).filter(pk=row.pk).update(
-                    cron=cron, timezone=tz, workflow=name, next_run_at=next_run_after(cron, tz, now)
+                    cron=cron,
+                    timezone=tz,
+                    workflow=name,
+                    declared=True,
+                    next_run_at=next_run or next_run_after(cron, tz, now),
                 )
                 written += 1
     if written:

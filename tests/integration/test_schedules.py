@@ -193,6 +193,27 @@ def test_sync_declared_creates_the_row_then_keeps_enabled_and_follows_the_code()
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_schedule_removed_from_the_code_goes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A workflow that no longer declares schedule= once went on firing forever."""
+    import dataclasses
+
+    from hotmesh_django import registry
+
+    now = _utc(2026, 1, 15, 12)
+    sync_declared(now=now)
+    assert Schedule.objects.get(name="sched.daily").declared
+    # Made in the admin, for a workflow that declares nothing: the admin's to keep.
+    Schedule.objects.create(name="sched.ping", workflow="sched.ping", cron="0 * * * *")
+    daily = registry.get_workflow("sched.daily")
+    monkeypatch.setitem(
+        registry._workflows, "sched.daily", dataclasses.replace(daily, schedule=None)
+    )
+    assert sync_declared(now=now) == 1
+    assert set(Schedule.objects.values_list("name", flat=True)) == {"sched.ping"}
+    assert sync_declared(now=now) == 0
+
+
+@pytest.mark.django_db(transaction=True)
 def test_first_tick_of_a_process_syncs_declared_schedules(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
