@@ -83,6 +83,10 @@ def dispatch(message: claims.Claimed, local: Local, held: set[int] | None = None
     following: claims.Claimed | None = message
     while following is not None:
         current = following
+        if current is not message and local.stopping is not None and local.stopping.is_set():
+            # Handed over just before the worker began to stop: left RUNNING under
+            # this worker, for its shutdown to release (uncounted), not started now.
+            break
         if held is not None:
             held.add(current.id)
         pending = False
@@ -341,14 +345,18 @@ class Worker:
 
     def _local(self) -> Local:
         queues = None if self.all_queues else frozenset(self.queues)
-        excluded = frozenset(self._paused | set(settings.queues))
         return Local(
             worker_id=self.id,
             queues=queues,
             lease_seconds=settings.lease_seconds,
-            excluded=excluded,
+            excluded=frozenset(settings.queues),
             acks=self._acks,
+            stopping=self._stopping,
+            paused=self._paused_now,
         )
+
+    def _paused_now(self) -> set[str]:
+        return self._paused  # replaced whole on refresh, never changed in place
 
     def _free(self) -> int:
         # Under a backlog hold messages queued behind the running ones (how many:

@@ -131,6 +131,15 @@ def slow_steps(key: str, n: int, seconds: float) -> int:
     return total
 
 
+@hm.workflow(name="t.slow_steps_on")
+def slow_steps_on(key: str, n: int, seconds: float, queue: str) -> int:
+    """As slow_steps, with the steps on `queue` (the turns stay on "default")."""
+    total = 0
+    for i in range(n):
+        total += a.slow.using(queue=queue)(seconds, f"{key}:{i}")
+    return total
+
+
 @hm.workflow(name="t.timeout", timeout=0.5)
 def times_out() -> None:
     hm.wait_for_signal("never")

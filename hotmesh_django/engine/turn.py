@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -81,13 +83,23 @@ class Local:
     worker_id: uuid.UUID
     queues: frozenset[str] | None  # None: every queue
     lease_seconds: float
-    # Paused queues, and limited ones (their claims must go through the limiter).
+    # Limited queues: their claims must go through the limiter.
     excluded: frozenset[str] = frozenset()
     # Where activity jobs' success acks go to be written in batches (None: inline).
     acks: AckBatcher | None = None
+    # Live views of the worker, read at each hand-off: a snapshot taken when a chain
+    # of steps began would keep it going after a pause or a SIGTERM.
+    stopping: threading.Event | None = None
+    paused: Callable[[], AbstractSet[str]] = frozenset
 
     def serves(self, queue: str) -> bool:
-        return (self.queues is None or queue in self.queues) and queue not in self.excluded
+        if self.stopping is not None and self.stopping.is_set():
+            return False  # a stopping worker takes nothing more on itself
+        return (
+            (self.queues is None or queue in self.queues)
+            and queue not in self.excluded
+            and queue not in self.paused()
+        )
 
 
 def run_turn(message: Claimed, local: Local) -> Claimed | None:

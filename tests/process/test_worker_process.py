@@ -47,6 +47,16 @@ def test_burst_worker_drains_and_exits(spawn_worker: Spawn) -> None:
     assert f"hotmesh worker pid={proc.pid} stopped." in proc.log()
 
 
+def test_burst_worker_says_what_it_leaves_scheduled(spawn_worker: Spawn) -> None:
+    """It exited 0 without a word about a delayed start due later."""
+    later = a.add.using(delay=600).start(1, 2)
+    proc = spawn_worker("--burst")
+    assert proc.wait(timeout=60) == 0, proc.log()
+    assert "1 scheduled message(s) left" in proc.log()
+    assert "the next is due in 59" in proc.log()  # 599.x s
+    assert later.status() == JobStatus.READY
+
+
 def test_burst_worker_finishes_workflows_with_children_before_exiting(spawn_worker: Spawn) -> None:
     """The parent's turn queues its children's turns: a burst worker must look at every
     queue before it takes "nothing claimed" for "drained". Polling only, with a long
@@ -69,6 +79,21 @@ def test_first_sigterm_lets_the_running_activity_finish(spawn_worker: Spawn) -> 
     assert handle.result(timeout=1) == 1
     assert Counter.objects.get(key="graceful").value == 1
     assert not Stream.objects.exists() and not Worker.objects.exists()
+
+
+def test_first_sigterm_starts_no_further_step_of_a_workflow(spawn_worker: Spawn) -> None:
+    """A worker hands itself a workflow's next step as it records the last one; after
+    SIGTERM it once went on doing so, step after step, past --graceful-timeout."""
+    handle = w.slow_steps.start("chain", 4, 1.0)
+    proc = spawn_worker("--concurrency", "2")
+    wait_until(lambda: _running("chain:0"), timeout=20)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0, proc.log()
+    assert Counter.objects.get(key="chain:0").value == 1  # in flight: it finished
+    assert not Counter.objects.filter(key="chain:1").exists()  # nothing new started
+    assert handle.status() != JobStatus.SUCCESSFUL
+    spawn_worker()
+    assert handle.result(timeout=60) == 4
 
 
 def test_second_sigterm_exits_at_once(spawn_worker: Spawn) -> None:

@@ -10,8 +10,11 @@ from collections.abc import Callable
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db.models import Count, Min
+from django.utils import timezone
 
 from hotmesh_django.conf import IMPORT_ERRORS, settings
+from hotmesh_django.models import Stream, StreamStatus
 from hotmesh_django.pool import install_signal_handlers, run_pool
 from hotmesh_django.worker import Worker
 
@@ -152,3 +155,19 @@ class Command(BaseCommand):
             if code:
                 raise CommandError("a worker process failed", returncode=code)
         self.stdout.write(f"hotmesh worker pid={os.getpid()} stopped.")
+        if options["burst"]:
+            self._say_what_is_scheduled(options["queues"])
+
+    def _say_what_is_scheduled(self, queues: list[str] | None) -> None:
+        """A burst ends when nothing is ready: say what waits for a later run (timers,
+        delayed starts, retry back-offs), so that nothing seems silently lost."""
+        scheduled = Stream.objects.filter(status=StreamStatus.SCHEDULED)
+        if queues:
+            scheduled = scheduled.filter(queue__in=queues)
+        left = scheduled.aggregate(n=Count("id"), due=Min("visible_at"))
+        if left["n"]:
+            seconds = max(0.0, (left["due"] - timezone.now()).total_seconds())
+            self.stdout.write(
+                f"{left['n']} scheduled message(s) left (timers, delayed starts, retry "
+                f"back-offs); the next is due in {seconds:.1f} s."
+            )
