@@ -160,16 +160,15 @@ def sync_declared(*, now: datetime.datetime | None = None, using: str = DEFAULT_
     the admin. Return how many rows were written or deleted.
     """
     now = now or _now(using)
-    written = 0
-    for definition in registry.workflows().values():
-        name = definition.name
+    definitions = registry.workflows().values()
+    undeclared = [d.name for d in definitions if d.schedule is None]
+    written, _ = Schedule.objects.using(using).filter(name__in=undeclared, declared=True).delete()
+    if written:
+        logger.info("declared schedules removed count=%s", written, extra={"action": "schedule"})
+    for definition in definitions:
         if definition.schedule is None:
-            removed, _ = Schedule.objects.using(using).filter(name=name, declared=True).delete()
-            if removed:
-                logger.info("declared schedule removed name=%s", name, extra={"action": "schedule"})
-            written += removed
             continue
-        cron, tz = definition.schedule, definition.timezone
+        cron, tz, name = definition.schedule, definition.timezone, definition.name
         with transaction.atomic(using=using):
             row = Schedule.objects.using(using).select_for_update().filter(name=name).first()
             if row is None:
@@ -184,20 +183,14 @@ def sync_declared(*, now: datetime.datetime | None = None, using: str = DEFAULT_
                     },
                 )
                 written += created
-            elif (row.cron, row.timezone, row.workflow, row.declared) != (
-                cron,
-                tz,
-                name,
-                True,
-            ) or (row.next_run_at is None):
-                changed = (row.cron, row.timezone, row.workflow) != (cron, tz, name)
-                next_run = next_run_after(cron, tz, now) if changed else row.next_run_at
+                continue
+            moved = (row.cron, row.timezone, row.workflow) != (cron, tz, name)
+            if moved or row.next_run_at is None or not row.declared:
+                next_run = row.next_run_at
+                if moved or next_run is None:
+                    next_run = next_run_after(cron, tz, now)
                 Schedule.objects.using(using).filter(pk=row.pk).update(
-                    cron=cron,
-                    timezone=tz,
-                    workflow=name,
-                    declared=True,
-                    next_run_at=next_run or next_run_after(cron, tz, now),
+                    cron=cron, timezone=tz, workflow=name, declared=True, next_run_at=next_run
                 )
                 written += 1
     if written:
