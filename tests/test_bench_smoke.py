@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from django.db import connection
 
 from bench import report
 
@@ -17,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.process
+@pytest.mark.django_db
 @pytest.mark.timeout(600)
 def test_bench_runs_every_workload_at_tiny_n(tmp_path: Path) -> None:
     out = tmp_path / "bench.jsonl"
@@ -90,6 +92,14 @@ def test_bench_runs_every_workload_at_tiny_n(tmp_path: Path) -> None:
     floor = [r for r in records if r.get("workload") == "pickup"]
     assert len(floor) == 1 and floor[0]["samples"] == 3, floor
     assert 0 < floor[0]["p50_ms"] <= floor[0]["p95_ms"]
+
+    # The claim backlog's planner statistics stay out of the workloads' database: the
+    # claim test fills a database of its own, and --drop-database drops both.
+    name = f"hotmesh_bench_smoke_{os.getpid()}"
+    assert f"database {name}_claim: migrating" in proc.stdout + proc.stderr
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [f"{name}%"])
+        assert cursor.fetchall() == []
 
     assert "W1 drain, jobs/s" in proc.stdout
     assert "| metric | hotmesh_django |" in proc.stdout  # the markdown table
