@@ -46,7 +46,7 @@ from django.views.decorators.http import require_POST
 from hotmesh_django.conf import settings
 from hotmesh_django.engine import control
 from hotmesh_django.engine import queues as queue_control
-from hotmesh_django.exceptions import JobFinishedError, JobNotFound, StepRunning
+from hotmesh_django.exceptions import JobFinishedError, JobNotFound, NotAWorkflow, StepRunning
 from hotmesh_django.forms import RerunForm, SignalForm
 from hotmesh_django.models import (
     ACTIVE_STATUSES,
@@ -573,7 +573,7 @@ def op_signal(name: str, payload: Any) -> Operation:
             control.send_signal(workflow_id, name, payload, actor=actor)
         except JobFinishedError:
             return _("finished: %(status)s") % {"status": _status_of(workflow_id)}
-        except ValueError:  # the form checked the name: it is an activity job
+        except NotAWorkflow:
             return _("an activity job takes no signals")
         return None
 

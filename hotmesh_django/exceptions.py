@@ -24,6 +24,11 @@ class JobFinishedError(HotmeshError):
     """The job has already finished, so it cannot take this action."""
 
 
+class NotAWorkflow(HotmeshError, ValueError):
+    """The job runs a single activity, so it cannot take what only a workflow can
+    (a signal)."""
+
+
 class StepRunning(HotmeshError):
     """A step is running, so the job cannot be re-run from it yet."""
 

@@ -83,7 +83,7 @@ def dispatch(message: claims.Claimed, local: Local, held: set[int] | None = None
     following: claims.Claimed | None = message
     while following is not None:
         current = following
-        if current is not message and local.stopping is not None and local.stopping.is_set():
+        if current is not message and local.is_stopping():
             # Handed over just before the worker began to stop: left RUNNING under
             # this worker, for its shutdown to release (uncounted), not started now.
             break

@@ -13,7 +13,7 @@ from django.db import DEFAULT_DB_ALIAS, transaction
 
 from hotmesh_django.engine import human
 from hotmesh_django.engine.complete import enqueue_turn, finish_job, timer_message
-from hotmesh_django.exceptions import JobFinishedError, JobNotFound, StepRunning
+from hotmesh_django.exceptions import JobFinishedError, JobNotFound, NotAWorkflow, StepRunning
 from hotmesh_django.models import (
     ACTIVE_STATUSES,
     FINISHED_STATUSES,
@@ -52,8 +52,9 @@ def send_signal(
     """Buffer signal `name` for the job and queue a turn to deliver it.
 
     Raise JobNotFound for an unknown job, JobFinishedError for a finished one,
-    ValueError for a bad name or a job that runs a single activity (it has no
-    wait_for_signal to take it), and TypeError for a payload that is not JSON.
+    ValueError for a bad name, NotAWorkflow (a ValueError) for a job that runs a
+    single activity (it has no wait_for_signal to take it), and TypeError for a
+    payload that is not JSON.
     """
     if not isinstance(name, str) or not name or len(name) > 255:
         raise ValueError("A signal name must be a non-empty string of at most 255 characters.")
@@ -65,7 +66,7 @@ def send_signal(
                 f"Job {workflow_id!r} is {job.status}; it can no longer take signals."
             )
         if job.kind == JobKind.ACTIVITY:
-            raise ValueError(
+            raise NotAWorkflow(
                 f"Job {workflow_id!r} runs the activity {job.name!r}, which cannot wait "
                 "for signals: signal a workflow."
             )

@@ -92,8 +92,11 @@ class Local:
     stopping: threading.Event | None = None
     paused: Callable[[], AbstractSet[str]] = frozenset
 
+    def is_stopping(self) -> bool:
+        return self.stopping is not None and self.stopping.is_set()
+
     def serves(self, queue: str) -> bool:
-        if self.stopping is not None and self.stopping.is_set():
+        if self.is_stopping():
             return False  # a stopping worker takes nothing more on itself
         return (
             (self.queues is None or queue in self.queues)
