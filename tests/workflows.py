@@ -241,3 +241,35 @@ def patched_loop(n: int) -> list[str]:
         if i == 0:
             hm.wait_for_signal("next")
     return out
+
+
+@hm.workflow(name="t.child_times_out")
+def child_times_out() -> None:
+    """Run `times_out` (timeout=0.5) as a child."""
+    times_out()
+
+
+@hm.workflow(name="t.nests")
+def nests(child_id: str, then: str) -> Any:
+    """Run itself as a child under `child_id`, which runs itself under `then`."""
+    return nests.using(workflow_id=child_id)(then, then)
+
+
+@hm.workflow(name="t.leaves_child")
+def leaves_child(workflow_id: str) -> str:
+    """Start a child and end without waiting for it."""
+    waiter.using(workflow_id=workflow_id).start("never")
+    return "done"
+
+
+@hm.workflow(name="t.waits_on_child", timeout=0.8)
+def waits_on_child(workflow_id: str) -> Any:
+    """Wait for a child that waits for a signal, past this workflow's timeout."""
+    return waiter.using(workflow_id=workflow_id)("never")
+
+
+@hm.workflow(name="t.continues_then_waits", timeout=0.8)
+def continues_then_waits(round_no: int) -> Any:
+    if round_no == 0:
+        hm.continue_as_new(1)
+    return hm.wait_for_signal("never")

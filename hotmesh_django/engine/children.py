@@ -78,7 +78,11 @@ def start_children(ctx: WorkflowContext, journal: list[Journal]) -> tuple[list[S
             continue
         wanted[workflow_id] = (step, definition, data)
     created, existing = _create(ctx, wanted)
-    messages = [_start_message(c, wanted[c.workflow_id][1], ctx.db_now) for c in created.values()]
+    messages = [
+        message
+        for c in created.values()
+        for message in _start_messages(c, wanted[c.workflow_id][1], ctx.db_now)
+    ]
     for workflow_id, (step, _definition, _data) in wanted.items():
         child = created.get(workflow_id) or existing[workflow_id]
         linked = workflow_id in created or _link(job, step, child)
@@ -134,7 +138,7 @@ def _create(
     for _ in range(3):
         taken = {j.workflow_id: j for j in Job.objects.filter(workflow_id__in=list(wanted))}
         children = [
-            _child_job(job, step, definition, data, workflow_id)
+            _child_job(job, step, definition, data, workflow_id, ctx.db_now)
             for workflow_id, (step, definition, data) in wanted.items()
             if workflow_id not in taken
         ]
@@ -149,8 +153,21 @@ def _create(
     raise IntegrityError("Child workflow ids kept being taken while this turn started them.")
 
 
-def _child_job(parent: Job, step: Activity, definition: Any, data: Any, workflow_id: str) -> Job:
+def _child_job(
+    parent: Job,
+    step: Activity,
+    definition: Any,
+    data: Any,
+    workflow_id: str,
+    now: datetime.datetime,
+) -> Job:
     options = definition.options
+    deadline = None
+    if definition.timeout is not None:
+        # As for a job started outside a workflow: the timeout counts from the end
+        # of the delay, and a timer at the deadline fails the child if it still runs.
+        seconds = options.delay_seconds() + definition.timeout
+        deadline = now + datetime.timedelta(seconds=seconds)
     return Job(
         workflow_id=workflow_id,
         name=definition.name,
@@ -163,11 +180,13 @@ def _child_job(parent: Job, step: Activity, definition: Any, data: Any, workflow
         concurrency_key=options.concurrency_key or parent.concurrency_key,
         parent=parent,
         parent_step=step.seq,
+        deadline_at=deadline,
     )
 
 
-def _start_message(child: Job, definition: Any, now: datetime.datetime) -> Stream:
-    """The message that runs a new child's first turn, after its `.using(delay=)`."""
+def _start_messages(child: Job, definition: Any, now: datetime.datetime) -> list[Stream]:
+    """The message that runs a new child's first turn, after its `.using(delay=)`,
+    and the timer at its deadline if it has a timeout."""
     delay = definition.options.delay_seconds()
     message = Stream(
         queue=child.queue,
@@ -183,17 +202,45 @@ def _start_message(child: Job, definition: Any, now: datetime.datetime) -> Strea
         message.kind = StreamKind.TIMER
         message.status = StreamStatus.SCHEDULED
         message.visible_at = now + datetime.timedelta(seconds=delay)
-    return message
+    if child.deadline_at is None:
+        return [message]
+    deadline = Stream(
+        queue=child.queue,
+        kind=StreamKind.TIMER,
+        job=child,
+        name=child.name,
+        priority=child.priority,
+        status=StreamStatus.SCHEDULED,
+        visible_at=child.deadline_at,
+    )
+    return [message, deadline]
 
 
 def _link(parent: Job, step: Activity, child: Job) -> bool:
     """Whether `step` may wait for the existing job `child`: it has finished (its
     outcome is taken), or it reports to this step, or it reported to nobody and is
     adopted now. Otherwise fail the step, saying why."""
+    if child.kind != JobKind.WORKFLOW or child.name != step.name:
+        # Its outcome is not this workflow's, and an activity job never reports to a
+        # parent step: waiting for it would wait forever.
+        what = "an activity job" if child.kind != JobKind.WORKFLOW else "a workflow job"
+        _fail(
+            step,
+            f"The child workflow_id {child.workflow_id!r} belongs to {what} of "
+            f"{child.name!r}, not of {step.name!r}: choose another workflow_id.",
+        )
+        return False
     if child.status in FINISHED_STATUSES:
         return True
     if child.parent_id == parent.id and child.parent_step == step.seq:
         return True
+    if child.parent_id is None and _in_line_of(parent, child):
+        _fail(
+            step,
+            f"The child workflow_id {child.workflow_id!r} is this workflow's own, or one "
+            "of its parents': a workflow cannot wait for itself. Choose another workflow_id.",
+        )
+        return False
     if child.parent_id is None:
         adopted = Job.objects.filter(
             pk=child.pk, parent__isnull=True, status__in=ACTIVE_STATUSES
@@ -209,6 +256,23 @@ def _link(parent: Job, step: Activity, child: Job) -> bool:
         "another workflow, and a job reports to one parent step: choose another workflow_id.",
     )
     return False
+
+
+def _in_line_of(job: Job, other: Job) -> bool:
+    """Whether `other` is `job` or one of its parents (adopting it would make a job
+    wait for itself)."""
+    parent_id: int | None = job.pk
+    for _ in range(_MAX_DEPTH):
+        if parent_id is None:
+            return False
+        if parent_id == other.pk:
+            return True
+        parent_id = Job.objects.filter(pk=parent_id).values_list("parent_id", flat=True).first()
+    return True  # deeper than any real tree: refuse rather than loop
+
+
+# Parents looked through for a loop; far deeper than any workflow tree.
+_MAX_DEPTH = 10_000
 
 
 def _take_outcome(step: Activity, child: Job) -> bool:

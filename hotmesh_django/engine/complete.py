@@ -137,6 +137,20 @@ SELECT parent_id, parent_step, name,
 """
 
 
+# Lock a job about to finish and list its active children. The job's row is locked
+# before any child's: the order a parent's turn takes them in (its own row, then
+# children it starts or cancels), while a finishing child locks its own row and then
+# only the parent's step, never the parent's job row. Cancelling the children before
+# the parent's own finish (which closes the parent's steps) keeps it that way.
+_LOCK_TREE = """
+SELECT j.status, j.workflow_id,
+       array(SELECT c.id FROM {job} AS c
+              WHERE c.parent_id = j.id AND c.status IN ('READY', 'RUNNING', 'WAITING')
+              ORDER BY c.id)
+  FROM {job} AS j WHERE j.id = %s FOR NO KEY UPDATE
+"""
+
+
 def finish_job(
     job_id: int,
     status: JobStatus,
@@ -147,8 +161,62 @@ def finish_job(
 ) -> bool:
     """Move job `job_id` to a final status, drop its queued messages, tell its parent.
 
-    Return False (and write nothing) when the job is no longer active.
+    Its active children are cancelled first: its steps waiting for them are closed
+    as CANCELLED, so nothing would ever read their outcome, and a workflow that
+    timed out or failed must not leave work running under it. Return False (and
+    write nothing) when the job is no longer active.
     """
+    return finish_tree(job_id, status, output=output, error=error, data=data) > 0
+
+
+def finish_tree(
+    job_id: int,
+    status: JobStatus,
+    *,
+    output: Any = None,
+    error: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+    children_error: dict[str, Any] | None = None,
+    children_data: dict[str, Any] | None = None,
+    wake_parent: bool = True,
+) -> int:
+    """As finish_job(); return how many jobs ended: this one and its active
+    descendants, cancelled with `children_error` (by default, saying the parent
+    ended). 0 when the job is no longer active."""
+    with prepared.cursor() as cursor:
+        cursor.execute(_LOCK_TREE.format(**tables()), [job_id])
+        locked = cursor.fetchone()
+    if locked is None or locked[0] not in sources_of(status):
+        return 0
+    _, workflow_id, children = locked
+    ended = 0
+    if children:
+        if children_error is None:
+            children_error = {
+                "type": "JobCancelled",
+                "message": f"Its parent workflow {workflow_id!r} ended ({status}).",
+            }
+        for child_id in children:
+            ended += finish_tree(
+                child_id,
+                JobStatus.CANCELLED,
+                error=children_error,
+                data=children_data,
+                children_error=children_error,
+                children_data=children_data,
+                wake_parent=False,  # the parent's own finish closes its steps
+            )
+    return ended + _finish_one(job_id, status, output, error, data, wake_parent)
+
+
+def _finish_one(
+    job_id: int,
+    status: JobStatus,
+    output: Any,
+    error: dict[str, Any] | None,
+    data: dict[str, Any] | None,
+    wake_parent: bool,
+) -> int:
     params: dict[str, Any] = {
         "id": job_id,
         "status": str(status),
@@ -162,12 +230,12 @@ def finish_job(
         cursor.execute(_FINISH.format(done=DONE_CHANNEL, **tables()), params)
         row = cursor.fetchone()
     if row is None:
-        return False
+        return 0
     parent_id, parent_step, name, _ = row
     transaction.on_commit(functools.partial(metrics.job_finished, name, status))
-    if parent_id is not None and parent_step is not None:
+    if wake_parent and parent_id is not None and parent_step is not None:
         _wake_parent(parent_id, parent_step, name, status, output, error)
-    return True
+    return 1
 
 
 def child_outcome(

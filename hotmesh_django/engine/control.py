@@ -10,12 +10,12 @@ import logging
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, transaction
+from django.db.models.functions import Now
 
 from hotmesh_django.engine import human
-from hotmesh_django.engine.complete import enqueue_turn, finish_job, timer_message
+from hotmesh_django.engine.complete import enqueue_turn, finish_tree, timer_message
 from hotmesh_django.exceptions import JobFinishedError, JobNotFound, NotAWorkflow, StepRunning
 from hotmesh_django.models import (
-    ACTIVE_STATUSES,
     FINISHED_STATUSES,
     Activity,
     Job,
@@ -77,7 +77,27 @@ def send_signal(
             name=name,
             data={"payload": data, **({"by": actor} if actor else {})},
         )
-        enqueue_turn(job.id)
+        if not _starts_later(job, using):
+            enqueue_turn(job.id)
+
+
+def _starts_later(job: Job, using: str) -> bool:
+    """Whether `job` waits for a delayed start (`.using(delay=)`): its first turn is
+    a timer not yet due. A signal is then only buffered: queueing a turn for it would
+    start the job before its delay, and the first turn reads the signal anyway."""
+    if job.started_at is not None:
+        return False
+    start_timer = Stream.objects.using(using).filter(
+        job=job,
+        kind=StreamKind.TIMER,
+        step__isnull=True,
+        status=StreamStatus.SCHEDULED,
+        visible_at__gt=Now(),
+    )
+    # The workflow's own deadline is a step-less timer as well, due at deadline_at.
+    if job.deadline_at is not None:
+        start_timer = start_timer.exclude(visible_at=job.deadline_at)
+    return start_timer.exists()
 
 
 def cancel_job(workflow_id: str, *, using: str = DEFAULT_DB_ALIAS, actor: str = "") -> bool:
@@ -104,10 +124,14 @@ def _cancel(job_id: int, actor: str) -> int:
     if actor:
         error["message"] = f"Cancelled by {actor}."
         data = {**error, "by": actor}
-    if not finish_job(job_id, JobStatus.CANCELLED, error=error, data=data):
-        return 0
-    children = Job.objects.filter(parent_id=job_id, status__in=ACTIVE_STATUSES)
-    return 1 + sum(_cancel(child_id, actor) for child_id in children.values_list("id", flat=True))
+    return finish_tree(
+        job_id,
+        JobStatus.CANCELLED,
+        error=error,
+        data=data,
+        children_error=error,
+        children_data=data,
+    )
 
 
 def retry_job(workflow_id: str, *, using: str = DEFAULT_DB_ALIAS, actor: str = "") -> bool:

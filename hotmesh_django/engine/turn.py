@@ -347,7 +347,7 @@ def _turn(job: Job, local: Local) -> Claimed | None:
         if fields:
             Job.objects.filter(pk=job.pk).update(**fields)
     if ctx.continued is not None and error is None:
-        _continue_as_new(job, ctx.continued)
+        _continue_as_new(job, ctx.continued, definition.timeout)
         return None
     if error is not None:
         logger.info("workflow failed job=%s error=%s", job.workflow_id, type(error).__name__)
@@ -708,12 +708,17 @@ def _wait_for_codec(job: Job, error: CodecError) -> None:
         )
 
 
-def _continue_as_new(job: Job, data: Any) -> None:
+def _continue_as_new(job: Job, data: Any, timeout: float | None) -> None:
     """Close this run under a run id and start the next one under the workflow_id.
 
     Handles keep following the workflow_id, so `result()` waits for the last run.
-    A parent waiting on this child is handed over to the new run.
+    A parent waiting on this child is handed over to the new run. Each run has the
+    workflow's `timeout` from its own start: a poller that continues as new forever
+    would otherwise be failed by its first run's deadline (or, as before, by none).
     """
+    deadline = None
+    if timeout is not None:
+        deadline = job.db_now + datetime.timedelta(seconds=timeout)  # type: ignore[attr-defined]
     workflow_id = job.workflow_id
     run_id = f"{workflow_id[:230]}#run-{job.pk}"
     Job.objects.filter(pk=job.pk).update(workflow_id=run_id, parent=None, parent_step=None)
@@ -731,7 +736,18 @@ def _continue_as_new(job: Job, data: Any) -> None:
         parent_step=job.parent_step,
         concurrency_key=job.concurrency_key,
         watched=job.watched,
+        deadline_at=deadline,
     )
+    if deadline is not None:
+        Stream.objects.create(
+            queue=following.queue,
+            kind=StreamKind.TIMER,
+            job=following,
+            name=following.name,
+            priority=following.priority,
+            status=StreamStatus.SCHEDULED,
+            visible_at=deadline,
+        )
     Journal.objects.bulk_create(
         [
             Journal(job=job, event=JournalEvent.CONTINUED, data={"next_run": workflow_id}),

@@ -8,6 +8,7 @@ import pytest
 import hotmesh_django as hm
 from hotmesh_django.engine.children import child_workflow_id
 from hotmesh_django.models import Job, JobStatus, Journal
+from tests import activities as a
 from tests import workflows as w
 from tests.conftest import InProcessWorker, wait_until
 
@@ -74,3 +75,65 @@ def test_delay_holds_inside_a_workflow_for_steps_and_children(worker: InProcessW
     step_wait, child_wait = w.delayed_calls.start(0.6).result(timeout=30)
     assert step_wait >= 0.6
     assert child_wait >= 0.6
+
+
+def test_a_child_id_taken_by_an_activity_job_fails_the_step(worker: InProcessWorker) -> None:
+    job = a.add.using(workflow_id="activity-job").start(1, 2)
+    assert job.result(timeout=20) == 3
+    parent = w.child_by_id.start("activity-job")
+    with pytest.raises(hm.WorkflowFailed, match="belongs to an activity job"):
+        parent.result(timeout=20)
+    # Taken by a workflow of another name: its outcome is not this child's either.
+    w.child.using(workflow_id="other-workflow").start(1).result(timeout=20)
+    with pytest.raises(hm.WorkflowFailed, match="not of 't.waiter'"):
+        w.child_by_id.start("other-workflow").result(timeout=20)
+    assert Job.objects.get(workflow_id="activity-job").parent_id is None
+
+
+def test_a_workflow_cannot_wait_for_itself_or_its_parent(worker: InProcessWorker) -> None:
+    itself = w.nests.using(workflow_id="loop-self").start("loop-self", "x")
+    with pytest.raises(hm.WorkflowFailed, match="cannot wait for itself"):
+        itself.result(timeout=20)
+    root = w.nests.using(workflow_id="loop-root").start("loop-child", "loop-root")
+    with pytest.raises(hm.WorkflowFailed):
+        root.result(timeout=20)
+    child = Job.objects.get(workflow_id="loop-child")
+    assert child.status == JobStatus.FAILED
+    assert "cannot wait for itself" in child.error["message"]
+    assert Job.objects.get(workflow_id="loop-root").parent_id is None
+    assert Job.objects.get(workflow_id="loop-self").parent_id is None
+
+
+def test_a_child_keeps_its_own_timeout(worker: InProcessWorker) -> None:
+    parent = w.child_times_out.start()
+    with pytest.raises(hm.WorkflowFailed):
+        parent.result(timeout=20)
+    child = Job.objects.get(parent=parent.job())
+    assert child.status == JobStatus.FAILED
+    assert child.error["type"] == "WorkflowTimeout"
+
+
+def test_each_continued_run_has_the_timeout(worker: InProcessWorker) -> None:
+    handle = w.continues_then_waits.start(0)
+    with pytest.raises(hm.WorkflowFailed) as failed:
+        handle.result(timeout=20)
+    assert failed.value.type == "WorkflowTimeout"
+    assert Job.objects.filter(workflow_id__startswith=f"{handle.id}#run-").count() == 1
+
+
+def test_children_left_running_are_cancelled_when_the_parent_ends(
+    worker: InProcessWorker,
+) -> None:
+    parent = w.leaves_child.start("left-behind")
+    assert parent.result(timeout=20) == "done"
+    left = hm.get_handle("left-behind")
+    wait_until(lambda: left.status() == JobStatus.CANCELLED, timeout=20)
+    assert "ended (SUCCESSFUL)" in left.job().error["message"]
+    assert [s["status"] for s in parent.activities()] == [JobStatus.CANCELLED]
+    # A parent that times out takes the child it was waiting for along.
+    timed_out = w.waits_on_child.start("waited-for")
+    with pytest.raises(hm.WorkflowFailed, match="deadline"):
+        timed_out.result(timeout=20)
+    waited = hm.get_handle("waited-for")
+    assert waited.status() == JobStatus.CANCELLED
+    assert "ended (FAILED)" in waited.job().error["message"]

@@ -83,6 +83,16 @@ def test_signals_are_delivered_in_order(worker: InProcessWorker) -> None:
     assert handle.result(timeout=30) == ["first", "second"]
 
 
+def test_a_signal_does_not_start_a_delayed_job_early(worker: InProcessWorker) -> None:
+    handle = w.two_signals.using(delay=1.5).start()
+    handle.signal("go", "first")
+    handle.signal("go", "second")
+    assert handle.result(timeout=30) == ["first", "second"]
+    job = handle.job()
+    assert job.started_at is not None
+    assert (job.started_at - job.created_at).total_seconds() >= 1.5
+
+
 def test_signal_timeout_raises_inside_the_workflow(worker: InProcessWorker) -> None:
     handle = w.waiter.start("never", 0.3)
     assert handle.result(timeout=30) == "timed out"
