@@ -24,7 +24,7 @@ def _register(table: dict[str, Any], definition: Any, what: str) -> None:
         )
         if not same:
             raise ImproperlyConfigured(
-                f"Two {what}s are named {definition.name!r}: "
+                f"Two {what} definitions are named {definition.name!r}: "
                 f"{existing.func.__module__}.{existing.func.__qualname__} and "
                 f"{definition.func.__module__}.{definition.func.__qualname__}. "
                 "Pass name= to tell them apart."

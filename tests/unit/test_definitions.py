@@ -37,7 +37,7 @@ def test_duplicate_names_are_refused() -> None:
 
     other.__qualname__ = "somewhere_else"
     with pytest.raises(
-        ImproperlyConfigured, match="Two activitys are named 't.add'|Two activities"
+        ImproperlyConfigured, match="Two activity definitions are named 't.add'"
     ):
         hm.activity(name="t.add")(other)
 
