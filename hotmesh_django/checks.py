@@ -148,7 +148,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                     hint='For example {"emails": {"concurrency": 2, "rate": "100/m"}}.',
                     id="hotmesh.E008",
                 )
-                for problem in validate_queue_options(str(name), options)
+                for problem in validate_queue_options(name, options)
             )
     return errors
 

@@ -409,8 +409,9 @@ def wait_for_signal(name: str, timeout: float | datetime.timedelta | None = None
     Signals are buffered, so one sent before the wait is delivered. Raise
     SignalTimeout when `timeout` passes first.
     """
-    if not isinstance(name, str) or not name or len(name) > 255:
-        raise ValueError("A signal name must be a non-empty string of at most 255 characters.")
+    from hotmesh_django.serialization import check_signal_name
+
+    check_signal_name(name)
     ctx = _require("wait_for_signal")
     return ctx.wait_for_signal(name, None if timeout is None else _seconds(timeout))
 
@@ -491,12 +492,17 @@ def patched(change_id: str) -> bool:
 
 
 def set_search(**attrs: Any) -> None:
-    """Store searchable attributes on this job (shown and filterable in the admin)."""
-    from hotmesh_django.serialization import to_json
+    """Store searchable attributes on this job (shown and filterable in the admin).
+
+    Raise TypeError for a name or value that is not JSON Postgres can store, and
+    PayloadTooLarge when the job's attributes would pass HOTMESH_MAX_PAYLOAD_BYTES,
+    as `.using(search=...)` does at start: here, not when the turn writes them, where
+    the failing UPDATE would be retried turn after turn.
+    """
+    from hotmesh_django.serialization import encode_search
 
     ctx = _require("set_search")
-    for key, value in attrs.items():
-        ctx.search[key] = to_json(value, what=f"search attribute {key!r}")
+    ctx.search.update(encode_search(attrs, {**ctx.job.search, **ctx.search}))
 
 
 def set_state(**values: Any) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from hotmesh_django import context, registry
 from hotmesh_django.durations import to_seconds
+from hotmesh_django.serialization import check_name_text
 
 if TYPE_CHECKING:
     from hotmesh_django.handles import JobHandle, StepHandle
@@ -21,6 +22,8 @@ R = TypeVar("R")
 DEFAULT_QUEUE = "default"
 _MAX_NAME = 255
 _MAX_QUEUE = 100
+# The stream's priority column is a Postgres integer.
+_PRIORITY_RANGE = range(-(2**31), 2**31)
 
 
 @functools.cache
@@ -58,13 +61,20 @@ class RetryPolicy:
     non_retryable: tuple[type[BaseException] | str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be an integer >= 1, not {self.max_attempts!r}.")
+        attempts = self.max_attempts
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise ValueError(f"max_attempts must be an integer >= 1, not {attempts!r}.")
         # Checked here, not when a step first fails: a bad policy found in the worker
         # would leave the step RUNNING until its lease ran out, attempt after attempt.
-        to_seconds(self.initial_interval, "initial_interval")
-        to_seconds(self.max_interval, "max_interval")
-        if not isinstance(self.backoff, int | float) or not 1 <= self.backoff <= 100:
+        # Kept as float seconds, so delay_after's arithmetic works for a timedelta too.
+        for field in ("initial_interval", "max_interval"):
+            object.__setattr__(self, field, to_seconds(getattr(self, field), field))
+        backoff = self.backoff
+        if (
+            isinstance(backoff, bool)
+            or not isinstance(backoff, int | float)
+            or not 1 <= backoff <= 100
+        ):
             raise ValueError(f"backoff must be a number from 1 to 100, not {self.backoff!r}.")
         if isinstance(self.non_retryable, type | str):
             # non_retryable=ValueError: a one-element tuple was meant.
@@ -127,14 +137,16 @@ class StartOptions:
 
     def __post_init__(self) -> None:
         wid = self.workflow_id
-        if wid is not None and (not isinstance(wid, str) or not wid or len(wid) > _MAX_NAME):
-            raise ValueError(
-                f"workflow_id must be a non-empty string of at most {_MAX_NAME} characters."
-            )
+        if wid is not None:
+            if not isinstance(wid, str) or not wid or len(wid) > _MAX_NAME:
+                raise ValueError(
+                    f"workflow_id must be a non-empty string of at most {_MAX_NAME} characters."
+                )
+            check_name_text(wid, f"workflow_id {wid!r}")
         if self.queue is not None:
             check_queue_name(self.queue)
-        if self.priority is not None and not isinstance(self.priority, int):
-            raise TypeError(f"priority must be an int, not {type(self.priority).__name__}.")
+        if self.priority is not None:
+            check_priority(self.priority)
         to_seconds(self.delay, "delay")
         if self.run_at is not None and (
             not isinstance(self.run_at, datetime.datetime) or self.run_at.tzinfo is None
@@ -145,6 +157,8 @@ class StartOptions:
             raise ValueError(
                 f"concurrency_key must be a non-empty string of at most {_MAX_NAME} characters."
             )
+        if key is not None:
+            check_name_text(key, f"concurrency_key {key!r}")
         if self.search is not None and not isinstance(self.search, Mapping):
             raise TypeError("search must be a mapping of attribute names to values.")
 
@@ -156,6 +170,19 @@ def check_queue_name(queue: object) -> None:
     if queue != queue.strip():
         # "orders " is not "orders": a worker given --queues orders would never see it.
         raise ValueError(f"queue must not start or end with whitespace, not {queue!r}.")
+    check_name_text(queue, f"queue {queue!r}")
+
+
+def check_priority(priority: object) -> None:
+    """Raise TypeError/ValueError unless `priority` fits the integer priority column:
+    a value out of range would fail the INSERT and abort the caller's transaction."""
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TypeError(f"priority must be an int, not {type(priority).__name__}.")
+    if priority not in _PRIORITY_RANGE:
+        raise ValueError(
+            f"priority must be from {_PRIORITY_RANGE.start} to {_PRIORITY_RANGE.stop - 1}, "
+            f"not {priority}."
+        )
 
 
 def _seconds(value: float | datetime.timedelta | None, what: str) -> float | None:
@@ -260,9 +287,11 @@ class WorkflowDefinition(Generic[P, R]):
 
         from hotmesh_django.engine.control import send_signal
         from hotmesh_django.engine.start import start_job
+        from hotmesh_django.serialization import check_signal_name
 
         if context.current() is not None:
             raise TypeError("signal_with_start() is for callers outside a workflow.")
+        check_signal_name(signal_name)
         with transaction.atomic():
             handle = start_job(self, args, kwargs)
             send_signal(handle.id, signal_name, payload)
@@ -292,11 +321,12 @@ def _check_function(f: Callable[..., Any], what: str) -> None:
 
 
 def _check_common(name: str | None, queue: str, priority: int) -> None:
-    if name is not None and (not isinstance(name, str) or not name or len(name) > _MAX_NAME):
-        raise ValueError(f"name must be a non-empty string of at most {_MAX_NAME} characters.")
+    if name is not None:
+        if not isinstance(name, str) or not name or len(name) > _MAX_NAME:
+            raise ValueError(f"name must be a non-empty string of at most {_MAX_NAME} characters.")
+        check_name_text(name, f"name {name!r}")
     check_queue_name(queue)
-    if not isinstance(priority, int):
-        raise TypeError(f"priority must be an int, not {type(priority).__name__}.")
+    check_priority(priority)
 
 
 @overload

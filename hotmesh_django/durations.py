@@ -16,6 +16,12 @@ def to_seconds(value: float | datetime.timedelta, what: str) -> float:
     """`value` in seconds, or ValueError/TypeError naming `what` and what is wrong."""
     if isinstance(value, datetime.timedelta):
         seconds = value.total_seconds()
+    elif isinstance(value, str | bytes | bool):
+        # float() would take "30" and True: durations are numbers of seconds (or
+        # timedeltas), and a string or flag here is a mistake, not a duration.
+        raise TypeError(
+            f"{what} must be a number of seconds or a timedelta, not {type(value).__name__}."
+        )
     else:
         try:
             seconds = float(value)

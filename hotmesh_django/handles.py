@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -64,7 +65,7 @@ class JobHandle:
         from hotmesh_django.models import JobStatus
         from hotmesh_django.serialization import from_json, readable
 
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else time.monotonic() + _check_timeout(timeout)
         job = wait_for_job(self.id, deadline=deadline, using=self._using)
         if job is None:
             raise TimeoutError(f"Job {self.id!r} did not finish within {timeout} seconds.")
@@ -102,7 +103,11 @@ class JobHandle:
     def signal(self, name: str, payload: Any = None) -> None:
         """Send signal `name` with `payload` to the job; it is buffered until taken."""
         from hotmesh_django.engine.control import send_signal
+        from hotmesh_django.serialization import check_signal_name
 
+        # Before any SQL: a name Postgres cannot store would abort the caller's
+        # transaction with a DataError.
+        check_signal_name(name)
         send_signal(self.id, name, payload, using=self._using)
 
     def cancel(self) -> bool:
@@ -168,6 +173,16 @@ class StepHandle:
     def result(self) -> Any:
         """Return the step's result, raise its error, or suspend the workflow."""
         return self._ctx.resolve(self.seq)
+
+
+def _check_timeout(timeout: object) -> float:
+    # NaN makes a deadline no comparison passes (a wait forever); a string fails
+    # deep inside the wait with an unrelated TypeError.
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}.")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be a number of seconds >= 0, not {timeout!r}.")
+    return float(timeout)
 
 
 def get_handle(workflow_id: str, *, using: str = DEFAULT_DB_ALIAS) -> JobHandle:

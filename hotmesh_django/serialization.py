@@ -18,6 +18,7 @@ import datetime
 import decimal
 import json
 import math
+import sys
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -56,6 +57,9 @@ _DECODERS: dict[str, Callable[[str], Any]] = {
 
 _MAX_DEPTH = 200
 _EXACT_FLOAT_LIMIT = 1e15
+# Ints this small always fit Python's int-to-text digit limit (640 digits at its
+# lowest setting), so only larger ones pay for a trial conversion.
+_INT_CHECK_BITS = 2000
 
 
 def to_json(value: Any, *, what: str = "value") -> Any:
@@ -67,6 +71,8 @@ def _encode(value: Any, where: str, depth: int, seen: set[int]) -> Any:
     if value is None or isinstance(value, bool | int | str):
         if isinstance(value, str):
             _check_text(value, where)
+        elif isinstance(value, int) and value.bit_length() > _INT_CHECK_BITS:
+            _check_int(value, where)
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -109,6 +115,18 @@ def _encode(value: Any, where: str, depth: int, seen: set[int]) -> Any:
     )
 
 
+def _check_int(value: int, where: str) -> None:
+    # json.dumps would raise a bare "Exceeds the limit (4300 digits)" ValueError later,
+    # naming no argument; Python's limit (sys.set_int_max_str_digits) decides.
+    try:
+        str(value)
+    except ValueError:
+        raise TypeError(
+            f"{where} is an integer of more than {sys.get_int_max_str_digits()} digits, "
+            "which JSON cannot represent here; pass it as a string."
+        ) from None
+
+
 def _check_text(text: str, where: str) -> None:
     # Postgres text cannot hold NUL, and lone surrogates are not valid UTF-8.
     if "\x00" in text:
@@ -117,6 +135,22 @@ def _check_text(text: str, where: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise TypeError(f"{where} is not valid UTF-8 text: {exc.reason}.") from None
+
+
+def check_name_text(name: str, what: str) -> None:
+    """Raise ValueError when the name `name` holds what a text column cannot (NUL, a
+    lone surrogate): refused before any SQL, so the caller's transaction survives."""
+    try:
+        _check_text(name, what)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def check_signal_name(name: object) -> None:
+    """Raise ValueError unless `name` can name a signal (the column holds 255)."""
+    if not isinstance(name, str) or not name or len(name) > 255:
+        raise ValueError("A signal name must be a non-empty string of at most 255 characters.")
+    check_name_text(name, f"The signal name {name!r}")
 
 
 def storable_text(text: str) -> str:
@@ -215,6 +249,14 @@ def search_text(search: Mapping[str, Any]) -> str:
     return text
 
 
+def encode_search(attrs: Mapping[str, Any], stored: Mapping[str, Any]) -> dict[str, Any]:
+    """`attrs` as the JSON to merge into the `stored` search attributes, checked as
+    `search_text` checks a start's: each name and value, and the merged size."""
+    encoded: dict[str, Any] = to_json(dict(attrs), what="search")
+    check_size({**stored, **encoded}, what="The search attributes object")
+    return encoded
+
+
 def encode_call(
     args: tuple[Any, ...],
     kwargs: Mapping[str, Any],
@@ -269,6 +311,8 @@ def _call_data(
     headers: Mapping[str, Any] | None,
     names: Sequence[str],
 ) -> dict[str, Any]:
+    for key in kwargs:
+        _check_argument_name(key)
     data = {
         "args": [to_json(a, what=_positional(i, names)) for i, a in enumerate(args)],
         "kwargs": {k: to_json(v, what=f"argument {k!r}") for k, v in kwargs.items()},
@@ -278,6 +322,14 @@ def _call_data(
             raise TypeError(f"headers must be a dict, not {type(headers).__name__}.")
         data["headers"] = to_json(dict(headers), what="headers")
     return data
+
+
+def _check_argument_name(name: str) -> None:
+    # The kwargs object is stored as a JSON object: a name Postgres cannot hold
+    # fails the INSERT, and the tag key would make it read back as a tagged value.
+    _check_text(name, f"The argument name {name!r}")
+    if name == TAG:
+        raise TypeError(f"The argument name {TAG!r} is reserved; rename the parameter.")
 
 
 def decode_call(data: Any) -> tuple[list[Any], dict[str, Any]]:

@@ -29,7 +29,7 @@ from hotmesh_django.models import (
     StreamKind,
     StreamStatus,
 )
-from hotmesh_django.serialization import encode_value
+from hotmesh_django.serialization import check_signal_name, encode_value
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ def send_signal(
     """
     if not isinstance(name, str) or not name or len(name) > 255:
         raise ValueError("A signal name must be a non-empty string of at most 255 characters.")
+    check_signal_name(name)
     data = encode_value(payload, what="the signal payload")
     with transaction.atomic(using=using):
         job = _get(workflow_id, using)

@@ -83,7 +83,7 @@ class Limits:
     key_concurrency: int | None = None
 
 
-def validate_queue_options(name: str, options: object) -> list[str]:
+def validate_queue_options(name: object, options: object) -> list[str]:
     """Return what is wrong with one HOTMESH_QUEUES entry (empty when fine)."""
     problems = []
     try:

@@ -36,9 +36,7 @@ def test_duplicate_names_are_refused() -> None:
         return 1
 
     other.__qualname__ = "somewhere_else"
-    with pytest.raises(
-        ImproperlyConfigured, match="Two activity definitions are named 't.add'"
-    ):
+    with pytest.raises(ImproperlyConfigured, match="Two activity definitions are named 't.add'"):
         hm.activity(name="t.add")(other)
 
 
