@@ -119,6 +119,7 @@ def replay_job(job: Job) -> ReplayResult:
             row = cursor.fetchone()
         db_now = row[0] if row else datetime.datetime.now(datetime.UTC)
         steps = {step.seq: step for step in Activity.objects.filter(job=job)}
+        cut_off = _reopen_cut_off(steps)
         recorded = max(steps, default=0)
         ctx = workflow_context(job, steps, db_now, headers)
         # Through the execute_workflow middleware too: code that reads what the
@@ -130,7 +131,12 @@ def replay_job(job: Job) -> ReplayResult:
         return result(MISMATCH, str(ctx.nondeterminism))
     if error is not None:
         return _judge_error(job, error, result)
-    where = "returns" if returned and not ctx.suspended else f"waits at step {ctx.seq}"
+    if returned and not ctx.suspended:
+        where = "returns"
+    elif cut_off:
+        where = f"reaches step {ctx.seq}, where the job ended"
+    else:
+        where = f"waits at step {ctx.seq}"
     new = [s for s in ctx.new_steps if not s.name.startswith("patched:")]
     if job.status == JobStatus.SUCCESSFUL and new:
         step = new[0]
@@ -140,6 +146,25 @@ def replay_job(job: Job) -> ReplayResult:
             f"code now calls {step.kind.lower()} {step.name!r}.",
         )
     return result(OK, f"{where} ({recorded} recorded steps)")
+
+
+def _reopen_cut_off(steps: dict[int, Activity]) -> bool:
+    """Put back the steps that the job's end cut off as pending; return whether any.
+
+    Finishing a job (a cancel, a workflow timeout, a failure elsewhere) closes its
+    open steps as CANCELLED, and nothing else does. Read back as they are, the replay
+    would take them for failed steps (a signal wait without a timeout "timed out", a
+    child or a sleep "failed") and raise where the job never did. As the job's last
+    turn saw them, they are still pending: the replay suspends there, which matches.
+    RUNNING, not WAITING, so that the replay's later clock neither ends a sleep nor
+    takes a signal that arrived after the job ended. The rows are only read: the
+    transaction is read only and rolled back.
+    """
+    cut_off = [step for step in steps.values() if step.status == JobStatus.CANCELLED]
+    for step in cut_off:
+        step.status = JobStatus.RUNNING
+        step.finished_at = None
+    return bool(cut_off)
 
 
 def _run(

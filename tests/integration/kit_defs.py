@@ -71,6 +71,23 @@ def reorders() -> str:
     return "done"
 
 
+@hm.workflow(name="kit.long_child")
+def long_child() -> None:
+    """Wait, without a timeout, for a signal no one sends."""
+    hm.wait_for_signal("never")
+
+
+@hm.workflow(name="kit.long_parent")
+def long_parent() -> None:
+    long_child()
+
+
+@hm.workflow(name="kit.oversleeps", timeout=0.5)
+def oversleeps() -> None:
+    """Sleep past the workflow's own timeout."""
+    hm.sleep(60)
+
+
 @hm.activity(name="kit.interrupts", retry=hm.RetryPolicy(max_attempts=1))
 def interrupts() -> None:
     raise KeyboardInterrupt

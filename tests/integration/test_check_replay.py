@@ -136,3 +136,42 @@ def test_a_recorded_failure_replays_as_ok_and_a_new_error_does_not() -> None:
 def test_bad_flags(flags: list[str], message: str) -> None:
     with pytest.raises(CommandError, match=message):
         call_command("hotmesh_check_replay", *flags)
+
+
+def test_jobs_cut_off_by_a_cancel_replay_cleanly() -> None:
+    waiter = w.waiter.start("never")  # no timeout: the wait is cut off, never timed out
+    parent = k.long_parent.start()
+    _waiting(waiter, parent)
+    child = Job.objects.get(parent__workflow_id=parent.id)
+    assert waiter.cancel() and parent.cancel()
+    assert set(Activity.objects.values_list("status", flat=True)) == {JobStatus.CANCELLED}
+    code, out = _check("--since", "1h", "-v", "2")
+    assert code == 0, out
+    assert "Replayed 3 jobs: 3 ok." in out
+    for job in (waiter.id, parent.id, child.workflow_id):
+        assert f"OK {job} " in out
+    assert "[CANCELLED]: reaches step 1, where the job ended (1 recorded steps)" in out
+
+
+def test_a_job_cut_off_by_its_timeout_replays_cleanly() -> None:
+    napper = k.oversleeps.start()
+    waiter = w.times_out.start()
+    with WorkerThread():
+        wait_until(lambda: napper.status() == waiter.status() == JobStatus.FAILED, timeout=20)
+    for handle in (napper, waiter):
+        result = replay_job(Job.objects.get(workflow_id=handle.id))
+        assert (result.outcome, result.detail) == (
+            "ok",
+            "reaches step 1, where the job ended (1 recorded steps)",
+        )
+
+
+def test_a_cancelled_job_whose_code_changed_is_still_a_mismatch() -> None:
+    handle = k.reorders.start()
+    _waiting(handle)
+    assert handle.cancel()
+    assert replay_job(Job.objects.get()).outcome == "ok"
+    k.FLAGS["reordered"] = True
+    code, out = _check("--since", "1h")
+    assert code == 1
+    assert f"MISMATCH {handle.id} kit.reorders [CANCELLED]: Step 2: the journal" in out
