@@ -125,7 +125,7 @@ def run_turn(message: Claimed, local: Local) -> Claimed | None:
             cursor.execute(_take_turn_sql(), params)
             row = cursor.fetchone()
         if not row or not row[0]:
-            logger.warning("lease lost, turn dropped job=%s", message.job_id)
+            _dropped(message, job_from_row(row[2:]) if row else None)
             return None
         job = job_from_row(row[2:])
         if job is None:
@@ -133,6 +133,17 @@ def run_turn(message: Claimed, local: Local) -> Claimed | None:
         if row[1]:
             job = reread_job(job.id)
         return _turn(job, local)
+
+
+def _dropped(message: Claimed, job: Job | None) -> None:
+    """Say why a claimed turn found its message gone."""
+    if job is not None and job.status in FINISHED_STATUSES:
+        # A turn before it finished the job (several signals at once queue several
+        # turns, and the first one may take them all) or a cancel came first: the job
+        # ending dropped this queued turn, and nothing was lost.
+        logger.debug("turn dropped, job already %s job=%s", job.status, message.job_id)
+        return
+    logger.warning("lease lost, turn dropped job=%s", message.job_id)
 
 
 # Lock the job, then drop the turn's message (guarded by worker and status), and read

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import time
 import uuid
+from collections.abc import Callable
 
 import pytest
 from django.db import connection, transaction
@@ -91,6 +93,23 @@ def test_a_signal_does_not_start_a_delayed_job_early(worker: InProcessWorker) ->
     job = handle.job()
     assert job.started_at is not None
     assert (job.started_at - job.created_at).total_seconds() >= 1.5
+
+
+def test_turns_left_queued_by_a_finished_job_are_dropped_quietly(
+    start_worker: Callable[..., InProcessWorker], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Three signals at once queue turns that the first one, taking all three
+    # signals and finishing the job, leaves with no message: not a lost lease.
+    start_worker(concurrency=8)
+    start_worker(concurrency=8)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(5):
+            handle = w.stateful.start(3)
+            wait_until(lambda h=handle: _status(h, JobStatus.WAITING))
+            for _ in range(3):
+                handle.signal("add", 1)
+            assert handle.result(timeout=20) == 3
+    assert "turn dropped" not in caplog.text
 
 
 def test_signal_timeout_raises_inside_the_workflow(worker: InProcessWorker) -> None:
