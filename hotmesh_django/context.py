@@ -488,7 +488,19 @@ def patched(change_id: str) -> bool:
     Running jobs whose history was made before the change get False, so they keep
     replaying the old path; new runs record a marker and get True ever after.
     """
+    if not isinstance(change_id, str) or not change_id or len(change_id) > _MAX_CHANGE_ID:
+        raise ValueError(
+            f"A change id must be a non-empty string of at most {_MAX_CHANGE_ID} characters, "
+            f"not {change_id!r}."
+        )
+    from hotmesh_django.serialization import check_name_text
+
+    check_name_text(change_id, f"The change id {change_id!r}")
     return _require("patched").patched(change_id)
+
+
+# The marker step is named "patched:<change id>", in a 255-character column.
+_MAX_CHANGE_ID = 255 - len("patched:")
 
 
 def set_search(**attrs: Any) -> None:

@@ -170,6 +170,9 @@ def check_queue_name(queue: object) -> None:
     if queue != queue.strip():
         # "orders " is not "orders": a worker given --queues orders would never see it.
         raise ValueError(f"queue must not start or end with whitespace, not {queue!r}.")
+    if "," in queue:
+        # --queues a,b splits on commas: no worker could be told to serve it.
+        raise ValueError(f"queue must not contain a comma, not {queue!r}.")
     check_name_text(queue, f"queue {queue!r}")
 
 
@@ -311,8 +314,21 @@ class WorkflowDefinition(Generic[P, R]):
 
 
 def _check_function(f: Callable[..., Any], what: str) -> None:
-    if not callable(f):
-        raise TypeError(f"@{what} decorates a function, not {type(f).__name__}.")
+    if not callable(f) or isinstance(f, type):
+        kind = "a class" if isinstance(f, type) else type(f).__name__
+        raise TypeError(f"@{what} decorates a function, not {kind}.")
+    if inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f):
+        # Workers call it in a thread and store what it returns: a coroutine would
+        # never run, and each attempt would fail as an unstorable result.
+        raise TypeError(
+            f"@{what} needs a plain function; {f.__qualname__} is async. Run the "
+            "coroutine inside a plain function (asyncio.run) instead."
+        )
+    if inspect.isgeneratorfunction(f):
+        raise TypeError(
+            f"@{what} needs a plain function; {f.__qualname__} is a generator, whose "
+            "body would never run. Return a list instead."
+        )
     qualname = getattr(f, "__qualname__", "")
     if "<locals>" in qualname or getattr(f, "__name__", "") == "<lambda>":
         # Workers find definitions by importing modules; a nested function or a
@@ -356,6 +372,8 @@ def activity(
     _check_common(name, queue, priority)
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise TypeError("retry must be a RetryPolicy.")
+    if not isinstance(atomic, bool):
+        raise TypeError(f"atomic must be True or False, not {atomic!r}.")
     timeout_s = _seconds(timeout, "timeout")
     if timeout_s == 0:
         raise ValueError("timeout must be positive.")

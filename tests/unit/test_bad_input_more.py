@@ -155,3 +155,56 @@ def test_a_queue_setting_with_a_non_string_key_is_a_check_error() -> None:
 def test_result_refuses_a_bad_timeout_before_waiting(timeout: Any, error: type) -> None:
     with pytest.raises(error, match="timeout must be a number of seconds"):
         hm.JobHandle("any").result(timeout=timeout)
+
+
+# -- decorated functions and their options ----------------------------------------------
+
+
+async def _coroutine() -> None:
+    """An async function, which a worker thread could never run."""
+
+
+async def _async_generator() -> Any:
+    yield 1
+
+
+def _generator() -> Any:
+    yield 1
+
+
+class _Callable:
+    pass
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        (_coroutine, "is async"),
+        (_async_generator, "is async"),
+        (_generator, "is a generator"),
+        (_Callable, "not a class"),
+    ],
+)
+def test_decorators_refuse_what_a_worker_cannot_run(target: Any, message: str) -> None:
+    for decorator in (hm.activity, hm.workflow):
+        with pytest.raises(TypeError, match=message):
+            decorator(name="t.never_registered")(target)
+
+
+def test_a_queue_name_with_a_comma_is_refused() -> None:
+    # --queues a,b could never select it.
+    with pytest.raises(ValueError, match="comma"):
+        hm.activity(queue="a,b")
+    with pytest.raises(ValueError, match="comma"):
+        activities.add.using(queue="a,b")
+
+
+def test_atomic_must_be_a_flag() -> None:
+    with pytest.raises(TypeError, match="atomic must be True or False"):
+        hm.activity(atomic="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("change_id", ["", 5, "x" * 300, "a\x00b"])
+def test_patched_refuses_a_bad_change_id(change_id: Any) -> None:
+    with pytest.raises(ValueError, match="change id"):
+        hm.patched(change_id)
