@@ -736,9 +736,17 @@ class JobOperationsMixin:
     # -- bulk actions ---------------------------------------------------------------------
 
     def _bulk(
-        self, request: HttpRequest, queryset: QuerySet[Job], operation: Operation, verb: str
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[Job],
+        operation: Operation,
+        verb: str,
+        *,
+        newest_first: bool = False,
     ) -> None:
         ids, left = selected_ids(queryset)
+        if newest_first:
+            ids.reverse()
         outcome = apply(ids, operation, self._actor(request))
         outcome.truncated = left
         self.message_user(request, outcome.message(verb), outcome.level)
@@ -749,7 +757,9 @@ class JobOperationsMixin:
 
     @admin.action(description=_("Cancel selected jobs"), permissions=["operate"])
     def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        self._bulk(request, queryset, op_cancel, _("cancelled"))
+        # Newest first: a child (started after its parent) is then cancelled before
+        # the parent's cancel takes it along, so it is not reported as skipped.
+        self._bulk(request, queryset, op_cancel, _("cancelled"), newest_first=True)
 
     @admin.action(description=_("Send a signal to selected jobs…"), permissions=["operate"])
     def send_signal(self, request: HttpRequest, queryset: QuerySet[Job]) -> HttpResponse | None:

@@ -272,6 +272,14 @@ def test_bulk_cancel_groups_skip_reasons(admin_client) -> None:
     ) in messages_text(response)
 
 
+def test_bulk_cancel_of_a_parent_and_its_child_skips_neither(admin_client) -> None:
+    parent = JobFactory(status=JobStatus.WAITING)
+    child = JobFactory(status=JobStatus.WAITING, parent=parent)
+    JobFactory(status=JobStatus.WAITING, parent=parent)  # not selected: taken along
+    response = bulk(admin_client, "cancel_jobs", [parent, child])
+    assert "2 jobs cancelled (and 1 child job with them)." in messages_text(response)
+
+
 def test_bulk_signal_shows_a_form_then_sends(admin_client) -> None:
     jobs = [JobFactory(status=JobStatus.WAITING), JobFactory(status=JobStatus.CANCELLED)]
     response = bulk(admin_client, "send_signal", jobs)
