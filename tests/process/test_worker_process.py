@@ -47,6 +47,13 @@ def test_burst_worker_drains_and_exits(spawn_worker: Spawn) -> None:
     assert f"hotmesh worker pid={proc.pid} stopped." in proc.log()
 
 
+def test_a_worker_warns_of_a_queue_nothing_knows(spawn_worker: Spawn) -> None:
+    proc = spawn_worker("--burst", "--queues", "default,ordres")
+    assert proc.wait(timeout=60) == 0, proc.log()
+    assert "uses queue 'ordres'" in proc.log()  # a typo of a queue nobody uses
+    assert "uses queue 'default'" not in proc.log()
+
+
 def test_burst_worker_says_what_it_leaves_scheduled(spawn_worker: Spawn) -> None:
     """It exited 0 without a word about a delayed start due later."""
     later = a.add.using(delay=600).start(1, 2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -10,11 +11,13 @@ from collections.abc import Callable
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
 from django.db.models import Count, Min
 from django.utils import timezone
 
+from hotmesh_django import registry
 from hotmesh_django.conf import IMPORT_ERRORS, settings
-from hotmesh_django.models import Stream, StreamStatus
+from hotmesh_django.models import Job, Stream, StreamStatus
 from hotmesh_django.pool import install_signal_handlers, run_pool
 from hotmesh_django.worker import Worker
 
@@ -147,6 +150,8 @@ class Command(BaseCommand):
             f"{', burst' if options['burst'] else ''}. SIGTERM or Ctrl-C stops it "
             f"gracefully (within {options['graceful_timeout']:g} s), a second one at once."
         )
+        if options["queues"]:
+            self._warn_of_unknown_queues(options["queues"])
         self.stdout.flush()
         if options["processes"] == 1:
             _run_worker(**kwargs)
@@ -157,6 +162,24 @@ class Command(BaseCommand):
         self.stdout.write(f"hotmesh worker pid={os.getpid()} stopped.")
         if options["burst"]:
             self._say_what_is_scheduled(options["queues"])
+
+    def _warn_of_unknown_queues(self, queues: list[str]) -> None:
+        """Warn of a queue nothing here knows (a typo in --queues would otherwise
+        leave a worker idle without a word). Only a warning: work for it may come
+        from code this process does not import."""
+        known = registry.queues() | set(settings.queues)
+        unknown = [q for q in queues if q not in known]
+        if not unknown:
+            return
+        with contextlib.suppress(DatabaseError):  # the worker says so itself, later
+            used = set(Job.objects.filter(queue__in=unknown).values_list("queue", flat=True))
+            used |= set(Stream.objects.filter(queue__in=unknown).values_list("queue", flat=True))
+            unknown = [q for q in unknown if q not in used]
+        for queue in unknown:
+            self.stderr.write(
+                f"warning: no activity or workflow imported here uses queue {queue!r}, "
+                "HOTMESH_QUEUES does not name it and no job has used it: is it a typo?"
+            )
 
     def _say_what_is_scheduled(self, queues: list[str] | None) -> None:
         """A burst ends when nothing is ready: say what waits for a later run (timers,
