@@ -273,3 +273,10 @@ def continues_then_waits(round_no: int) -> Any:
     if round_no == 0:
         hm.continue_as_new(1)
     return hm.wait_for_signal("never")
+
+
+@hm.workflow(name="t.leaves_child_then_step")
+def leaves_child_then_step(workflow_id: str) -> int:
+    """Start a child, run a step, end without waiting for the child."""
+    waiter.using(workflow_id=workflow_id).start("never")
+    return a.add(1, 2)

@@ -42,6 +42,7 @@ from hotmesh_django.engine.notify import DONE_CHANNEL, tables
 from hotmesh_django.engine.rows import GUARD, StepAck, ack_guard
 from hotmesh_django.exceptions import CodecError, UnknownDefinition
 from hotmesh_django.models import (
+    ACTIVE_STATUSES,
     FINISHED_STATUSES,
     Activity,
     Job,
@@ -315,6 +316,8 @@ def _finish(
 ) -> Taken | None:
     if cache.job.parent_id is not None or cache.job.started_at is None:
         return None  # the usual path wakes the parent
+    if any(s.kind == StepKind.CHILD and s.status in ACTIVE_STATUSES for s in cache.steps.values()):
+        return None  # the usual path cancels the children it leaves running
     try:
         output = encode_value(result, what="the workflow's result")
     except (TypeError, ValueError):

@@ -137,3 +137,7 @@ def test_children_left_running_are_cancelled_when_the_parent_ends(
     waited = hm.get_handle("waited-for")
     assert waited.status() == JobStatus.CANCELLED
     assert "ended (FAILED)" in waited.job().error["message"]
+    # Ending on a step's ack, which this worker runs itself (engine/sticky.py).
+    parent = w.leaves_child_then_step.start("left-behind-2")
+    assert parent.result(timeout=20) == 3
+    assert hm.get_handle("left-behind-2").status() == JobStatus.CANCELLED
