@@ -660,20 +660,12 @@ def _park(job: Job, message: str) -> None:
     error = {"type": "UnknownWorkflow", "message": message}
     if job.error != error:
         Journal.objects.create(job=job, event=JournalEvent.PARKED, name=job.name, data=error)
-    Job.objects.filter(pk=job.pk).transition(JobStatus.WAITING, error=error)
-    Stream.objects.create(
-        queue=job.queue,
-        kind=StreamKind.TIMER,
-        job=job,
-        name=job.name,
-        priority=job.priority,
-        status=StreamStatus.SCHEDULED,
-        visible_at=Now() + datetime.timedelta(seconds=PARK_SECONDS),
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_notify(%s, %s)", [WORK_CHANNEL, f"t:{time.time() + PARK_SECONDS}"]
-        )
+    parked = Job.objects.filter(pk=job.pk)
+    if not parked.transition(JobStatus.WAITING, error=error):
+        # Already WAITING (its code went while it waited for a timer or a signal):
+        # no move, but the job must still say why it does not go on.
+        parked.filter(status=JobStatus.WAITING).update(error=error, updated_at=Now())
+    _look_again_later(job)
 
 
 def check_readable(job: Job, steps: Any) -> None:
@@ -697,11 +689,19 @@ def _wait_for_codec(job: Job, error: CodecError) -> None:
         PARK_SECONDS,
         error,
     )
-    # One timer is enough, however many turns of the job failed at once.
+    _look_again_later(job)
+
+
+def _look_again_later(job: Job) -> None:
+    """Queue a timer that runs the job's turn again in PARK_SECONDS. One is enough,
+    however many turns of the job were put aside meanwhile (each signal to a parked
+    job queues one)."""
     due = Now() + datetime.timedelta(seconds=PARK_SECONDS + 1)
     pending = Stream.objects.filter(
         job=job, kind=StreamKind.TIMER, step__isnull=True, status=StreamStatus.SCHEDULED
     )
+    if job.deadline_at is not None:
+        pending = pending.exclude(visible_at=job.deadline_at)  # the timeout's own timer
     if pending.filter(visible_at__lte=due).exists():
         return
     Stream.objects.create(

@@ -166,6 +166,26 @@ def test_a_workflow_renamed_under_a_running_job_is_parked(worker: WorkerThread) 
     assert Stream.objects.filter(job=job, status="SCHEDULED").exists()  # looked at again
 
 
+def test_a_parked_job_keeps_one_timer_however_often_it_is_signalled(
+    worker: WorkerThread,
+) -> None:
+    handle = w.waiter.start("go")
+    wait_until(lambda: handle.status() == JobStatus.WAITING, timeout=10)
+    Job.objects.filter(workflow_id=handle.id).update(name="t.gone")
+    turns = Stream.objects.filter(job__workflow_id=handle.id, kind="TURN")
+    for i in range(3):
+        handle.signal("ping", i)  # queues a turn, which parks the job again
+        wait_until(lambda: not turns.exists(), timeout=10)
+    job = handle.job()
+    assert job.error["type"] == "UnknownWorkflow"  # was left unset: WAITING to WAITING
+    assert Journal.objects.filter(job=job, event="parked").count() == 1
+    assert Stream.objects.filter(job=job, kind="TIMER").count() == 1
+    # The code is back (a deploy): the next signal's turn goes on from where it was.
+    Job.objects.filter(pk=job.pk).update(name="t.waiter")
+    handle.signal("go", "back")
+    assert handle.result(timeout=10) == "back"
+
+
 def test_a_deleted_step_row_fails_the_job_instead_of_rerunning(worker: WorkerThread) -> None:
     handle = w.changes.start()
     _waiting(handle)
