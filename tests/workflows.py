@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import hotmesh_django as hm
@@ -280,3 +282,37 @@ def leaves_child_then_step(workflow_id: str) -> int:
     """Start a child, run a step, end without waiting for the child."""
     waiter.using(workflow_id=workflow_id).start("never")
     return a.add(1, 2)
+
+
+# Set by the workflows below once their turn has begun; they then hold the turn's
+# transaction (and the job row's lock) open a while (in-process workers only). Their
+# timeout sends every turn down the usual, locking path (engine/sticky.py).
+TURN_BEGUN = threading.Event()
+
+
+@hm.workflow(name="t.slow_turn", timeout=60)
+def slow_turn(n: int) -> None:
+    """Start `n` children in a turn that takes a while to commit."""
+    for _ in range(n):
+        waiter.start("never")
+    TURN_BEGUN.set()
+    time.sleep(0.8)
+    hm.sleep(30)
+
+
+@hm.workflow(name="t.slow_continue", timeout=60)
+def slow_continue(round_no: int) -> None:
+    """Continue as new in a turn that takes a while to commit, then wait."""
+    if round_no == 0:
+        TURN_BEGUN.set()
+        time.sleep(0.8)
+        hm.continue_as_new(1)
+    hm.sleep(30)
+
+
+@hm.workflow(name="t.ends_on_signal")
+def ends_on_signal(child_id: str) -> str:
+    """Start a slow_continue child, end on a signal without waiting for it."""
+    slow_continue.using(workflow_id=child_id).start(0)
+    hm.wait_for_signal("end")
+    return "ended"

@@ -137,18 +137,23 @@ SELECT parent_id, parent_step, name,
 """
 
 
-# Lock a job about to finish and list its active children. The job's row is locked
-# before any child's: the order a parent's turn takes them in (its own row, then
-# children it starts or cancels), while a finishing child locks its own row and then
-# only the parent's step, never the parent's job row. Cancelling the children before
-# the parent's own finish (which closes the parent's steps) keeps it that way.
-_LOCK_TREE = """
-SELECT j.status, j.workflow_id,
-       array(SELECT c.id FROM {job} AS c
-              WHERE c.parent_id = j.id AND c.status IN ('READY', 'RUNNING', 'WAITING')
-              ORDER BY c.id)
-  FROM {job} AS j WHERE j.id = %s FOR NO KEY UPDATE
+# Lock a job about to finish. Its row is locked before any child's: the order a
+# parent's turn takes them in (its own row, then children it starts or cancels),
+# while a finishing child locks its own row and then only the parent's step, never
+# the parent's job row. Cancelling the children before the parent's own finish
+# (which closes the parent's steps) keeps it that way.
+_LOCK_JOB = "SELECT status, workflow_id FROM {job} WHERE id = %s FOR NO KEY UPDATE"
+
+# Its active children, in a statement of its own: under READ COMMITTED a statement
+# that waited for the lock above reads other rows in the snapshot it took before
+# waiting, and would miss children that the lock's holder (a turn) just started.
+_ACTIVE_CHILDREN = """
+SELECT id FROM {job}
+ WHERE parent_id = %s AND status IN ('READY', 'RUNNING', 'WAITING') ORDER BY id
 """
+
+# Rounds of looking for children again (see finish_tree); far more than any race.
+_CHILD_ROUNDS = 100
 
 
 def finish_job(
@@ -183,19 +188,27 @@ def finish_tree(
     """As finish_job(); return how many jobs ended: this one and its active
     descendants, cancelled with `children_error` (by default, saying the parent
     ended). 0 when the job is no longer active."""
+    t = tables()
     with prepared.cursor() as cursor:
-        cursor.execute(_LOCK_TREE.format(**tables()), [job_id])
+        cursor.execute(_LOCK_JOB.format(**t), [job_id])
         locked = cursor.fetchone()
     if locked is None or locked[0] not in sources_of(status):
         return 0
-    _, workflow_id, children = locked
+    if children_error is None:
+        children_error = {
+            "type": "JobCancelled",
+            "message": f"Its parent workflow {locked[1]!r} ended ({status}).",
+        }
     ended = 0
-    if children:
-        if children_error is None:
-            children_error = {
-                "type": "JobCancelled",
-                "message": f"Its parent workflow {workflow_id!r} ended ({status}).",
-            }
+    # Looked for again until none is left: a child that continues as new under
+    # this parent commits its next run while we wait for its row's lock, and that
+    # run is a child too, seen only by a later statement.
+    for _ in range(_CHILD_ROUNDS):
+        with prepared.cursor() as cursor:
+            cursor.execute(_ACTIVE_CHILDREN.format(**t), [job_id])
+            children = [row[0] for row in cursor.fetchall()]
+        if not children:
+            break
         for child_id in children:
             ended += finish_tree(
                 child_id,

@@ -112,9 +112,24 @@ def cancel_tree(workflow_id: str, *, using: str = DEFAULT_DB_ALIAS, actor: str =
     with transaction.atomic(using=using):
         job = _get(workflow_id, using)
         cancelled = _cancel(job.id, actor)
+        for _ in range(_RUNS_FOLLOWED):
+            if cancelled:
+                break
+            # The run read above may have continued as new while the cancel waited
+            # for its lock: it is finished now, and the workflow_id names the next
+            # run, which the handle follows and which is what is to be cancelled.
+            current = Job.objects.using(using).filter(workflow_id=workflow_id).first()
+            if current is None or current.pk == job.pk:
+                break
+            job = current
+            cancelled = _cancel(job.id, actor)
     if cancelled:
         logger.info("job cancelled job=%s jobs=%s by=%s", workflow_id, cancelled, actor or "-")
     return cancelled
+
+
+# Runs of one workflow_id a cancel follows (each continued as new under it).
+_RUNS_FOLLOWED = 10
 
 
 def _cancel(job_id: int, actor: str) -> int:

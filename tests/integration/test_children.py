@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 import hotmesh_django as hm
+from hotmesh_django.engine import control
 from hotmesh_django.engine.children import child_workflow_id
 from hotmesh_django.models import Job, JobStatus, Journal
 from tests import activities as a
@@ -141,3 +142,36 @@ def test_children_left_running_are_cancelled_when_the_parent_ends(
     parent = w.leaves_child_then_step.start("left-behind-2")
     assert parent.result(timeout=20) == 3
     assert hm.get_handle("left-behind-2").status() == JobStatus.CANCELLED
+
+
+def test_a_cancel_that_waited_for_a_turn_takes_the_children_it_started(
+    worker: InProcessWorker,
+) -> None:
+    w.TURN_BEGUN.clear()
+    handle = w.slow_turn.start(3)
+    assert w.TURN_BEGUN.wait(10)
+    # Waits for the turn's lock; the children that turn started are cancelled too.
+    assert control.cancel_tree(handle.id) == 4
+    children = Job.objects.filter(parent=handle.job())
+    assert sorted(children.values_list("status", flat=True)) == [JobStatus.CANCELLED] * 3
+
+
+def test_a_cancel_follows_a_run_that_continued_as_new_meanwhile(worker: InProcessWorker) -> None:
+    w.TURN_BEGUN.clear()
+    handle = w.slow_continue.start(0)
+    assert w.TURN_BEGUN.wait(10)
+    assert handle.cancel() is True  # the run it read continued as new while it waited
+    assert handle.status() == JobStatus.CANCELLED
+    assert not Job.objects.filter(workflow_id__startswith=handle.id).active().exists()
+
+
+def test_a_parent_ending_takes_the_next_run_of_a_child_that_continued(
+    worker: InProcessWorker,
+) -> None:
+    w.TURN_BEGUN.clear()
+    parent = w.ends_on_signal.start("continuing-child")
+    assert w.TURN_BEGUN.wait(10)  # the child's first turn, about to continue as new
+    parent.signal("end")
+    assert parent.result(timeout=20) == "ended"
+    assert hm.get_handle("continuing-child").status() == JobStatus.CANCELLED
+    assert not Job.objects.filter(parent=parent.job()).active().exists()
