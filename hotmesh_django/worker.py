@@ -15,6 +15,7 @@ Threads in a worker process:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import queue as queue_mod
 import random
@@ -40,6 +41,7 @@ from hotmesh_django.engine import claim as claims
 from hotmesh_django.engine import prepared, prune, schedules
 from hotmesh_django.engine import queues as queue_control
 from hotmesh_django.engine.acks import AckBatcher
+from hotmesh_django.engine.conflicts import retry_on_conflict
 from hotmesh_django.engine.execute import Handoff, release_after_loss, run_step, session_lost
 from hotmesh_django.engine.notify import WORK_CHANNEL, tables
 from hotmesh_django.engine.turn import Local, run_turn
@@ -99,7 +101,9 @@ def dispatch(message: claims.Claimed, local: Local, held: set[int] | None = None
                 break
             if current.kind in ("TURN", "TIMER"):
                 with tracing.span("hotmesh.turn", job_id=current.job_id, queue=current.queue):
-                    following = run_turn(current, local)
+                    following = retry_on_conflict(
+                        functools.partial(run_turn, current, local), what="turn"
+                    )
                 faults.point("turn_commit")
             else:
                 outcome = run_step(current, local)

@@ -120,9 +120,16 @@ SELECT extract(epoch FROM min(visible_at) - clock_timestamp())
   FROM {stream} WHERE status = 'SCHEDULED'
 """
 
+# SKIP LOCKED: a row locked now is being acked, released or deleted with its job,
+# and the next beat comes long before the lease ends. Waiting for it could deadlock
+# with a cascade deleting many messages in another order.
 _EXTEND = """
 UPDATE {stream} SET lease_expires_at = now() + make_interval(secs => %(lease)s)
- WHERE worker = %(worker)s AND status = 'RUNNING' AND id = ANY(%(ids)s::bigint[])
+ WHERE id IN (SELECT id FROM {stream}
+               WHERE worker = %(worker)s AND status = 'RUNNING'
+                 AND id = ANY(%(ids)s::bigint[])
+               ORDER BY id
+                 FOR UPDATE SKIP LOCKED)
 """
 
 # Rows whose lease ran out, or whose worker said goodbye or went silent.

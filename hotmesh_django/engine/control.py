@@ -6,6 +6,7 @@ reports whether it moved anything.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -14,6 +15,7 @@ from django.db.models.functions import Now
 
 from hotmesh_django.engine import human
 from hotmesh_django.engine.complete import enqueue_turn, finish_tree, timer_message
+from hotmesh_django.engine.conflicts import retry_on_conflict
 from hotmesh_django.exceptions import JobFinishedError, JobNotFound, NotAWorkflow, StepRunning
 from hotmesh_django.models import (
     FINISHED_STATUSES,
@@ -109,6 +111,14 @@ def cancel_job(workflow_id: str, *, using: str = DEFAULT_DB_ALIAS, actor: str = 
 def cancel_tree(workflow_id: str, *, using: str = DEFAULT_DB_ALIAS, actor: str = "") -> int:
     """As cancel_job(); return how many jobs were cancelled: the job and its active
     descendants (0 if the job had finished)."""
+    cancel = functools.partial(_cancel_tree, workflow_id, using, actor)
+    cancelled = retry_on_conflict(cancel, what="cancel")
+    if cancelled:
+        logger.info("job cancelled job=%s jobs=%s by=%s", workflow_id, cancelled, actor or "-")
+    return cancelled
+
+
+def _cancel_tree(workflow_id: str, using: str, actor: str) -> int:
     with transaction.atomic(using=using):
         job = _get(workflow_id, using)
         cancelled = _cancel(job.id, actor)
@@ -123,8 +133,6 @@ def cancel_tree(workflow_id: str, *, using: str = DEFAULT_DB_ALIAS, actor: str =
                 break
             job = current
             cancelled = _cancel(job.id, actor)
-    if cancelled:
-        logger.info("job cancelled job=%s jobs=%s by=%s", workflow_id, cancelled, actor or "-")
     return cancelled
 
 

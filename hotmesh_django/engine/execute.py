@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import enum
+import functools
 import json
 import logging
 import threading
@@ -31,6 +32,7 @@ from hotmesh_django.choices import ACTIVE_STATUSES, HELD, status_in
 from hotmesh_django.engine import prepared
 from hotmesh_django.engine.claim import Claimed, loads_jsonb
 from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job
+from hotmesh_django.engine.conflicts import retry_on_conflict
 from hotmesh_django.engine.notify import DONE_CHANNEL, WORK_CHANNEL, tables
 from hotmesh_django.engine.sticky import ack_sticky
 from hotmesh_django.engine.turn import (
@@ -496,7 +498,9 @@ def _execute(
         # An activity job's ack ends it and starts nothing: group it with others.
         local.acks.submit(message, output)
         return Handoff.ACK_PENDING, metrics.SUCCESSFUL
-    acked, following = ack_success(message, local, output)
+    acked, following = retry_on_conflict(
+        functools.partial(ack_success, message, local, output), what="step ack"
+    )
     faults.point("ack_commit", acked)
     if not acked:
         logger.warning("lease lost, result dropped job=%s step=%s", message.job_id, message.step)
