@@ -102,9 +102,17 @@ class JobHandle:
 
     def signal(self, name: str, payload: Any = None) -> None:
         """Send signal `name` with `payload` to the job; it is buffered until taken."""
+        from hotmesh_django import context
         from hotmesh_django.engine.control import send_signal
         from hotmesh_django.serialization import check_signal_name
 
+        if context.current() is not None:
+            # Workflow code runs again on every replay, and so would the send: each
+            # replay would deliver the signal once more.
+            raise TypeError(
+                "A signal cannot be sent from workflow code, which runs again on every "
+                "replay: send it from an activity."
+            )
         # Before any SQL: a name Postgres cannot store would abort the caller's
         # transaction with a DataError.
         check_signal_name(name)

@@ -316,3 +316,8 @@ def ends_on_signal(child_id: str) -> str:
     slow_continue.using(workflow_id=child_id).start(0)
     hm.wait_for_signal("end")
     return "ended"
+
+
+@hm.workflow(name="t.signals_from_code")
+def signals_from_code(workflow_id: str) -> None:
+    hm.signal(workflow_id, "go", 1)

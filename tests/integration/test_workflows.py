@@ -112,6 +112,14 @@ def test_turns_left_queued_by_a_finished_job_are_dropped_quietly(
     assert "turn dropped" not in caplog.text
 
 
+def test_workflow_code_cannot_send_a_signal(worker: InProcessWorker) -> None:
+    """Each replay would send it again (an activity should)."""
+    target = w.two_signals.start()
+    with pytest.raises(hm.WorkflowFailed, match="send it from an activity"):
+        w.signals_from_code.start(target.id).result(timeout=20)
+    assert not Signal.objects.filter(job=target.job()).exists()
+
+
 def test_signal_timeout_raises_inside_the_workflow(worker: InProcessWorker) -> None:
     handle = w.waiter.start("never", 0.3)
     assert handle.result(timeout=30) == "timed out"
