@@ -28,7 +28,7 @@ from django.db.models.functions import Now
 
 from hotmesh_django.choices import ACTIVE_STATUSES, FINISHED_STATUSES
 from hotmesh_django.context import WorkflowContext
-from hotmesh_django.engine.complete import child_outcome
+from hotmesh_django.engine.complete import child_outcome, job_timer
 from hotmesh_django.models import (
     Activity,
     Job,
@@ -204,16 +204,7 @@ def _start_messages(child: Job, definition: Any, now: datetime.datetime) -> list
         message.visible_at = now + datetime.timedelta(seconds=delay)
     if child.deadline_at is None:
         return [message]
-    deadline = Stream(
-        queue=child.queue,
-        kind=StreamKind.TIMER,
-        job=child,
-        name=child.name,
-        priority=child.priority,
-        status=StreamStatus.SCHEDULED,
-        visible_at=child.deadline_at,
-    )
-    return [message, deadline]
+    return [message, job_timer(child, child.deadline_at)]
 
 
 def _link(parent: Job, step: Activity, child: Job) -> bool:

@@ -72,6 +72,20 @@ def timer_message(job: Job, step: Activity) -> Stream:
     )
 
 
+def job_timer(job: Job, due: Any) -> Stream:
+    """Return an (unsaved) timer that runs `job`'s next turn at `due`: its deadline,
+    its delayed start, or another look at a job put aside."""
+    return Stream(
+        queue=job.queue,
+        kind=StreamKind.TIMER,
+        job=job,
+        name=job.name,
+        priority=job.priority,
+        status=StreamStatus.SCHEDULED,
+        visible_at=due,
+    )
+
+
 def error_dict(exc: BaseException, *, with_traceback: bool = True) -> dict[str, Any]:
     """Describe an exception as stored in `error` columns.
 

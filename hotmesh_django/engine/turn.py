@@ -29,7 +29,13 @@ from hotmesh_django.context import WorkflowContext, activate
 from hotmesh_django.engine import human, prepared
 from hotmesh_django.engine.children import start_children
 from hotmesh_django.engine.claim import Claimed
-from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job, timer_message
+from hotmesh_django.engine.complete import (
+    enqueue_turn,
+    error_dict,
+    finish_job,
+    job_timer,
+    timer_message,
+)
 from hotmesh_django.engine.notify import WORK_CHANNEL, tables
 from hotmesh_django.engine.rows import StatusMove, StepAck, Written, write_turn
 from hotmesh_django.engine.sticky import TurnCache, turn_from_claim
@@ -704,15 +710,7 @@ def _look_again_later(job: Job) -> None:
         pending = pending.exclude(visible_at=job.deadline_at)  # the timeout's own timer
     if pending.filter(visible_at__lte=due).exists():
         return
-    Stream.objects.create(
-        queue=job.queue,
-        kind=StreamKind.TIMER,
-        job=job,
-        name=job.name,
-        priority=job.priority,
-        status=StreamStatus.SCHEDULED,
-        visible_at=Now() + datetime.timedelta(seconds=PARK_SECONDS),
-    )
+    job_timer(job, Now() + datetime.timedelta(seconds=PARK_SECONDS)).save()
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT pg_notify(%s, %s)", [WORK_CHANNEL, f"t:{time.time() + PARK_SECONDS}"]
@@ -750,15 +748,7 @@ def _continue_as_new(job: Job, data: Any, timeout: float | None) -> None:
         deadline_at=deadline,
     )
     if deadline is not None:
-        Stream.objects.create(
-            queue=following.queue,
-            kind=StreamKind.TIMER,
-            job=following,
-            name=following.name,
-            priority=following.priority,
-            status=StreamStatus.SCHEDULED,
-            visible_at=deadline,
-        )
+        job_timer(following, deadline).save()
     Journal.objects.bulk_create(
         [
             Journal(job=job, event=JournalEvent.CONTINUED, data={"next_run": workflow_id}),
