@@ -321,3 +321,18 @@ def ends_on_signal(child_id: str) -> str:
 @hm.workflow(name="t.signals_from_code")
 def signals_from_code(workflow_id: str) -> None:
     hm.signal(workflow_id, "go", 1)
+
+
+@hm.workflow(name="t.spin")
+def spin(round_no: int) -> None:
+    """Continue as new for ever, as fast as it can."""
+    hm.continue_as_new(round_no + 1)
+
+
+@hm.workflow(name="t.spin_parent")
+def spin_parent(n: int) -> int:
+    """Start `n` spinning children, end on a signal without waiting for them."""
+    for _ in range(n):
+        spin.start(0)
+    hm.wait_for_signal("end")
+    return n

@@ -32,10 +32,11 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from psycopg.types.json import Jsonb
 
 from hotmesh_django import faults, metrics
-from hotmesh_django.choices import ACTIVE_STATUSES, StreamStatus, status_in
+from hotmesh_django.choices import ACTIVE_STATUSES, FINISHED_STATUSES, StreamStatus, status_in
 from hotmesh_django.engine import prepared
 from hotmesh_django.engine.claim import Claimed
 from hotmesh_django.engine.notify import DONE_CHANNEL, tables
+from hotmesh_django.models import Job
 from hotmesh_django.serialization import seal
 
 logger = logging.getLogger(__name__)
@@ -114,6 +115,29 @@ def ack_tasks(worker_id: uuid.UUID, items: list[tuple[Claimed, Any]]) -> tuple[s
     return set(row[0]), set(row[1])
 
 
+def say_dropped(messages: list[Claimed]) -> None:
+    """Log the results that were not acked: a warning for a lost lease, but only a
+    debug line when the job had already ended (a cancel, a parent's end, a deadline):
+    then dropping the result is what should happen."""
+    if not messages:
+        return
+    try:
+        finished = set(
+            Job.objects.filter(
+                pk__in={m.job_id for m in messages}, status__in=FINISHED_STATUSES
+            ).values_list("pk", flat=True)
+        )
+    except DatabaseError:
+        finished = set()
+    for message in messages:
+        if message.job_id in finished:
+            logger.debug("job ended, result dropped job=%s step=%s", message.job_id, message.step)
+        else:
+            logger.warning(
+                "lease lost, result dropped job=%s step=%s", message.job_id, message.step
+            )
+
+
 class AckBatcher:
     """A thread that acks the TASK messages runner threads hand it, in batches.
 
@@ -174,12 +198,9 @@ class AckBatcher:
         names = {message.job_id: message.name for message, _ in batch}
         for job_id in finished:
             metrics.job_finished(names[job_id], "SUCCESSFUL")
+        say_dropped([message for message, _ in batch if message.id not in acked])
         for message, _ in batch:
             done = message.id in acked
-            if not done:
-                logger.warning(
-                    "lease lost, result dropped job=%s step=%s", message.job_id, message.step
-                )
             faults.point("ack_commit", done)
             self._on_done(message, done)
 

@@ -217,11 +217,20 @@ def finish_tree(
     # Looked for again until none is left: a child that continues as new under
     # this parent commits its next run while we wait for its row's lock, and that
     # run is a child too, seen only by a later statement.
-    for _ in range(_CHILD_ROUNDS):
+    for rounds in range(_CHILD_ROUNDS):
         with prepared.cursor() as cursor:
             cursor.execute(_ACTIVE_CHILDREN.format(**t), [job_id])
             children = [row[0] for row in cursor.fetchall()]
         if not children:
+            break
+        if rounds == _CHILD_ROUNDS - 1:
+            # Children that keep continuing as new faster than they can be cancelled:
+            # each stops at its next continue-as-new, once this job's end commits.
+            logger.warning(
+                "children still running as their parent ends job=%s children=%s",
+                locked[1],
+                len(children),
+            )
             break
         for child_id in children:
             ended += finish_tree(

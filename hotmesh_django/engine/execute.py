@@ -30,6 +30,7 @@ from psycopg.types.json import Jsonb
 from hotmesh_django import faults, metrics, middleware, registry, tracing
 from hotmesh_django.choices import ACTIVE_STATUSES, HELD, status_in
 from hotmesh_django.engine import prepared
+from hotmesh_django.engine.acks import say_dropped
 from hotmesh_django.engine.claim import Claimed, loads_jsonb
 from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job
 from hotmesh_django.engine.conflicts import retry_on_conflict
@@ -481,7 +482,7 @@ def _execute(
         _debug_result(message, output)
         faults.point("step_done")
     except LeaseLost:
-        logger.warning("lease lost, result dropped job=%s step=%s", message.job_id, message.step)
+        say_dropped([message])
         return None, None
     except (OperationalError, InterfaceError) as exc:
         if session_lost(exc):
@@ -503,7 +504,7 @@ def _execute(
     )
     faults.point("ack_commit", acked)
     if not acked:
-        logger.warning("lease lost, result dropped job=%s step=%s", message.job_id, message.step)
+        say_dropped([message])
         return None, None
     return following, metrics.SUCCESSFUL
 

@@ -725,6 +725,19 @@ def _continue_as_new(job: Job, data: Any, timeout: float | None) -> None:
     workflow's `timeout` from its own start: a poller that continues as new forever
     would otherwise be failed by its first run's deadline (or, as before, by none).
     """
+    if job.parent_id is not None:
+        parent = Job.objects.filter(pk=job.parent_id).values_list("status", "workflow_id").first()
+        if parent is None or parent[0] in FINISHED_STATUSES:
+            # The parent ended while this run was going (its cancel of its children
+            # may have been chasing a chain of runs that continued faster than it
+            # could cancel them): the chain ends here, not in a run nobody awaits.
+            ended = "is gone" if parent is None else f"{parent[1]!r} ended ({parent[0]})"
+            finish_job(
+                job.pk,
+                JobStatus.CANCELLED,
+                error={"type": "JobCancelled", "message": f"Its parent workflow {ended}."},
+            )
+            return
     deadline = None
     if timeout is not None:
         deadline = job.db_now + datetime.timedelta(seconds=timeout)  # type: ignore[attr-defined]

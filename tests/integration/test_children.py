@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import hotmesh_django as hm
-from hotmesh_django.engine import control
+from hotmesh_django.engine import complete, control
 from hotmesh_django.engine.children import child_workflow_id
 from hotmesh_django.models import Job, JobStatus, Journal
 from tests import activities as a
@@ -175,3 +175,20 @@ def test_a_parent_ending_takes_the_next_run_of_a_child_that_continued(
     assert parent.result(timeout=20) == "ended"
     assert hm.get_handle("continuing-child").status() == JobStatus.CANCELLED
     assert not Job.objects.filter(parent=parent.job()).active().exists()
+
+
+def test_a_child_chain_the_cascade_could_not_catch_stops_at_its_next_run(
+    worker: InProcessWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One round: the cascade gives up on children that continue as new faster than
+    # it can cancel them (as a hundred rounds may); each chain must stop by itself.
+    monkeypatch.setattr(complete, "_CHILD_ROUNDS", 1)
+    parent = w.spin_parent.start(2)
+    runs = Job.objects.filter(workflow_id__startswith=f"{parent.id}/")
+    wait_until(lambda: runs.filter(status=JobStatus.SUCCESSFUL).count() >= 4, timeout=20)
+    parent.signal("end")
+    assert parent.result(timeout=20) == 2
+    wait_until(lambda: not runs.active().exists(), timeout=20)
+    last = runs.filter(status=JobStatus.CANCELLED)
+    assert last.count() == 2
+    assert all("ended (SUCCESSFUL)" in job.error["message"] for job in last)

@@ -13,6 +13,7 @@ from django.db import connection, transaction
 
 import hotmesh_django as hm
 from hotmesh_django.models import Activity, Job, JobStatus, Journal, Signal, Stream
+from tests import activities as a
 from tests import workflows as w
 from tests.conftest import InProcessWorker, wait_until
 from tests.models import Counter, Effect
@@ -110,6 +111,19 @@ def test_turns_left_queued_by_a_finished_job_are_dropped_quietly(
                 handle.signal("add", 1)
             assert handle.result(timeout=20) == 3
     assert "turn dropped" not in caplog.text
+
+
+def test_a_result_dropped_because_the_job_was_cancelled_is_not_a_lost_lease(
+    worker: InProcessWorker, caplog: pytest.LogCaptureFixture
+) -> None:
+    task = a.slow.start(0.6, "cancelled-task")
+    flow = w.slow_steps.start("cancelled-flow", 1, 0.6)
+    running = Activity.objects.filter(status=JobStatus.RUNNING)
+    wait_until(lambda: running.count() == 2)
+    with caplog.at_level(logging.DEBUG, logger="hotmesh_django.engine"):
+        assert task.cancel() and flow.cancel()
+        wait_until(lambda: caplog.text.count("job ended, result dropped") == 2)
+    assert "lease lost" not in caplog.text
 
 
 def test_workflow_code_cannot_send_a_signal(worker: InProcessWorker) -> None:
