@@ -89,6 +89,9 @@ class WorkflowContext:
         self.consumed_signals: list[Signal] = []
         self.cancelled_timers: list[int] = []
         self.search: dict[str, Any] = {}
+        # Signals this turn sends to other jobs: (workflow_id, name, payload), sent in
+        # the turn's own transaction, once (a marker step stops a replay resending).
+        self.outgoing_signals: list[tuple[str, str, Any]] = []
         self.state: dict[str, Any] = {}
         # hm.patched() answers per change id, fixed by the first call of the run.
         self.patches: dict[str, bool] = {}
@@ -357,6 +360,31 @@ class WorkflowContext:
             finished_at=self.db_now,
         )
         return value
+
+    def send_signal(self, workflow_id: str, name: str, payload: Any) -> None:
+        """Send signal `name` to the job `workflow_id` once, with this turn's write.
+
+        The step records that it was sent, so a replay does not send it again. An
+        unknown or finished job raises here, when the call first runs.
+        """
+        from hotmesh_django.exceptions import JobFinishedError, JobNotFound
+        from hotmesh_django.models import FINISHED_STATUSES, Job
+        from hotmesh_django.serialization import encode_value
+
+        encode_value(payload, what="the signal payload")  # a TypeError here, not at write
+
+        def send() -> dict[str, str]:
+            target = Job.objects.filter(workflow_id=workflow_id).values_list("status").first()
+            if target is None:
+                raise JobNotFound(f"No job has workflow_id {workflow_id!r}.")
+            if target[0] in FINISHED_STATUSES:
+                raise JobFinishedError(
+                    f"Job {workflow_id!r} is {target[0]}; it can no longer take signals."
+                )
+            self.outgoing_signals.append((workflow_id, name, payload))
+            return {"workflow_id": workflow_id}
+
+        self.record(f"signal:{name}", send)
 
     def patched(self, change_id: str) -> bool:
         from hotmesh_django.models import JobStatus, StepKind

@@ -106,16 +106,15 @@ class JobHandle:
         from hotmesh_django.engine.control import send_signal
         from hotmesh_django.serialization import check_signal_name
 
-        if context.current() is not None:
-            # Workflow code runs again on every replay, and so would the send: each
-            # replay would deliver the signal once more.
-            raise TypeError(
-                "A signal cannot be sent from workflow code, which runs again on every "
-                "replay: send it from an activity."
-            )
         # Before any SQL: a name Postgres cannot store would abort the caller's
         # transaction with a DataError.
         check_signal_name(name)
+        ctx = context.current()
+        if ctx is not None:
+            # From workflow code, which runs again on every replay: sent once, with
+            # the turn's write (a step records it).
+            ctx.send_signal(self.id, name, payload)
+            return
         send_signal(self.id, name, payload, using=self._using)
 
     def cancel(self) -> bool:

@@ -319,8 +319,17 @@ def ends_on_signal(child_id: str) -> str:
 
 
 @hm.workflow(name="t.signals_from_code")
-def signals_from_code(workflow_id: str) -> None:
+def signals_from_code(workflow_id: str) -> str:
+    """Signal another job twice, with replays in between."""
     hm.signal(workflow_id, "go", 1)
+    hm.sleep(0.05)
+    hm.get_handle(workflow_id).signal("go", 2)
+    hm.sleep(0.05)
+    try:
+        hm.signal("no-such-job", "go")
+    except hm.JobNotFound:
+        return "sent"
+    return "no error"
 
 
 @hm.workflow(name="t.spin")

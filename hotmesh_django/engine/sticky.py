@@ -259,6 +259,7 @@ def _fits(ctx: WorkflowContext) -> bool:
         and not ctx.new_children
         and not ctx.new_timers
         and not ctx.consumed_signals
+        and not ctx.outgoing_signals
         and not ctx.cancelled_timers
         and not ctx.changed_steps
         and not ctx.search

@@ -42,7 +42,10 @@ from hotmesh_django.engine.sticky import TurnCache, turn_from_claim
 from hotmesh_django.exceptions import (
     CodecError,
     ContinueAsNew,
+    JobFinishedError,
+    JobNotFound,
     NonDeterminismError,
+    NotAWorkflow,
     Suspend,
     UnknownDefinition,
 )
@@ -601,6 +604,7 @@ def write(
         # A child step settled at once (its workflow_id named a finished job): the
         # replay that sees its outcome is the next turn.
         enqueue_turn(job.id)
+    _send_signals(ctx)
     if mine is None or mine_message is None or written.mine is None:
         return None, written
     return Claimed(
@@ -614,6 +618,25 @@ def write(
         queue=mine.queue,
         cache=_cache(ctx, whole_move, written),
     ), written
+
+
+def _send_signals(ctx: WorkflowContext) -> None:
+    """Send the signals the turn's code sent, in the turn's transaction: they and the
+    steps that record them commit together, so each is sent once."""
+    from hotmesh_django.engine.control import send_signal
+
+    for workflow_id, name, payload in ctx.outgoing_signals:
+        try:
+            send_signal(workflow_id, name, payload, actor=f"workflow {ctx.job.workflow_id}")
+        except (JobNotFound, JobFinishedError, NotAWorkflow) as exc:
+            # The target was there when the code ran; it ended (or went) since.
+            logger.warning(
+                "signal not delivered job=%s to=%s name=%s reason=%s",
+                ctx.job.workflow_id,
+                workflow_id,
+                name,
+                exc,
+            )
 
 
 def _cache(ctx: WorkflowContext, move: StatusMove | None, written: Written) -> TurnCache | None:

@@ -126,12 +126,15 @@ def test_a_result_dropped_because_the_job_was_cancelled_is_not_a_lost_lease(
     assert "lease lost" not in caplog.text
 
 
-def test_workflow_code_cannot_send_a_signal(worker: InProcessWorker) -> None:
-    """Each replay would send it again (an activity should)."""
+def test_workflow_code_sends_each_signal_once(worker: InProcessWorker) -> None:
+    """Each replay of the sender sent its signals again."""
     target = w.two_signals.start()
-    with pytest.raises(hm.WorkflowFailed, match="send it from an activity"):
-        w.signals_from_code.start(target.id).result(timeout=20)
-    assert not Signal.objects.filter(job=target.job()).exists()
+    sender = w.signals_from_code.start(target.id)
+    assert sender.result(timeout=20) == "sent"
+    assert target.result(timeout=20) == [1, 2]
+    assert Signal.objects.filter(job=target.job()).count() == 2
+    received = Journal.objects.filter(job=target.job(), event="signal_received")
+    assert {e.data["by"] for e in received} == {f"workflow {sender.id}"}
 
 
 def test_signal_timeout_raises_inside_the_workflow(worker: InProcessWorker) -> None:
