@@ -384,7 +384,8 @@ class WorkflowContext:
             self.outgoing_signals.append((workflow_id, name, payload))
             return {"workflow_id": workflow_id}
 
-        self.record(f"signal:{name}", send)
+        # Cut to the step name column's 255 characters (a signal name may have 255).
+        self.record(f"signal:{name}"[:255], send)
 
     def patched(self, change_id: str) -> bool:
         from hotmesh_django.models import JobStatus, StepKind

