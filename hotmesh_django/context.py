@@ -367,20 +367,14 @@ class WorkflowContext:
         The step records that it was sent, so a replay does not send it again. An
         unknown or finished job raises here, when the call first runs.
         """
-        from hotmesh_django.exceptions import JobFinishedError, JobNotFound
-        from hotmesh_django.models import FINISHED_STATUSES, Job
-        from hotmesh_django.serialization import encode_value
+        from hotmesh_django.engine.control import signal_target
+        from hotmesh_django.serialization import check_signal_name, encode_value
 
+        check_signal_name(name)
         encode_value(payload, what="the signal payload")  # a TypeError here, not at write
 
         def send() -> dict[str, str]:
-            target = Job.objects.filter(workflow_id=workflow_id).values_list("status").first()
-            if target is None:
-                raise JobNotFound(f"No job has workflow_id {workflow_id!r}.")
-            if target[0] in FINISHED_STATUSES:
-                raise JobFinishedError(
-                    f"Job {workflow_id!r} is {target[0]}; it can no longer take signals."
-                )
+            signal_target(workflow_id)
             self.outgoing_signals.append((workflow_id, name, payload))
             return {"workflow_id": workflow_id}
 

@@ -104,11 +104,9 @@ class JobHandle:
         """Send signal `name` with `payload` to the job; it is buffered until taken."""
         from hotmesh_django import context
         from hotmesh_django.engine.control import send_signal
-        from hotmesh_django.serialization import check_signal_name
 
-        # Before any SQL: a name Postgres cannot store would abort the caller's
-        # transaction with a DataError.
-        check_signal_name(name)
+        # Both check the name before any SQL: a name Postgres cannot store would
+        # abort the caller's transaction with a DataError.
         ctx = context.current()
         if ctx is not None:
             # From workflow code, which runs again on every replay: sent once, with

@@ -11,7 +11,8 @@ import logging
 import traceback as tb
 from typing import Any
 
-from django.db import transaction
+from django.db import DEFAULT_DB_ALIAS, transaction
+from django.db.models import QuerySet
 from django.db.models.functions import Now
 from psycopg.types.json import Jsonb
 
@@ -60,16 +61,9 @@ SELECT pg_notify('{channel}', 'q:' || queue) FROM t
 
 def timer_message(job: Job, step: Activity) -> Stream:
     """Return the (unsaved) timer message that wakes `job` when `step` is due."""
-    return Stream(
-        queue=job.queue,
-        kind=StreamKind.TIMER,
-        job=job,
-        step=step.seq,
-        name=job.name,
-        priority=job.priority,
-        status=StreamStatus.SCHEDULED,
-        visible_at=step.wake_at or Now(),
-    )
+    timer = job_timer(job, step.wake_at or Now())
+    timer.step = step.seq
+    return timer
 
 
 def job_timer(job: Job, due: Any) -> Stream:
@@ -84,6 +78,17 @@ def job_timer(job: Job, due: Any) -> Stream:
         status=StreamStatus.SCHEDULED,
         visible_at=due,
     )
+
+
+def job_timers(job: Job, using: str = DEFAULT_DB_ALIAS) -> QuerySet[Stream]:
+    """The job's scheduled step-less timers (job_timer) other than its deadline's:
+    a delayed start, or a look again at a job put aside."""
+    timers = Stream.objects.using(using).filter(
+        job=job, kind=StreamKind.TIMER, step__isnull=True, status=StreamStatus.SCHEDULED
+    )
+    if job.deadline_at is not None:
+        timers = timers.exclude(visible_at=job.deadline_at)  # the timeout's own timer
+    return timers
 
 
 def error_dict(exc: BaseException, *, with_traceback: bool = True) -> dict[str, Any]:

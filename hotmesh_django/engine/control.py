@@ -14,7 +14,7 @@ from django.db import DEFAULT_DB_ALIAS, transaction
 from django.db.models.functions import Now
 
 from hotmesh_django.engine import human
-from hotmesh_django.engine.complete import enqueue_turn, finish_tree, timer_message
+from hotmesh_django.engine.complete import enqueue_turn, finish_tree, job_timers, timer_message
 from hotmesh_django.engine.conflicts import retry_on_conflict
 from hotmesh_django.exceptions import JobFinishedError, JobNotFound, NotAWorkflow, StepRunning
 from hotmesh_django.models import (
@@ -43,6 +43,17 @@ def _get(workflow_id: str, using: str) -> Job:
     return job
 
 
+def signal_target(workflow_id: str, using: str = DEFAULT_DB_ALIAS) -> Job:
+    """The job `workflow_id`, which must still take signals: raise JobNotFound for an
+    unknown job and JobFinishedError for a finished one."""
+    job = _get(workflow_id, using)
+    if job.status in FINISHED_STATUSES:
+        raise JobFinishedError(
+            f"Job {workflow_id!r} is {job.status}; it can no longer take signals."
+        )
+    return job
+
+
 def send_signal(
     workflow_id: str,
     name: str,
@@ -58,16 +69,10 @@ def send_signal(
     single activity (it has no wait_for_signal to take it), and TypeError for a
     payload that is not JSON.
     """
-    if not isinstance(name, str) or not name or len(name) > 255:
-        raise ValueError("A signal name must be a non-empty string of at most 255 characters.")
     check_signal_name(name)
     data = encode_value(payload, what="the signal payload")
     with transaction.atomic(using=using):
-        job = _get(workflow_id, using)
-        if job.status in FINISHED_STATUSES:
-            raise JobFinishedError(
-                f"Job {workflow_id!r} is {job.status}; it can no longer take signals."
-            )
+        job = signal_target(workflow_id, using)
         if job.kind == JobKind.ACTIVITY:
             raise NotAWorkflow(
                 f"Job {workflow_id!r} runs the activity {job.name!r}, which cannot wait "
@@ -90,17 +95,7 @@ def _starts_later(job: Job, using: str) -> bool:
     start the job before its delay, and the first turn reads the signal anyway."""
     if job.started_at is not None:
         return False
-    start_timer = Stream.objects.using(using).filter(
-        job=job,
-        kind=StreamKind.TIMER,
-        step__isnull=True,
-        status=StreamStatus.SCHEDULED,
-        visible_at__gt=Now(),
-    )
-    # The workflow's own deadline is a step-less timer as well, due at deadline_at.
-    if job.deadline_at is not None:
-        start_timer = start_timer.exclude(visible_at=job.deadline_at)
-    return start_timer.exists()
+    return job_timers(job, using).filter(visible_at__gt=Now()).exists()
 
 
 def cancel_job(workflow_id: str, *, using: str = DEFAULT_DB_ALIAS, actor: str = "") -> bool:

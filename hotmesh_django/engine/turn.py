@@ -34,6 +34,7 @@ from hotmesh_django.engine.complete import (
     error_dict,
     finish_job,
     job_timer,
+    job_timers,
     timer_message,
 )
 from hotmesh_django.engine.notify import WORK_CHANNEL, tables
@@ -726,12 +727,7 @@ def _look_again_later(job: Job) -> None:
     however many turns of the job were put aside meanwhile (each signal to a parked
     job queues one)."""
     due = Now() + datetime.timedelta(seconds=PARK_SECONDS + 1)
-    pending = Stream.objects.filter(
-        job=job, kind=StreamKind.TIMER, step__isnull=True, status=StreamStatus.SCHEDULED
-    )
-    if job.deadline_at is not None:
-        pending = pending.exclude(visible_at=job.deadline_at)  # the timeout's own timer
-    if pending.filter(visible_at__lte=due).exists():
+    if job_timers(job).filter(visible_at__lte=due).exists():
         return
     job_timer(job, Now() + datetime.timedelta(seconds=PARK_SECONDS)).save()
     with connection.cursor() as cursor:
