@@ -217,10 +217,9 @@ def _parse_pgbench(
     proc: subprocess.CompletedProcess[str], params: dict[str, Any], workload: str
 ) -> Record:
     out = proc.stdout + proc.stderr
-    tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
-    txs = re.search(r"number of transactions actually processed: (\d+)", out)
+    stats = pgbench_stats(out)
     lat = re.search(r"latency average = ([\d.]+) ms", out)
-    if proc.returncode != 0 or not tps or not txs:
+    if proc.returncode != 0 or stats is None:
         return {"error": out[-500:]}
     if workload == "insert1":
         done = _count(params, "ready")
@@ -228,16 +227,25 @@ def _parse_pgbench(
         return {"error": "the queue ran dry during the run; raise the prefill"}
     else:
         done = _count(params, "done")
-    rate = float(tps.group(1))
-    elapsed = int(txs.group(1)) / rate if rate else 0.0
+    rate, txs = stats
+    elapsed = txs / rate if rate else 0.0
     return {
         "tps": round(rate, 1),
         "rows_per_s": round(done / elapsed, 1) if elapsed else 0.0,
-        "txs": int(txs.group(1)),
+        "txs": txs,
         "rows": done,
         "latency_ms": float(lat.group(1)) if lat else None,
         "server_version": _server_version(params),
     }
+
+
+def pgbench_stats(out: str) -> tuple[float, int] | None:
+    """(transactions per second, transactions run) from pgbench's output, or None."""
+    tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
+    txs = re.search(r"number of transactions actually processed: (\d+)", out)
+    if not tps or not txs:
+        return None
+    return float(tps.group(1)), int(txs.group(1))
 
 
 def _server_version(params: dict[str, Any]) -> str:

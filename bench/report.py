@@ -223,6 +223,9 @@ def build(
     extra = {
         "claim100": pglimit_best(limits, "claim100"),
         "claim1": pglimit_best(limits, "claim1"),
+        # Our own data model's bound (bench/bound.py).
+        "engine100": pglimit_best(limits, "engine100"),
+        "stream100": pglimit_best(limits, "stream100"),
         # Enqueueing is one caller in a loop: compare it with one pgbench client.
         "insert1": (insert1, 1) if insert1 is not None else None,
     }
@@ -252,6 +255,10 @@ def build(
                 s1, c1 = extra["claim1"]
                 limit += f"; {s1.median:,.0f} (claim1, {c1})"
                 vs_limit += f"; {_ratio(ours_stat.median, s1.median)}"
+            if extra["engine100"]:
+                se, ce = extra["engine100"]
+                limit += f"; {se.median:,.0f} (engine100: our SQL, no Python, {ce})"
+                vs_limit += f"; {_ratio(ours_stat.median, se.median)}"
         elif metric.field == "enqueue_jobs_per_s" and extra["insert1"]:
             s, clients = extra["insert1"]
             limit = f"{s.median:,.0f} tx/s (insert1, 1 client)"
@@ -286,6 +293,14 @@ def build(
                     f"indexes {', '.join(indexes) or 'none'}{'; SEQ SCAN' if seq else ''})",
                 )
             )
+    if extra["stream100"] and extra["claim100"]:
+        st, cs = extra["stream100"]
+        notes.append(
+            f"Data model: the Stream table alone (claim then delete 100 rows, stream100) "
+            f"drains {st.median:,.0f} rows/s with {cs} clients, "
+            f"{_ratio(st.median, extra['claim100'][0].median)} of claim100, before any Job, "
+            "Activity or Journal row is written (bench/bound.py)."
+        )
     engines = sorted({r["engine"] for r in ours if r.get("engine")})
     if len(engines) > 1:
         notes.append(

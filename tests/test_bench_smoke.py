@@ -87,7 +87,13 @@ def test_bench_runs_every_workload_at_tiny_n(tmp_path: Path) -> None:
     assert not big["seq_scan_on_stream"] and "hotmesh_stream_ready_idx" in big["indexes"], big
     assert 0 < ours["RSS"]["idle_mb"] < 500
     limits = [r for r in records if r.get("bench") == "pglimit" and r["workload"] != "pickup"]
-    assert {r["workload"] for r in limits} == {"insert1", "claim1", "claim100"}
+    assert {r["workload"] for r in limits} == {
+        "insert1",
+        "claim1",
+        "claim100",
+        "engine100",
+        "stream100",
+    }
     assert all(r.get("rows_per_s", 0) > 0 for r in limits), limits
     floor = [r for r in records if r.get("workload") == "pickup"]
     assert len(floor) == 1 and floor[0]["samples"] == 3, floor
@@ -144,6 +150,10 @@ def test_report_takes_each_peers_best_setting_and_the_ratios() -> None:
         {"bench": "pglimit", "workload": "pickup", "clients": 1, "p50_ms": v, "p95_ms": 2 * v}
         for v in (1.0, 1.6, 1.2)
     ]
+    pglimit += [
+        {"bench": "pglimit", "workload": w, "clients": 2, "rows_per_s": v}
+        for w, v in [("engine100", 3250.0), ("stream100", 2550.0)]
+    ]
     built = report.build(ours, peers, pglimit)
     rows = {r.label: r for r in built.rows}
 
@@ -153,7 +163,10 @@ def test_report_takes_each_peers_best_setting_and_the_ratios() -> None:
     assert drain.peers["dbos"][1] == "tuned"  # the best of its settings
     assert drain.best_peer is not None and drain.best_peer[0] == "dbos"
     assert drain.vs_best == "2.17x"
-    assert drain.vs_limit == "0.51x"  # 2600 / median of the 2-client claim100 runs (5100)
+    # 2600 / median of the 2-client claim100 runs (5100), then / engine100 (3250).
+    assert drain.vs_limit == "0.51x; 0.80x"
+    assert "3,250 (engine100: our SQL, no Python, 2)" in drain.limit
+    assert any("stream100) drains 2,550 rows/s with 2 clients, 0.50x" in n for n in built.notes)
     assert drain.target.startswith("PASS >=2x best peer")
 
     pickup = rows["W3 idle pickup p50, ms"]

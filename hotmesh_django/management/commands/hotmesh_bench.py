@@ -129,7 +129,10 @@ class Command(BaseCommand):
         parser.add_argument(
             "--pglimit",
             action="store_true",
-            help="Measure the pgbench insert1/claim1/claim100 limit on the same server.",
+            help=(
+                "Measure the pgbench insert1/claim1/claim100 limit on the same server, and"
+                " (with w1) the engine100/stream100 bound of our data model."
+            ),
         )
         parser.add_argument("--pglimit-clients", type=_int_list, default=[1, 2, 4, 8])
         parser.add_argument(
@@ -180,7 +183,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            from bench import peers, pickup, report, workloads
+            from bench import bound, peers, pickup, report, workloads
         except ImportError:
             raise CommandError(
                 "hotmesh_bench runs from a checkout of the hotmesh_django repository: "
@@ -244,6 +247,16 @@ class Command(BaseCommand):
             with workloads.bench_database(config, log, drop=options["drop_database"]):
                 server = workloads.server_version()
                 ours = workloads.Runner(config, log).run()
+                if options["pglimit"] and "w1" in config.workloads:
+                    log("data-model bound: W1's lifecycle as the engine's SQL, no Python")
+                    pglimit += bound.run_model_bound(
+                        database=config.database,
+                        runs=config.runs,
+                        clients=options["pglimit_clients"],
+                        duration=options["pglimit_duration"],
+                        log=log,
+                        on_record=keep,
+                    )
         except workloads.BenchError as exc:
             raise CommandError(str(exc)) from exc
         outcome = peers.PeerOutcome([], error=None)
