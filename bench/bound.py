@@ -11,6 +11,10 @@ claim100 is that data model, and how much is the worker's Python:
   (taken from engine/claim.py and engine/acks.py, so they follow the code), 100
   activity jobs per claim, with no Python between them. No worker can drain faster
   than this; W1 / engine100 is the share the workers reach.
+- contract100: the least DESIGN.md's data model asks of a durable job, hand-written:
+  the claim moves the message and its Job to RUNNING, the ack deletes the message,
+  moves the Job to SUCCESSFUL with its output and journals `completed` (no Activity
+  row, no step_completed event, no lease check beyond the worker's own rows).
 - stream100: a claim and a delete of 100 rows of the Stream table alone, with its
   real indexes: the floor of any design that keeps DESIGN.md's Stream queue, before
   a single Job, Activity or Journal row is written.
@@ -37,12 +41,12 @@ from bench.workloads import libpq_params, reset_tables
 Log = Callable[[str], None]
 Record = dict[str, Any]
 
-WORKLOADS = ("engine100", "stream100")
+WORKLOADS = ("engine100", "contract100", "stream100")
 QUEUE = "bound"
 # One worker id per pgbench client: the ack takes back what that client claimed.
 _WORKER = "md5(:client_id::text)::uuid"
 # Jobs queued before a run, per second of run: enough that the queue never runs dry.
-_PREFILL_PER_S = {"engine100": 40_000, "stream100": 100_000}
+_PREFILL_PER_S = {"engine100": 40_000, "contract100": 50_000, "stream100": 100_000}
 
 
 def _substitute(statement: str, values: dict[str, str]) -> str:
@@ -72,6 +76,30 @@ def engine_script() -> str:
     acked = _substitute(acks._ack_batch_sql(), {"acks": document, "worker": _WORKER})
     # Each statement commits on its own, as the worker's do (autocommit).
     return f"{claimed};\n{acked};\n"
+
+
+def contract_script() -> str:
+    """The contract's minimum: message and Job to RUNNING; message gone, Job done, journaled."""
+    from hotmesh_django.engine.notify import tables
+
+    t = tables()
+    return (
+        f"WITH m AS (UPDATE {t['stream']} AS s SET status = 'RUNNING', worker = {_WORKER},"
+        " attempts = s.attempts + 1, lease_expires_at = now() + interval '30 seconds',"
+        " claimed_at = now()"
+        f" FROM (SELECT id FROM {t['stream']} WHERE queue = '{QUEUE}' AND status = 'READY'"
+        " ORDER BY priority DESC, id LIMIT 100 FOR UPDATE SKIP LOCKED) AS c"
+        " WHERE s.id = c.id RETURNING s.job_id)"
+        f" UPDATE {t['job']} AS j SET status = 'RUNNING', started_at = now(), updated_at = now()"
+        " FROM m WHERE j.id = m.job_id AND j.status = 'READY';\n"
+        f"WITH m AS (DELETE FROM {t['stream']} WHERE worker = {_WORKER} AND status = 'RUNNING'"
+        " RETURNING job_id),"
+        f" j AS (UPDATE {t['job']} AS j SET status = 'SUCCESSFUL', output = 'null',"
+        " finished_at = now(), updated_at = now()"
+        " FROM m WHERE j.id = m.job_id AND j.status = 'RUNNING' RETURNING j.id)"
+        f" INSERT INTO {t['journal']} (job_id, event, name, created_at)"
+        " SELECT id, 'completed', '', now() FROM j;\n"
+    )
 
 
 def stream_script() -> str:
@@ -134,7 +162,7 @@ def _done(conn: psycopg.Connection[Any], workload: str, queued: int) -> tuple[in
     t = tables()
     ready = conn.execute(f"SELECT count(*) FROM {t['stream']} WHERE status = 'READY'").fetchone()
     left = int(ready[0]) if ready else 0
-    if workload == "engine100":
+    if workload != "stream100":
         row = conn.execute(
             f"SELECT count(*) FROM {t['job']} WHERE status = 'SUCCESSFUL'"
         ).fetchone()
@@ -160,7 +188,11 @@ def run_model_bound(
         return [missing]
     params = libpq_params(database)
     env = {**os.environ, **peers.libpq_env(params)}
-    scripts = {"engine100": engine_script(), "stream100": stream_script()}
+    scripts = {
+        "engine100": engine_script(),
+        "contract100": contract_script(),
+        "stream100": stream_script(),
+    }
     records: list[Record] = []
     with (
         tempfile.TemporaryDirectory(prefix="hotmesh-bound-") as tmp,

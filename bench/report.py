@@ -225,6 +225,7 @@ def build(
         "claim1": pglimit_best(limits, "claim1"),
         # Our own data model's bound (bench/bound.py).
         "engine100": pglimit_best(limits, "engine100"),
+        "contract100": pglimit_best(limits, "contract100"),
         "stream100": pglimit_best(limits, "stream100"),
         # Enqueueing is one caller in a loop: compare it with one pgbench client.
         "insert1": (insert1, 1) if insert1 is not None else None,
@@ -293,14 +294,19 @@ def build(
                     f"indexes {', '.join(indexes) or 'none'}{'; SEQ SCAN' if seq else ''})",
                 )
             )
-    if extra["stream100"] and extra["claim100"]:
-        st, cs = extra["stream100"]
-        notes.append(
-            f"Data model: the Stream table alone (claim then delete 100 rows, stream100) "
-            f"drains {st.median:,.0f} rows/s with {cs} clients, "
-            f"{_ratio(st.median, extra['claim100'][0].median)} of claim100, before any Job, "
-            "Activity or Journal row is written (bench/bound.py)."
-        )
+    if extra["claim100"]:
+        claim100 = extra["claim100"][0].median
+        for key, what in (
+            ("contract100", "the least DESIGN.md's data model writes per job"),
+            ("stream100", "the Stream table alone, before any Job, Activity or Journal row"),
+        ):
+            found = extra[key]
+            if found is not None:
+                st, cs = found
+                notes.append(
+                    f"Data model ({key}, {what}; bench/bound.py): {st.median:,.0f} jobs/s "
+                    f"with {cs} clients, {_ratio(st.median, claim100)} of claim100."
+                )
     engines = sorted({r["engine"] for r in ours if r.get("engine")})
     if len(engines) > 1:
         notes.append(

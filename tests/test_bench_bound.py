@@ -36,6 +36,17 @@ def test_engine100_claims_and_acks_like_a_worker() -> None:
 
 
 @pytest.mark.django_db(transaction=True)
+def test_contract100_finishes_jobs_without_steps() -> None:
+    with psycopg.connect(**libpq_params(), autocommit=True) as conn:
+        bound._prefill(conn, 150)
+        _run_once(bound.contract_script(), conn, client_id=3)
+
+    finished = Job.objects.filter(status="SUCCESSFUL", started_at__isnull=False)
+    assert finished.count() == 100 and Stream.objects.count() == 50
+    assert Journal.objects.filter(job__in=finished, event="completed").count() == 100
+
+
+@pytest.mark.django_db(transaction=True)
 def test_stream100_touches_the_queue_table_only() -> None:
     with psycopg.connect(**libpq_params(), autocommit=True) as conn:
         bound._prefill(conn, 150)

@@ -92,6 +92,7 @@ def test_bench_runs_every_workload_at_tiny_n(tmp_path: Path) -> None:
         "claim1",
         "claim100",
         "engine100",
+        "contract100",
         "stream100",
     }
     assert all(r.get("rows_per_s", 0) > 0 for r in limits), limits
@@ -166,7 +167,10 @@ def test_report_takes_each_peers_best_setting_and_the_ratios() -> None:
     # 2600 / median of the 2-client claim100 runs (5100), then / engine100 (3250).
     assert drain.vs_limit == "0.51x; 0.80x"
     assert "3,250 (engine100: our SQL, no Python, 2)" in drain.limit
-    assert any("stream100) drains 2,550 rows/s with 2 clients, 0.50x" in n for n in built.notes)
+    assert any(
+        n.startswith("Data model (stream100") and "2,550 jobs/s with 2 clients, 0.50x" in n
+        for n in built.notes
+    ), built.notes
     assert drain.target.startswith("PASS >=2x best peer")
 
     pickup = rows["W3 idle pickup p50, ms"]
