@@ -198,3 +198,18 @@ def slow_first_time(key: str) -> int:
     if count == 1:
         time.sleep(60)
     return count
+
+
+@activity(name="t.own_session_killed", retry=FAST)
+def own_session_killed(key: str) -> None:
+    """Open a session of its own and have the server end it (57P01): the activity's
+    failure, not its worker's."""
+    from django.db import connections
+
+    bump(key)
+    other = connections.create_connection("default")
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    finally:
+        other.close()

@@ -29,6 +29,7 @@ from psycopg.types.json import Jsonb
 
 from hotmesh_django import faults, metrics, middleware, registry, tracing
 from hotmesh_django.choices import ACTIVE_STATUSES, HELD, status_in
+from hotmesh_django.definitions import RetryPolicy
 from hotmesh_django.engine import prepared
 from hotmesh_django.engine.acks import say_dropped
 from hotmesh_django.engine.claim import Claimed, loads_jsonb
@@ -516,21 +517,39 @@ _SESSION_ENDED = ("08", "57P01", "57P02", "57P03")
 
 
 def session_lost(exc: BaseException) -> bool:
-    """True when `exc` means this thread's database session died (then reset it)."""
+    """True when `exc` means this thread's database session died (then reset it).
+
+    An activity's own error may carry a "session ended" SQLSTATE too: one from another
+    alias or a connection of its own (a replica in recovery, a query a watchdog
+    killed). That is the activity's failure, to be counted and retried with backoff,
+    so such a code is believed only once this thread's session fails to answer.
+    """
     state = getattr(exc.__cause__, "sqlstate", None) or ""
     raw = connection.connection
-    broken = (
-        raw is None
-        or bool(getattr(raw, "broken", False))
+    broken = raw is not None and (
+        bool(getattr(raw, "broken", False))
         or bool(raw.closed)
         # A session whose termination an earlier statement already read: psycopg
         # then raises "the connection is lost" with no SQLSTATE.
         or raw.pgconn.status == pq.ConnStatus.BAD
     )
-    if broken or state.startswith(_SESSION_ENDED):
+    if not broken and (raw is None or state.startswith(_SESSION_ENDED)):
+        broken = not _session_answers()
+    elif not broken:
+        return False
+    if broken:
         connection.close()
-        return True
-    return False
+    return broken
+
+
+def _session_answers() -> bool:
+    """Ask the server over this thread's connection (opening one if it has none)."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except (OperationalError, InterfaceError):
+        return False
+    return True
 
 
 _RELEASE = """
@@ -569,9 +588,32 @@ def release_after_loss(message: Claimed, worker_id: uuid.UUID, exc: BaseExceptio
         _release_uncounted(message, worker_id, exc)
 
 
+# Releases of one attempt for a lost session before the loss counts as the attempt's
+# failure: an activity that ends its own session (a watchdog kills its query on the
+# default alias every time) would otherwise run again at once, for ever.
+UNCOUNTED_LOSSES = 3
+
+
 def _release_uncounted(message: Claimed, worker_id: uuid.UUID, exc: BaseException) -> None:
     """Give the message back at once without counting the attempt (on a new
-    connection). If this fails too, the lease expires and the rescue counts it."""
+    connection). If this fails too, the lease expires and the rescue counts it.
+
+    After UNCOUNTED_LOSSES releases of the same attempt the loss is counted instead,
+    retried with the activity's backoff until its max_attempts."""
+    if _losses(message) >= UNCOUNTED_LOSSES:
+        logger.warning(
+            "step lost its database session %s times in a row, counted as a failed "
+            "attempt job=%s step=%s",
+            UNCOUNTED_LOSSES + 1,
+            message.job_id,
+            message.step,
+        )
+        try:
+            policy = registry.get_activity(message.name).retry
+        except UnknownDefinition:
+            policy = RetryPolicy()
+        _record_failure(message, worker_id, policy, exc)
+        return
     params: dict[str, Any] = {
         "id": message.id,
         "worker": worker_id,
@@ -583,6 +625,17 @@ def _release_uncounted(message: Claimed, worker_id: uuid.UUID, exc: BaseExceptio
     logger.warning("connection lost mid-step job=%s step=%s", message.job_id, message.step)
     with connection.cursor() as cursor:
         cursor.execute(_RELEASE.format(channel=WORK_CHANNEL, held=HELD, **tables()), params)
+
+
+def _losses(message: Claimed) -> int:
+    """How often this attempt of the step was given back for a lost session (each such
+    release keeps the attempt's number and journals `lease_expired` under it)."""
+    return Journal.objects.filter(
+        job_id=message.job_id,
+        step=message.step,
+        event=JournalEvent.LEASE_EXPIRED,
+        attempt=message.attempts,
+    ).count()
 
 
 def _wait_for_codec(message: Claimed, worker_id: uuid.UUID, error: CodecError) -> None:

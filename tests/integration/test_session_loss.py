@@ -5,14 +5,16 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from django.db import OperationalError, connection
+from django.db import OperationalError, connection, connections
 
+from hotmesh_django import WorkflowFailed
 from hotmesh_django.engine.claim import claim
-from hotmesh_django.engine.execute import release_after_loss, session_lost
+from hotmesh_django.engine.execute import UNCOUNTED_LOSSES, release_after_loss, session_lost
 from hotmesh_django.engine.notify import connect_raw
 from hotmesh_django.models import Activity, Journal, Stream
 from tests import activities as t
 from tests import workflows as w
+from tests.models import Counter
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -78,3 +80,60 @@ def test_a_message_no_longer_held_is_left_alone() -> None:
     release_after_loss(step, uuid.uuid4(), OperationalError("gone"))  # another worker's
 
     assert Stream.objects.get(pk=step.id).status == "RUNNING"
+
+
+def _error_of_another_session() -> OperationalError:
+    other = connections.create_connection("default")
+    try:
+        with pytest.raises(OperationalError) as error, other.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    finally:
+        other.close()
+    return error.value
+
+
+def test_a_session_ended_code_from_another_session_is_not_this_ones() -> None:
+    error = _error_of_another_session()
+    assert getattr(error.__cause__, "sqlstate", None) == "57P01"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")  # this thread's session is open and alive
+    assert not session_lost(error)
+
+
+def test_a_session_ended_code_is_believed_when_this_session_is_gone() -> None:
+    error = _error_of_another_session()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    _kill_this_session()  # not yet noticed by psycopg: the probe finds it
+    assert session_lost(error)
+    with connection.cursor() as cursor:  # and Django reconnects
+        cursor.execute("SELECT 1")
+
+
+def test_an_activity_whose_own_session_ends_is_retried_and_fails(worker: object) -> None:
+    handle = t.own_session_killed.start("own-session")
+    with pytest.raises(WorkflowFailed, match="terminat"):
+        handle.result(timeout=30)
+    # Three attempts (FAST's max_attempts), each counted: not an endless uncounted loop.
+    assert Counter.objects.get(key="own-session").value == 3
+    job = Journal.objects.filter(job__workflow_id=handle.id)
+    assert not job.filter(event="lease_expired").exists()
+    assert job.filter(event="step_retried").count() == 2
+
+
+def test_a_step_that_keeps_losing_its_session_is_counted_after_three_releases() -> None:
+    t.add.start(2, 3)
+    worker_id = uuid.uuid4()
+    for _ in range(UNCOUNTED_LOSSES):
+        (step,) = claim(queue="default", worker_id=worker_id, limit=1, lease_seconds=60)
+        release_after_loss(step, worker_id, OperationalError("server closed the connection"))
+        assert Stream.objects.get(pk=step.id).attempts == 0
+
+    (step,) = claim(queue="default", worker_id=worker_id, limit=1, lease_seconds=60)
+    release_after_loss(step, worker_id, OperationalError("server closed the connection"))
+
+    message = Stream.objects.get(pk=step.id)
+    assert (message.status, message.attempts) == ("SCHEDULED", 1)  # retried with backoff
+    events = Journal.objects.filter(job_id=step.job_id).values_list("event", flat=True)
+    assert list(events).count("lease_expired") == UNCOUNTED_LOSSES
+    assert "step_retried" in events
