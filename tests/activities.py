@@ -213,3 +213,12 @@ def own_session_killed(key: str) -> None:
             cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
     finally:
         other.close()
+
+
+@activity(name="t.slow_atomic", atomic=True, retry=FAST)
+def slow_atomic(seconds: float) -> float:
+    """An atomic step that writes, then takes a while: its ack shares the transaction
+    its first write began."""
+    bump("slow_atomic")
+    time.sleep(seconds)
+    return seconds

@@ -346,3 +346,8 @@ def spin_parent(n: int) -> int:
         spin.start(0)
     hm.wait_for_signal("end")
     return n
+
+
+@hm.workflow(name="t.one_slow_atomic")
+def one_slow_atomic(seconds: float) -> float:
+    return a.slow_atomic(seconds)

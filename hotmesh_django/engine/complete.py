@@ -48,7 +48,8 @@ _ENQUEUE_TURN = """
 WITH t AS (
     INSERT INTO {stream} AS s (queue, kind, job_id, name, priority, status, visible_at,
                                attempts, created_at)
-    SELECT queue, 'TURN', id, name, priority, 'READY', now(), 0, now()
+    SELECT queue, 'TURN', id, name, priority, 'READY', statement_timestamp(), 0,
+           statement_timestamp()
       FROM {job}
      WHERE id = %s AND status IN ('READY', 'RUNNING', 'WAITING')
     ON CONFLICT (job_id) WHERE kind = 'TURN' AND status = 'READY'
@@ -135,20 +136,20 @@ _FINISH = """
 WITH j AS (
     UPDATE {job}
        SET status = %(status)s, output = %(output)s, error = %(error)s,
-           finished_at = now(), updated_at = now()
+           finished_at = statement_timestamp(), updated_at = statement_timestamp()
      WHERE id = %(id)s AND status = ANY(%(sources)s)
  RETURNING id, parent_id, parent_step, name, watched
 ), d AS (
     DELETE FROM {stream} AS s USING j WHERE s.job_id = j.id
 ), a AS (
-    UPDATE {activity} AS x SET status = 'CANCELLED', finished_at = now()
+    UPDATE {activity} AS x SET status = 'CANCELLED', finished_at = statement_timestamp()
       FROM j WHERE x.job_id = j.id AND x.status IN ('READY', 'RUNNING', 'WAITING')
 ), h AS (
-    UPDATE {human_task} AS t SET status = 'CANCELLED', updated_at = now()
+    UPDATE {human_task} AS t SET status = 'CANCELLED', updated_at = statement_timestamp()
       FROM j WHERE t.job_id = j.id AND t.status IN ('OPEN', 'CLAIMED')
 ), r AS (
     INSERT INTO {journal} (job_id, step, event, name, attempt, data, created_at)
-    SELECT id, NULL, %(event)s, '', NULL, %(data)s, now() FROM j
+    SELECT id, NULL, %(event)s, '', NULL, %(data)s, statement_timestamp() FROM j
 )
 SELECT parent_id, parent_step, name,
        (SELECT count(*) FROM (SELECT pg_notify('{done}', id::text) FROM j WHERE watched) AS n)

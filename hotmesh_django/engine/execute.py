@@ -149,21 +149,21 @@ WITH m AS (
 ), a AS (
     UPDATE {activity} AS x
        SET status = 'SUCCESSFUL', output = %(output)s, error = NULL,
-           attempts = %(attempts)s, finished_at = now()
+           attempts = %(attempts)s, finished_at = statement_timestamp()
       FROM m WHERE x.job_id = m.job_id AND x.seq = %(step)s
 ), j AS (
     UPDATE {job} AS x
        SET status = 'SUCCESSFUL', output = %(output)s, error = NULL,
-           finished_at = now(), updated_at = now()
+           finished_at = statement_timestamp(), updated_at = statement_timestamp()
       FROM m WHERE x.id = m.job_id AND {job_active}
  RETURNING x.id, x.watched
 ), r AS (
     INSERT INTO {journal} (job_id, step, event, name, attempt, data, created_at)
     SELECT job_id, %(step)s::int, 'step_completed', %(name)s, %(attempts)s::int, NULL::jsonb,
-           now()
+           statement_timestamp()
       FROM m
     UNION ALL
-    SELECT id, NULL, 'completed', '', NULL, NULL, now() FROM j
+    SELECT id, NULL, 'completed', '', NULL, NULL, statement_timestamp() FROM j
 )
 SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM j),
        (SELECT count(*) FROM (SELECT pg_notify('{done}', id::text) FROM j WHERE watched) AS n)
@@ -183,12 +183,13 @@ WITH m AS (
 ), a AS (
     UPDATE {activity} AS x
        SET status = 'SUCCESSFUL', output = %(output)s, error = NULL,
-           attempts = %(attempts)s, finished_at = now()
+           attempts = %(attempts)s, finished_at = statement_timestamp()
       FROM m WHERE x.job_id = m.job_id AND x.seq = %(step)s
  RETURNING x.output, x.finished_at
 ), r AS (
     INSERT INTO {journal} (job_id, step, event, name, attempt, data, created_at)
-    SELECT job_id, %(step)s, 'step_completed', %(name)s, %(attempts)s, NULL, now() FROM m
+    SELECT job_id, %(step)s, 'step_completed', %(name)s, %(attempts)s, NULL,
+           statement_timestamp() FROM m
 ), b AS (
     SELECT EXISTS (SELECT 1 FROM {activity}
                     WHERE job_id = %(job)s AND seq <> %(step)s
@@ -564,7 +565,7 @@ WITH m AS (
       FROM m WHERE x.job_id = m.job_id AND x.seq = m.step AND x.status = 'RUNNING'
 ), r AS (
     INSERT INTO {journal} (job_id, step, event, name, attempt, data, created_at)
-    SELECT job_id, step, 'lease_expired', name, %(attempt)s, %(data)s, now() FROM m
+    SELECT job_id, step, 'lease_expired', name, %(attempt)s, %(data)s, statement_timestamp() FROM m
 )
 SELECT pg_notify('{channel}', 'q:' || queue) FROM m
 """

@@ -54,7 +54,7 @@ def _select_list(model: type[models.Model]) -> str:
     for field in _columns(model):
         column = f"x.{_column(field)}"
         if getattr(field, "db_default", models.NOT_PROVIDED) is not models.NOT_PROVIDED:
-            column = f"COALESCE({column}, now())"
+            column = f"COALESCE({column}, statement_timestamp())"
         parts.append(column)
     return ", ".join(parts)
 
@@ -62,7 +62,7 @@ def _select_list(model: type[models.Model]) -> str:
 def _value(field: models.Field[Any, Any], value: Any) -> Any:
     """The JSON form of one column value, as jsonb_to_recordset reads it back."""
     if value is None or isinstance(value, DatabaseDefault | Now):
-        return None  # NULL, or now() where the column has a db_default
+        return None  # NULL, or the column's db_default
     if isinstance(field, SealedJSONField):
         # Through HOTMESH_CODEC, as the field's get_db_prep_save does for the ORM.
         return value.stored if isinstance(value, Unreadable) else seal(value)
@@ -130,15 +130,15 @@ class StatusMove:
 # Both return the job row's new version (see turn.STALE), which a worker keeps with
 # the step it runs next so that step's ack can tell nothing else touched the job.
 _MOVE = (
-    "job_row AS (UPDATE {table} SET status = %(move_status)s, updated_at = now(),"
-    " started_at = CASE WHEN %(move_start)s THEN coalesce(started_at, now())"
+    "job_row AS (UPDATE {table} SET status = %(move_status)s, updated_at = statement_timestamp(),"
+    " started_at = CASE WHEN %(move_start)s THEN coalesce(started_at, statement_timestamp())"
     " ELSE started_at END,"
     " error = CASE WHEN %(move_clear)s THEN NULL ELSE error END"
     " WHERE id = %(job)s AND status = ANY(%(move_sources)s){guard} RETURNING xmin::text)"
 )
 
 _TOUCH = (
-    "job_row AS (UPDATE {table} SET updated_at = now() WHERE id = %(job)s{guard}"
+    "job_row AS (UPDATE {table} SET updated_at = statement_timestamp() WHERE id = %(job)s{guard}"
     " RETURNING xmin::text)"
 )
 

@@ -275,12 +275,12 @@ _FINISH = """
 WITH {guard}, a AS (
     UPDATE {activity} AS x
        SET status = 'SUCCESSFUL', output = %(output)s, error = NULL,
-           attempts = %(attempts)s, finished_at = now()
+           attempts = %(attempts)s, finished_at = statement_timestamp()
      WHERE x.job_id = %(job)s AND x.seq = %(step)s AND {acked}
 ), j AS (
     UPDATE {job} AS x
        SET status = 'SUCCESSFUL', output = %(result)s, error = NULL,
-           finished_at = now(), updated_at = now()
+           finished_at = statement_timestamp(), updated_at = statement_timestamp()
      WHERE x.id = %(job)s AND {acked}
  RETURNING x.id, x.watched
 ), d AS (
@@ -288,19 +288,19 @@ WITH {guard}, a AS (
     -- scan the whole table to hash-join on it. `USING j` keeps it conditional.
     DELETE FROM {stream} AS s USING j WHERE s.job_id = %(job)s AND s.id <> %(ack_id)s
 ), c AS (
-    UPDATE {activity} AS x SET status = 'CANCELLED', finished_at = now()
+    UPDATE {activity} AS x SET status = 'CANCELLED', finished_at = statement_timestamp()
       FROM j WHERE x.job_id = %(job)s AND x.seq <> %(step)s
        AND x.status IN ('READY', 'RUNNING', 'WAITING')
 ), h AS (
-    UPDATE {human_task} AS t SET status = 'CANCELLED', updated_at = now()
+    UPDATE {human_task} AS t SET status = 'CANCELLED', updated_at = statement_timestamp()
       FROM j WHERE t.job_id = %(job)s AND t.status IN ('OPEN', 'CLAIMED')
 ), r AS (
     INSERT INTO {journal} (job_id, step, event, name, attempt, data, created_at)
     SELECT id, %(step)s::int, 'step_completed', %(name)s, %(attempts)s::int, NULL::jsonb,
-           now()
+           statement_timestamp()
       FROM j
     UNION ALL
-    SELECT id, NULL, 'completed', '', NULL, NULL, now() FROM j
+    SELECT id, NULL, 'completed', '', NULL, NULL, statement_timestamp() FROM j
 )
 SELECT (SELECT count(*) FROM j),
        (SELECT count(*) FROM (SELECT pg_notify('{done}', id::text) FROM j WHERE watched) AS n)

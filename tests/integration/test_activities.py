@@ -304,3 +304,21 @@ def test_poll_only_mode_needs_no_listen_anywhere() -> None:
             assert cursor.fetchone() == (0,)
     # Watching is a LISTEN feature: nothing was marked for a finish NOTIFY.
     assert not Job.objects.filter(watched=True).exists()
+
+
+@pytest.mark.parametrize("kind", ["job", "workflow"])
+def test_an_atomic_step_is_stamped_when_it_ends_not_when_its_transaction_began(
+    worker: InProcessWorker, kind: str
+) -> None:
+    # The ack runs in the step's own transaction, begun before the body ran: now()
+    # there is that beginning, so the step, the job and the journal said 0.0 s.
+    start = a.slow_atomic.start if kind == "job" else w.one_slow_atomic.start
+    handle = start(0.4)
+    assert handle.result(timeout=30) == 0.4
+    step = Activity.objects.get(job__workflow_id=handle.id, name="t.slow_atomic")
+    assert step.started_at is not None and step.finished_at is not None
+    assert (step.finished_at - step.started_at).total_seconds() >= 0.4
+    job = Job.objects.get(workflow_id=handle.id)
+    assert job.finished_at is not None and job.finished_at >= step.finished_at
+    done = Journal.objects.get(job=job, event="step_completed")
+    assert done.created_at >= step.finished_at
