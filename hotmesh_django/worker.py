@@ -183,6 +183,10 @@ class Worker:
     def run(self) -> None:
         """Work until stop() (or, with burst, until the queues are empty)."""
         self._register_when_up()
+        if self._stopping.is_set():
+            # Stopped while waiting for the database: nothing was claimed or started.
+            logger.warning("worker stopped before the database could be reached id=%s", self.id)
+            return
         self._acks = AckBatcher(worker_id=self.id, on_done=self._ack_done).start()
         targets = {"heartbeat": self._heartbeat}
         if self.listen:

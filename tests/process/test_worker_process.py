@@ -64,6 +64,21 @@ def test_burst_worker_says_what_it_leaves_scheduled(spawn_worker: Spawn) -> None
     assert later.status() == JobStatus.READY
 
 
+def test_a_burst_worker_stopped_before_the_database_answers_exits_cleanly(
+    spawn_worker: Spawn,
+) -> None:
+    """It logged "worker started" after the signal and died on a traceback."""
+    proc = spawn_worker("--burst", env_extra={"HOTMESH_DATABASE_NAME": "hotmesh_no_such_db"})
+    wait_until(lambda: "database unavailable" in proc.log(), timeout=30)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0, proc.log()
+    log = proc.log()
+    assert "Traceback" not in log, log
+    assert "worker started" not in log
+    assert "worker stopped before the database could be reached" in log
+    assert "could not count the scheduled messages left" in log
+
+
 def test_burst_worker_finishes_workflows_with_children_before_exiting(spawn_worker: Spawn) -> None:
     """The parent's turn queues its children's turns: a burst worker must look at every
     queue before it takes "nothing claimed" for "drained". Polling only, with a long

@@ -187,7 +187,11 @@ class Command(BaseCommand):
         scheduled = Stream.objects.filter(status=StreamStatus.SCHEDULED)
         if queues:
             scheduled = scheduled.filter(queue__in=queues)
-        left = scheduled.aggregate(n=Count("id"), due=Min("visible_at"))
+        try:
+            left = scheduled.aggregate(n=Count("id"), due=Min("visible_at"))
+        except DatabaseError as exc:
+            self.stderr.write(f"could not count the scheduled messages left: {exc}".strip())
+            return
         if left["n"]:
             seconds = max(0.0, (left["due"] - timezone.now()).total_seconds())
             self.stdout.write(
