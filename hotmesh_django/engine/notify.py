@@ -8,6 +8,7 @@ before the row it is told about is visible.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -15,7 +16,8 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from django.db import connections
+from django.db import DatabaseError, InterfaceError, connections
+from django.db import OperationalError as DjangoOperationalError
 
 from hotmesh_django.conf import settings
 
@@ -60,8 +62,43 @@ def connect_raw(using: str = "default") -> psycopg.Connection[Any]:
     return psycopg.connect(**params, autocommit=True)
 
 
+# The longest pause between tries while a waiter's connection is lost.
+_RECONNECT_MAX_SECONDS = 2.0
+
+
 def wait_for_job(workflow_id: str, *, deadline: float | None, using: str) -> Job | None:
-    """Return the finished Job, or None when `deadline` (monotonic) passes first."""
+    """Return the finished Job, or None when `deadline` (monotonic) passes first.
+
+    A wait outlives a lost connection (a database restart, a killed session), as a
+    worker does: it connects again with backoff until the job is seen finished or
+    the deadline passes. Inside the caller's transaction.atomic() it cannot (that
+    transaction died with the session), so the error is raised there.
+    """
+    failures = 0
+    while True:
+        try:
+            return _wait_for_job(workflow_id, deadline=deadline, using=using)
+        except (psycopg.OperationalError, DjangoOperationalError, InterfaceError) as exc:
+            if connections[using].in_atomic_block:
+                raise
+            failures += 1
+            pause = min(0.1 * 2**failures, _RECONNECT_MAX_SECONDS)
+            if deadline is not None:
+                pause = min(pause, max(0.0, deadline - time.monotonic()))
+            logger.warning(
+                "connection lost while waiting for job %r, connecting again in %.1f s: %s",
+                workflow_id,
+                pause,
+                exc,
+            )
+            with contextlib.suppress(DatabaseError):
+                connections[using].close()
+            time.sleep(pause)
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+
+def _wait_for_job(workflow_id: str, *, deadline: float | None, using: str) -> Job | None:
     from hotmesh_django.exceptions import JobNotFound
     from hotmesh_django.models import FINISHED_STATUSES, Job
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import pytest
-from django.db import OperationalError, connection, connections
+from django.db import OperationalError, connection, connections, transaction
 
 from hotmesh_django import WorkflowFailed
 from hotmesh_django.engine.claim import claim
@@ -14,6 +15,7 @@ from hotmesh_django.engine.notify import connect_raw
 from hotmesh_django.models import Activity, Journal, Stream
 from tests import activities as t
 from tests import workflows as w
+from tests.conftest import wait_until
 from tests.models import Counter
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -137,3 +139,42 @@ def test_a_step_that_keeps_losing_its_session_is_counted_after_three_releases() 
     events = Journal.objects.filter(job_id=step.job_id).values_list("event", flat=True)
     assert list(events).count("lease_expired") == UNCOUNTED_LOSSES
     assert "step_retried" in events
+
+
+def _listeners() -> list[int]:
+    with connect_raw() as other:
+        rows = other.execute(
+            "SELECT pid FROM pg_stat_activity WHERE query LIKE %s AND pid <> pg_backend_pid()",
+            ["%SET watched = true%"],
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def test_result_outlives_the_loss_of_both_its_connections(worker: object) -> None:
+    """It raised the raw OperationalError of its killed session."""
+    handle = t.slow.start(1.5, "waited")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        mine = cursor.fetchone()[0]
+
+    def kill() -> None:
+        listeners = wait_until(_listeners)
+        with connect_raw() as other:
+            other.execute(
+                "SELECT pg_terminate_backend(pid, 5000) FROM unnest(%s) AS pid",
+                [[mine, *listeners]],
+            )
+
+    killer = threading.Thread(target=kill)
+    killer.start()
+    assert handle.result(timeout=30) == 1
+    killer.join()
+    assert _listeners() == []  # the wait's second listener is closed
+
+
+def test_inside_atomic_a_lost_wait_raises() -> None:
+    handle = t.slow.start(5, "atomic-wait")
+    with pytest.raises(OperationalError), transaction.atomic():
+        Counter.objects.create(key="inside")
+        _kill_this_session()
+        handle.result(timeout=5)
