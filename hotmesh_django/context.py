@@ -60,6 +60,11 @@ def _require(what: str) -> WorkflowContext:
     return ctx
 
 
+# The recorded values a replay may draw again in place of new ones: pure draws. A
+# signal's marker step is not one (its recording sends the signal).
+DRAWN = frozenset({"now", "uuid4", "random"})
+
+
 class WorkflowContext:
     """State of one workflow turn: the recorded steps and the new ones."""
 
@@ -71,8 +76,12 @@ class WorkflowContext:
         signals: Callable[[], list[Signal]],
         db_now: datetime.datetime,
         headers: Mapping[str, Any] | None = None,
+        draws: Mapping[int, tuple[str, Any]] | None = None,
     ) -> None:
         self.job = job
+        # Values an earlier replay of this turn drew but did not write, by step: drawn
+        # again here (engine/turn.carry_draws).
+        self._draws: Mapping[int, tuple[str, Any]] = draws or {}
         # The job's middleware headers: its new steps and children inherit them.
         self.headers: Mapping[str, Any] = headers or {}
         self.steps = steps
@@ -351,15 +360,31 @@ class WorkflowContext:
         seq, existing = self._next(StepKind.VALUE, name)
         if existing is not None:
             return from_json(existing.output)
-        value = make()
+        drawn = self._draws.get(seq)
+        if drawn is not None and drawn[0] == name and name in DRAWN:
+            output = drawn[1]
+            value = from_json(output)
+        else:
+            value = make()
+            output = to_json(value, what=f"the value of {name}")
         self._add(
             kind=StepKind.VALUE,
             name=name,
             status=JobStatus.SUCCESSFUL,
-            output=to_json(value, what=f"the value of {name}"),
+            output=output,
             finished_at=self.db_now,
         )
         return value
+
+    def drawn(self) -> dict[int, tuple[str, Any]]:
+        """The values this replay drew (hm.now, hm.uuid4, hm.random), by step."""
+        from hotmesh_django.models import StepKind
+
+        return {
+            s.seq: (s.name, s.output)
+            for s in self.new_steps
+            if s.kind == StepKind.VALUE and s.name in DRAWN
+        }
 
     def send_signal(self, workflow_id: str, name: str, payload: Any) -> None:
         """Send signal `name` to the job `workflow_id` once, with this turn's write.

@@ -351,3 +351,17 @@ def spin_parent(n: int) -> int:
 @hm.workflow(name="t.one_slow_atomic")
 def one_slow_atomic(seconds: float) -> float:
     return a.slow_atomic(seconds)
+
+
+# Every (now, uuid4, random) a run of t.draws saw, in this process.
+DRAWS_SEEN: list[tuple[str, str, float]] = []
+
+
+@hm.workflow(name="t.draws")
+def draws() -> list[Any]:
+    seen = (hm.now().isoformat(), str(hm.uuid4()), hm.random())
+    DRAWS_SEEN.append(seen)
+    a.add(1, 1)
+    hm.sleep(0.05)  # a timer: a turn the sticky path leaves to the usual one
+    a.add(2, 2)
+    return list(seen)

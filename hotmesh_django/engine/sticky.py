@@ -201,6 +201,29 @@ def _replay_and_write(
     ctx = turn.workflow_context(job, steps, db_now, headers)
     func = turn.workflow_func(definition, job, headers)
     result, error, returned = turn.replay(ctx, func, args, kwargs)
+    taken = _write_replayed(
+        message, local, cache, ctx, (result, error, returned), acked, entry, stored_output
+    )
+    if taken is None:
+        # The usual path replays again: it must draw what this replay drew.
+        turn.carry_draws(ctx)
+    return taken
+
+
+def _write_replayed(
+    message: Claimed,
+    local: Any,
+    cache: TurnCache,
+    ctx: WorkflowContext,
+    outcome: tuple[Any, BaseException | None, bool],
+    acked: Activity | None,
+    entry: Journal | None,
+    stored_output: Any,
+) -> Taken | None:
+    from hotmesh_django.engine import turn
+
+    job = cache.job
+    result, error, returned = outcome
     if error is not None or not _fits(ctx):
         return None
     ack = StepAck(

@@ -353,7 +353,7 @@ def _turn(job: Job, local: Local) -> Claimed | None:
         )
         finish_job(job.id, JobStatus.FAILED, error=error_dict(hole, with_traceback=False))
         return None
-    ctx = workflow_context(job, steps, db_now, headers)
+    ctx = workflow_context(job, steps, db_now, headers, draws=take_draws(job.id))
     func = workflow_func(definition, job, headers)
     result, error, returned = replay(ctx, func, args, kwargs)
     if ctx.codec_error is not None:  # nothing is written yet
@@ -388,7 +388,12 @@ def _turn(job: Job, local: Local) -> Claimed | None:
 
 
 def workflow_context(
-    job: Job, steps: dict[int, Activity], db_now: datetime.datetime, headers: Any
+    job: Job,
+    steps: dict[int, Activity],
+    db_now: datetime.datetime,
+    headers: Any,
+    *,
+    draws: dict[int, tuple[str, Any]] | None = None,
 ) -> WorkflowContext:
     """The context a replay of `job` from `steps` runs in, on the clock `db_now`."""
     return WorkflowContext(
@@ -398,7 +403,27 @@ def workflow_context(
         signals=lambda: list(Signal.objects.filter(job=job, step__isnull=True).order_by("id")),
         db_now=db_now,
         headers=headers,
+        draws=draws,
     )
+
+
+# What a replay that wrote nothing drew from hm.now(), hm.uuid4() and hm.random(), by
+# step: the sticky path replays a turn first and leaves what it cannot write in one
+# statement to the usual path, which replays again in the same thread. Drawing anew
+# there would give the code values its first run never saw, and logged.
+_draws = threading.local()
+
+
+def carry_draws(ctx: WorkflowContext) -> None:
+    """Keep the values `ctx`'s replay drew, for this thread's next replay of its job."""
+    _draws.held = (ctx.job.id, ctx.drawn())
+
+
+def take_draws(job_id: int) -> dict[int, tuple[str, Any]]:
+    """The values carried for `job_id` (and forget them, whatever the job)."""
+    held = getattr(_draws, "held", None)
+    _draws.held = None
+    return held[1] if held is not None and held[0] == job_id else {}
 
 
 def workflow_func(definition: Any, job: Job, headers: Any) -> Any:

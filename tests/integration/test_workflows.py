@@ -352,3 +352,13 @@ def test_retry_a_failed_workflow_from_the_failed_step(worker: InProcessWorker) -
     with pytest.raises(hm.WorkflowFailed):
         handle.result(timeout=30)
     assert Counter.objects.get(key="always_fail:uncaught").value == 6
+
+
+def test_every_run_of_the_code_sees_the_values_recorded(worker: InProcessWorker) -> None:
+    """A turn the sticky path replayed and left to the usual path drew new values in
+    the usual path's replay: the first run saw (and could log) values never stored."""
+    w.DRAWS_SEEN.clear()
+    handle = w.draws.start()
+    recorded = handle.result(timeout=30)
+    assert len(w.DRAWS_SEEN) >= 3
+    assert all(list(seen) == recorded for seen in w.DRAWS_SEEN), w.DRAWS_SEEN
