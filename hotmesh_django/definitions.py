@@ -49,9 +49,12 @@ def positional_names(func: Callable[..., Any]) -> tuple[str, ...]:
     return tuple(p.name for p in signature.parameters.values() if p.kind in _POSITIONAL)
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@dataclasses.dataclass(frozen=True)
 class RetryPolicy:
-    """How often to run an activity, and how long to wait between runs (seconds)."""
+    """How often to run an activity, and how long to wait between runs (seconds).
+
+    Positional arguments follow DESIGN.md's order: max_attempts, initial_interval,
+    backoff, max_interval, non_retryable."""
 
     max_attempts: int = 3
     initial_interval: float = 1.0
@@ -313,6 +316,17 @@ class WorkflowDefinition(Generic[P, R]):
         return self.func.__doc__
 
 
+def _name_first(
+    func: Callable[P, R] | str | None, name: str | None, what: str
+) -> tuple[Callable[P, R] | None, str | None]:
+    """`@activity("name")`: a string where the function goes is the name."""
+    if not isinstance(func, str):
+        return func, name
+    if name is not None:
+        raise TypeError(f"@{what} got its name twice: {func!r} and name={name!r}.")
+    return None, func
+
+
 def _check_function(f: Callable[..., Any], what: str) -> None:
     if not callable(f) or isinstance(f, type):
         kind = "a class" if isinstance(f, type) else type(f).__name__
@@ -349,6 +363,17 @@ def _check_common(name: str | None, queue: str, priority: int) -> None:
 def activity(func: Callable[P, R], /) -> ActivityDefinition[P, R]: ...
 @overload
 def activity(
+    name: str | None = None,
+    /,
+    *,
+    queue: str = DEFAULT_QUEUE,
+    retry: RetryPolicy | None = None,
+    timeout: float | datetime.timedelta | None = None,
+    priority: int = 0,
+    atomic: bool = False,
+) -> Callable[[Callable[P, R]], ActivityDefinition[P, R]]: ...
+@overload
+def activity(
     *,
     name: str | None = None,
     queue: str = DEFAULT_QUEUE,
@@ -358,7 +383,7 @@ def activity(
     atomic: bool = False,
 ) -> Callable[[Callable[P, R]], ActivityDefinition[P, R]]: ...
 def activity(
-    func: Callable[P, R] | None = None,
+    func: Callable[P, R] | str | None = None,
     /,
     *,
     name: str | None = None,
@@ -368,7 +393,10 @@ def activity(
     priority: int = 0,
     atomic: bool = False,
 ) -> ActivityDefinition[P, R] | Callable[[Callable[P, R]], ActivityDefinition[P, R]]:
-    """Register a module-level function as a durable activity."""
+    """Register a module-level function as a durable activity.
+
+    `@activity`, `@activity(name=..., ...)` or `@activity("name", ...)`."""
+    func, name = _name_first(func, name, "activity")
     _check_common(name, queue, priority)
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise TypeError("retry must be a RetryPolicy.")
@@ -399,6 +427,17 @@ def activity(
 def workflow(func: Callable[P, R], /) -> WorkflowDefinition[P, R]: ...
 @overload
 def workflow(
+    name: str | None = None,
+    /,
+    *,
+    queue: str = DEFAULT_QUEUE,
+    timeout: float | datetime.timedelta | None = None,
+    priority: int = 0,
+    schedule: str | None = None,
+    timezone: str = "UTC",
+) -> Callable[[Callable[P, R]], WorkflowDefinition[P, R]]: ...
+@overload
+def workflow(
     *,
     name: str | None = None,
     queue: str = DEFAULT_QUEUE,
@@ -408,7 +447,7 @@ def workflow(
     timezone: str = "UTC",
 ) -> Callable[[Callable[P, R]], WorkflowDefinition[P, R]]: ...
 def workflow(
-    func: Callable[P, R] | None = None,
+    func: Callable[P, R] | str | None = None,
     /,
     *,
     name: str | None = None,
@@ -422,8 +461,9 @@ def workflow(
 
     With `schedule` (a cron expression read in `timezone`), workers also start it
     once per cron slot, with no arguments. Raise ValueError for a bad cron
-    expression or an unknown timezone.
+    expression or an unknown timezone. The name may come first, as for @activity.
     """
+    func, name = _name_first(func, name, "workflow")
     _check_common(name, queue, priority)
     timeout_s = _seconds(timeout, "timeout")
     if timeout_s == 0:

@@ -87,3 +87,26 @@ def test_deterministic_helpers_work_outside_a_workflow() -> None:
 def test_definitions_keep_the_function_name_and_doc() -> None:
     assert activities.slow.__name__ == "slow"
     assert "SIGKILL" in (activities.slow.__doc__ or "")
+
+
+def test_the_name_may_come_first_as_design_lists_it() -> None:
+    def f() -> None: ...
+
+    f.__qualname__ = "named_first"
+    f.__module__ = "tests.unit.test_definitions"
+    assert hm.activity("t.named_first", queue="q1")(f).name == "t.named_first"
+    f.__qualname__ = "named_first_wf"
+    assert hm.workflow("t.named_first_wf")(f).name == "t.named_first_wf"
+    with pytest.raises(TypeError, match="name twice"):
+        hm.activity("a", name="b")
+
+
+def test_retry_policy_takes_its_fields_in_design_order() -> None:
+    policy = hm.RetryPolicy(5, 0.5, 3.0, 10.0, (KeyError,))
+    assert policy == hm.RetryPolicy(
+        max_attempts=5,
+        initial_interval=0.5,
+        backoff=3.0,
+        max_interval=10.0,
+        non_retryable=(KeyError,),
+    )
