@@ -31,7 +31,7 @@ from typing import Any
 from django.db import DatabaseError, InterfaceError, OperationalError, connection
 from psycopg.types.json import Jsonb
 
-from hotmesh_django import faults, metrics
+from hotmesh_django import faults, signals
 from hotmesh_django.choices import ACTIVE_STATUSES, FINISHED_STATUSES, StreamStatus, status_in
 from hotmesh_django.engine import prepared
 from hotmesh_django.engine.claim import Claimed
@@ -197,7 +197,7 @@ class AckBatcher:
         self.batches += 1
         names = {message.job_id: message.name for message, _ in batch}
         for job_id in finished:
-            metrics.job_finished(names[job_id], "SUCCESSFUL")
+            signals.finished(job_id=job_id, name=names[job_id], status="SUCCESSFUL")
         say_dropped([message for message, _ in batch if message.id not in acked])
         for message, _ in batch:
             done = message.id in acked

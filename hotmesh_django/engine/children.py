@@ -20,12 +20,14 @@ queues one).
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.db.models.functions import Now
 
+from hotmesh_django import signals
 from hotmesh_django.choices import ACTIVE_STATUSES, FINISHED_STATUSES
 from hotmesh_django.context import WorkflowContext
 from hotmesh_django.engine.complete import child_outcome, job_timer
@@ -101,6 +103,15 @@ def start_children(ctx: WorkflowContext, journal: list[Journal]) -> tuple[list[S
             )
         )
         if workflow_id in created:
+            transaction.on_commit(
+                functools.partial(
+                    signals.started,
+                    job_id=child.id,
+                    workflow_id=workflow_id,
+                    name=child.name,
+                    queue=child.queue,
+                )
+            )
             journal.append(
                 Journal(
                     job=child,

@@ -16,7 +16,7 @@ from django.db.models import QuerySet
 from django.db.models.functions import Now
 from psycopg.types.json import Jsonb
 
-from hotmesh_django import metrics
+from hotmesh_django import signals
 from hotmesh_django.engine import prepared
 from hotmesh_django.engine.notify import DONE_CHANNEL, WORK_CHANNEL, tables
 from hotmesh_django.models import (
@@ -274,7 +274,9 @@ def _finish_one(
     if row is None:
         return 0
     parent_id, parent_step, name, _ = row
-    transaction.on_commit(functools.partial(metrics.job_finished, name, status))
+    transaction.on_commit(
+        functools.partial(signals.finished, job_id=job_id, name=name, status=status)
+    )
     if wake_parent and parent_id is not None and parent_step is not None:
         _wake_parent(parent_id, parent_step, name, status, output, error)
     return 1

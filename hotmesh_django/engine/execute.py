@@ -27,7 +27,7 @@ from django.db.models.functions import Greatest, Now
 from psycopg import pq
 from psycopg.types.json import Jsonb
 
-from hotmesh_django import faults, metrics, middleware, registry, tracing
+from hotmesh_django import faults, metrics, middleware, registry, signals, tracing
 from hotmesh_django.choices import ACTIVE_STATUSES, HELD, status_in
 from hotmesh_django.definitions import RetryPolicy
 from hotmesh_django.engine import prepared
@@ -238,7 +238,12 @@ def _ack_task(message: Claimed, worker_id: uuid.UUID, output: Any) -> bool:
         cursor.execute(_ack_task_sql(), params)
         row = cursor.fetchone()
     if row and row[1]:
-        metrics.job_finished(message.name, "SUCCESSFUL")
+        # On commit: an atomic step's ack shares its body's transaction.
+        transaction.on_commit(
+            functools.partial(
+                signals.finished, job_id=message.job_id, name=message.name, status="SUCCESSFUL"
+            )
+        )
     return bool(row and row[0])
 
 

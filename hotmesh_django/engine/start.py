@@ -10,7 +10,7 @@ from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, transaction
 
-from hotmesh_django import metrics, middleware
+from hotmesh_django import middleware, signals
 from hotmesh_django.definitions import (
     ActivityDefinition,
     WorkflowDefinition,
@@ -203,7 +203,14 @@ def _start(
         created = cursor.fetchone()
     if created and created[0] is not None:
         transaction.on_commit(
-            functools.partial(metrics.job_started, definition.name, queue), using=using
+            functools.partial(
+                signals.started,
+                job_id=created[0],
+                workflow_id=created[2],
+                name=definition.name,
+                queue=queue,
+            ),
+            using=using,
         )
         return JobHandle(created[2], using=using)
     # Nothing created: the workflow_id given exists (an idempotent start); one the

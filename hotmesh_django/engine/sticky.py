@@ -34,7 +34,7 @@ from typing import Any
 from django.db import transaction
 from psycopg.types.json import Jsonb
 
-from hotmesh_django import faults, metrics, registry
+from hotmesh_django import faults, registry, signals
 from hotmesh_django.context import WorkflowContext
 from hotmesh_django.engine import prepared
 from hotmesh_django.engine.claim import Claimed, JobRead
@@ -365,6 +365,8 @@ def _finish(
     if not row or not row[0]:
         return None
     transaction.on_commit(
-        functools.partial(metrics.job_finished, cache.job.name, JobStatus.SUCCESSFUL)
+        functools.partial(
+            signals.finished, job_id=cache.job.id, name=cache.job.name, status="SUCCESSFUL"
+        )
     )
     return Taken(None)

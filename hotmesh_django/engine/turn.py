@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import threading
 import time
 import uuid
@@ -23,7 +24,7 @@ from django.db import connection, transaction
 from django.db.models import DateTimeField
 from django.db.models.functions import Now
 
-from hotmesh_django import middleware, registry
+from hotmesh_django import middleware, registry, signals
 from hotmesh_django.choices import HELD
 from hotmesh_django.context import WorkflowContext, activate
 from hotmesh_django.engine import human, prepared
@@ -803,6 +804,15 @@ def _continue_as_new(job: Job, data: Any, timeout: float | None) -> None:
         concurrency_key=job.concurrency_key,
         watched=job.watched,
         deadline_at=deadline,
+    )
+    transaction.on_commit(
+        functools.partial(
+            signals.started,
+            job_id=following.id,
+            workflow_id=workflow_id,
+            name=following.name,
+            queue=following.queue,
+        )
     )
     if deadline is not None:
         job_timer(following, deadline).save()

@@ -1,0 +1,49 @@
+"""Django signals for a job's start and end, for code that reacts to them.
+
+These are Django's own signals (django.dispatch), not a workflow's signals (the
+Signal model, hm.signal): connect a receiver the usual way::
+
+    from django.dispatch import receiver
+    from hotmesh_django.signals import job_finished
+
+    @receiver(job_finished)
+    def on_job_finished(sender, job_id, name, status, **kwargs):
+        ...
+
+`sender` is the Job model. Each is sent once per job, in the process that made the
+change (the caller's for job_started, a worker's or the admin's for job_finished),
+after the transaction that made it commits: a receiver sees the row as committed,
+and a rolled-back start sends nothing. A receiver that raises is logged by Django
+(send_robust) and changes nothing in the engine. Receivers run on the engine's
+thread: keep them short, or start an activity from them.
+"""
+
+from __future__ import annotations
+
+from django.dispatch import Signal
+
+from hotmesh_django import metrics
+
+# Sent with job_id (the Job's primary key), workflow_id, name (the definition's
+# name) and queue.
+job_started = Signal()
+# Sent with job_id, name and status (SUCCESSFUL, FAILED or CANCELLED).
+job_finished = Signal()
+
+
+def started(*, job_id: int, workflow_id: str, name: str, queue: str) -> None:
+    """Count a job that was created, and send job_started (call after commit)."""
+    metrics.job_started(name, queue)
+    from hotmesh_django.models import Job
+
+    job_started.send_robust(
+        sender=Job, job_id=job_id, workflow_id=workflow_id, name=name, queue=queue
+    )
+
+
+def finished(*, job_id: int, name: str, status: str) -> None:
+    """Count a job that ended, and send job_finished (call after commit)."""
+    metrics.job_finished(name, status)
+    from hotmesh_django.models import Job
+
+    job_finished.send_robust(sender=Job, job_id=job_id, name=name, status=str(status))
