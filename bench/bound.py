@@ -206,36 +206,13 @@ def run_model_bound(
                     reset_tables()
                     queued = _PREFILL_PER_S[workload] * max(duration, 2)
                     _prefill(conn, queued)
-                    proc = subprocess.run(
-                        [
-                            binary,
-                            "-n",
-                            "-f",
-                            str(path),
-                            "-c",
-                            str(n_clients),
-                            "-j",
-                            str(min(n_clients, 2)),
-                            "-T",
-                            str(duration),
-                            database,
-                        ],
-                        capture_output=True,
-                        text=True,
-                        env=env,
-                        timeout=duration + 120,
-                        check=False,
+                    # Prepared, as the engine prepares its statements.
+                    proc = peers.run_pgbench(
+                        binary, path, n_clients, duration, database, env, protocol="prepared"
                     )
-                    rec: Record = {
-                        "ts": time.time(),
-                        "bench": "pglimit",
-                        "workload": workload,
-                        "synchronous_commit": "on",
-                        "clients": n_clients,
-                        "run": run,
-                        "duration_s": duration,
-                        **_parse(proc, conn, workload, queued),
-                    }
+                    rec = peers.pgbench_record(
+                        workload, n_clients, run, duration, _parse(proc, conn, workload, queued)
+                    )
                     records.append(rec)
                     on_record(rec)
                     log(

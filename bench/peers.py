@@ -171,37 +171,10 @@ def run_pglimit(
             for n_clients in clients:
                 for run in range(runs):
                     _prepare_queue(params, workload, _PREFILL_PER_S[workload] * max(duration, 2))
-                    cmd = [
-                        binary,
-                        "-n",
-                        "-f",
-                        str(script),
-                        "-c",
-                        str(n_clients),
-                        "-j",
-                        str(min(n_clients, 2)),
-                        "-T",
-                        str(duration),
-                        PGLIMIT_DB,
-                    ]
-                    proc = subprocess.run(
-                        cmd,
-                        capture_output=True,
-                        text=True,
-                        env=env,
-                        timeout=duration + 120,
-                        check=False,
+                    proc = run_pgbench(binary, script, n_clients, duration, PGLIMIT_DB, env)
+                    rec = pgbench_record(
+                        workload, n_clients, run, duration, _parse_pgbench(proc, params, workload)
                     )
-                    rec: Record = {
-                        "ts": time.time(),
-                        "bench": "pglimit",
-                        "workload": workload,
-                        "synchronous_commit": "on",
-                        "clients": n_clients,
-                        "run": run,
-                        "duration_s": duration,
-                        **_parse_pgbench(proc, params, workload),
-                    }
                     records.append(rec)
                     on_record(rec)
                     log(
@@ -211,6 +184,38 @@ def run_pglimit(
         with psycopg.connect(**params, autocommit=True) as conn:
             conn.execute(f"DROP TABLE IF EXISTS {_TABLE}")
     return records
+
+
+def run_pgbench(
+    binary: str,
+    script: Path,
+    clients: int,
+    duration: int,
+    database: str,
+    env: dict[str, str],
+    *,
+    protocol: str = "simple",
+) -> subprocess.CompletedProcess[str]:
+    """Run `script` with pgbench for `duration` seconds on `clients` connections."""
+    cmd = [binary, "-n", "-M", protocol, "-f", str(script), "-c", str(clients)]
+    cmd += ["-j", str(min(clients, 2)), "-T", str(duration), database]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, env=env, timeout=duration + 120, check=False
+    )
+
+
+def pgbench_record(workload: str, clients: int, run: int, duration: int, parsed: Record) -> Record:
+    """One pgbench run's record (bench "pglimit"), `parsed` its figures or error."""
+    return {
+        "ts": time.time(),
+        "bench": "pglimit",
+        "workload": workload,
+        "synchronous_commit": "on",
+        "clients": clients,
+        "run": run,
+        "duration_s": duration,
+        **parsed,
+    }
 
 
 def _parse_pgbench(

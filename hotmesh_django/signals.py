@@ -20,9 +20,16 @@ thread: keep them short, or start an activity from them.
 
 from __future__ import annotations
 
+import functools
+from typing import TYPE_CHECKING
+
+from django.db import transaction
 from django.dispatch import Signal
 
 from hotmesh_django import metrics
+
+if TYPE_CHECKING:
+    from hotmesh_django.models import Job
 
 # Sent with job_id (the Job's primary key), workflow_id, name (the definition's
 # name) and queue.
@@ -38,6 +45,15 @@ def started(*, job_id: int, workflow_id: str, name: str, queue: str) -> None:
 
     job_started.send_robust(
         sender=Job, job_id=job_id, workflow_id=workflow_id, name=name, queue=queue
+    )
+
+
+def started_on_commit(job: Job) -> None:
+    """started() for `job`, a row this transaction created, once it commits."""
+    transaction.on_commit(
+        functools.partial(
+            started, job_id=job.pk, workflow_id=job.workflow_id, name=job.name, queue=job.queue
+        )
     )
 
 

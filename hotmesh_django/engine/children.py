@@ -20,7 +20,6 @@ queues one).
 from __future__ import annotations
 
 import datetime
-import functools
 import hashlib
 from typing import Any
 
@@ -103,15 +102,7 @@ def start_children(ctx: WorkflowContext, journal: list[Journal]) -> tuple[list[S
             )
         )
         if workflow_id in created:
-            transaction.on_commit(
-                functools.partial(
-                    signals.started,
-                    job_id=child.id,
-                    workflow_id=workflow_id,
-                    name=child.name,
-                    queue=child.queue,
-                )
-            )
+            signals.started_on_commit(child)
             journal.append(
                 Journal(
                     job=child,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import functools
 import threading
 import time
 import uuid
@@ -805,15 +804,7 @@ def _continue_as_new(job: Job, data: Any, timeout: float | None) -> None:
         watched=job.watched,
         deadline_at=deadline,
     )
-    transaction.on_commit(
-        functools.partial(
-            signals.started,
-            job_id=following.id,
-            workflow_id=workflow_id,
-            name=following.name,
-            queue=following.queue,
-        )
-    )
+    signals.started_on_commit(following)
     if deadline is not None:
         job_timer(following, deadline).save()
     Journal.objects.bulk_create(
