@@ -44,7 +44,7 @@ from hotmesh_django.engine.acks import AckBatcher
 from hotmesh_django.engine.conflicts import retry_on_conflict
 from hotmesh_django.engine.execute import Handoff, release_after_loss, run_step, session_lost
 from hotmesh_django.engine.notify import WORK_CHANNEL, tables
-from hotmesh_django.engine.turn import Local, run_turn
+from hotmesh_django.engine.turn import Local, forget_draws, run_turn
 from hotmesh_django.models import Worker as WorkerRow
 from hotmesh_django.redaction import get_logger
 
@@ -85,6 +85,7 @@ def dispatch(message: claims.Claimed, local: Local, held: set[int] | None = None
     following: claims.Claimed | None = message
     while following is not None:
         current = following
+        forget_draws()
         if current is not message and local.is_stopping():
             # Handed over just before the worker began to stop: left RUNNING under
             # this worker, for its shutdown to release (uncounted), not started now.
@@ -184,8 +185,11 @@ class Worker:
         """Work until stop() (or, with burst, until the queues are empty)."""
         self._register_when_up()
         if self._stopping.is_set():
-            # Stopped while waiting for the database: nothing was claimed or started.
-            logger.warning("worker stopped before the database could be reached id=%s", self.id)
+            # Stopped while waiting for the database (or just after it answered):
+            # nothing was claimed or started; a row just registered goes too.
+            with contextlib.suppress(DatabaseError):
+                WorkerRow.objects.filter(id=self.id).delete()
+            logger.warning("worker stopped before it began to work id=%s", self.id)
             return
         self._acks = AckBatcher(worker_id=self.id, on_done=self._ack_done).start()
         targets = {"heartbeat": self._heartbeat}

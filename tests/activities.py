@@ -222,3 +222,20 @@ def slow_atomic(seconds: float) -> float:
     bump("slow_atomic")
     time.sleep(seconds)
     return seconds
+
+
+# Calls of ends_own_session_once by key, in this process: a count kept in the
+# database would be rolled back with the attempt.
+_OWN_SESSION_CALLS: dict[str, int] = {}
+
+
+@activity(name="t.ends_own_session_once", atomic=True, retry=RetryPolicy(max_attempts=1))
+def ends_own_session_once(key: str) -> int:
+    """Its first call has the server end its worker's own session, mid-transaction."""
+    from django.db import connection
+
+    calls = _OWN_SESSION_CALLS[key] = _OWN_SESSION_CALLS.get(key, 0) + 1
+    if calls == 1:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    return calls

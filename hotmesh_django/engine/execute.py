@@ -22,7 +22,7 @@ from functools import cache
 from typing import Any
 
 from django.db import InterfaceError, OperationalError, connection, connections, transaction
-from django.db.models import F
+from django.db.models import F, Max
 from django.db.models.functions import Greatest, Now
 from psycopg import pq
 from psycopg.types.json import Jsonb
@@ -35,7 +35,7 @@ from hotmesh_django.engine.acks import say_dropped
 from hotmesh_django.engine.claim import Claimed, loads_jsonb
 from hotmesh_django.engine.complete import enqueue_turn, error_dict, finish_job
 from hotmesh_django.engine.conflicts import retry_on_conflict
-from hotmesh_django.engine.notify import DONE_CHANNEL, WORK_CHANNEL, tables
+from hotmesh_django.engine.notify import DONE_CHANNEL, SESSION_ENDED, WORK_CHANNEL, tables
 from hotmesh_django.engine.sticky import ack_sticky
 from hotmesh_django.engine.turn import (
     PARK_SECONDS,
@@ -461,6 +461,9 @@ def _execute(
     """Call `func` (the activity, perhaps wrapped in middleware) and ack; return
     (next message, metrics outcome or None)."""
     faults.point("step_start")
+    # The session the step starts on: an atomic block whose rollback fails on a
+    # dead session opens a new one on its way out, and only this tells them apart.
+    session = _backend_pid()
     try:
         if definition.atomic:
             with transaction.atomic():
@@ -492,11 +495,10 @@ def _execute(
         say_dropped([message])
         return None, None
     except (OperationalError, InterfaceError) as exc:
-        if session_lost(exc):
+        if session_lost(exc, session):
             # The worker's connection died under the activity: an infrastructure
             # fault, not the activity's, so it must not use up the retry budget.
-            _release_uncounted(message, local.worker_id, exc)
-            return None, None
+            return None, _release_uncounted(message, local.worker_id, exc)
         return None, _record_failure(message, local.worker_id, definition.retry, exc)
     except (Exception, SystemExit, KeyboardInterrupt) as exc:
         # SystemExit and KeyboardInterrupt here come from user code: the worker's own
@@ -516,14 +518,19 @@ def _execute(
     return following, metrics.SUCCESSFUL
 
 
-# SQLSTATE classes that mean the session itself ended: connection exceptions (08) and
-# operator intervention (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot
-# connect now).
-_SESSION_ENDED = ("08", "57P01", "57P02", "57P03")
+def _backend_pid() -> int | None:
+    """This thread's server session (opened now if need be), or None if there is none."""
+    try:
+        connection.ensure_connection()
+    except (OperationalError, InterfaceError):
+        return None
+    raw = connection.connection
+    return None if raw is None else raw.info.backend_pid
 
 
-def session_lost(exc: BaseException) -> bool:
-    """True when `exc` means this thread's database session died (then reset it).
+def session_lost(exc: BaseException, session: int | None = None) -> bool:
+    """True when `exc` means this thread's database session died (then reset it);
+    `session`: the backend pid it had when the work began.
 
     An activity's own error may carry a "session ended" SQLSTATE too: one from another
     alias or a connection of its own (a replica in recovery, a query a watchdog
@@ -532,17 +539,20 @@ def session_lost(exc: BaseException) -> bool:
     """
     state = getattr(exc.__cause__, "sqlstate", None) or ""
     raw = connection.connection
-    broken = raw is not None and (
-        bool(getattr(raw, "broken", False))
+    broken = (
+        # None: closed by the atomic block the error left (its rollback failed on
+        # the dead session), as for a turn, an ack or an atomic activity.
+        raw is None
+        or bool(getattr(raw, "broken", False))
         or bool(raw.closed)
         # A session whose termination an earlier statement already read: psycopg
         # then raises "the connection is lost" with no SQLSTATE.
         or raw.pgconn.status == pq.ConnStatus.BAD
     )
-    if not broken and (raw is None or state.startswith(_SESSION_ENDED)):
+    if not broken and session is not None and raw is not None:
+        broken = raw.info.backend_pid != session  # replaced since `session` began
+    if not broken and state.startswith(SESSION_ENDED):
         broken = not _session_answers()
-    elif not broken:
-        return False
     if broken:
         connection.close()
     return broken
@@ -600,12 +610,13 @@ def release_after_loss(message: Claimed, worker_id: uuid.UUID, exc: BaseExceptio
 UNCOUNTED_LOSSES = 3
 
 
-def _release_uncounted(message: Claimed, worker_id: uuid.UUID, exc: BaseException) -> None:
+def _release_uncounted(message: Claimed, worker_id: uuid.UUID, exc: BaseException) -> str | None:
     """Give the message back at once without counting the attempt (on a new
     connection). If this fails too, the lease expires and the rescue counts it.
 
     After UNCOUNTED_LOSSES releases of the same attempt the loss is counted instead,
-    retried with the activity's backoff until its max_attempts."""
+    retried with the activity's backoff until its max_attempts: then return the
+    metrics outcome, else None."""
     if _losses(message) >= UNCOUNTED_LOSSES:
         logger.warning(
             "step lost its database session %s times in a row, counted as a failed "
@@ -618,8 +629,7 @@ def _release_uncounted(message: Claimed, worker_id: uuid.UUID, exc: BaseExceptio
             policy = registry.get_activity(message.name).retry
         except UnknownDefinition:
             policy = RetryPolicy()
-        _record_failure(message, worker_id, policy, exc)
-        return
+        return _record_failure(message, worker_id, policy, exc)
     params: dict[str, Any] = {
         "id": message.id,
         "worker": worker_id,
@@ -631,13 +641,17 @@ def _release_uncounted(message: Claimed, worker_id: uuid.UUID, exc: BaseExceptio
     logger.warning("connection lost mid-step job=%s step=%s", message.job_id, message.step)
     with connection.cursor() as cursor:
         cursor.execute(_RELEASE.format(channel=WORK_CHANNEL, held=HELD, **tables()), params)
+    return None
 
 
 def _losses(message: Claimed) -> int:
     """How often this attempt of the step was given back for a lost session (each such
-    release keeps the attempt's number and journals `lease_expired` under it)."""
-    return Journal.objects.filter(
-        job_id=message.job_id,
+    release keeps the attempt's number and journals `lease_expired` under it), since
+    an operator last retried the job (which starts the attempts again)."""
+    journal = Journal.objects.filter(job_id=message.job_id)
+    retried = journal.filter(event=JournalEvent.RETRIED).aggregate(last=Max("id"))["last"]
+    return journal.filter(
+        id__gt=retried or 0,
         step=message.step,
         event=JournalEvent.LEASE_EXPIRED,
         attempt=message.attempts,

@@ -79,8 +79,10 @@ def wait_for_job(workflow_id: str, *, deadline: float | None, using: str) -> Job
         try:
             return _wait_for_job(workflow_id, deadline=deadline, using=using)
         except (psycopg.OperationalError, DjangoOperationalError, InterfaceError) as exc:
-            if connections[using].in_atomic_block:
-                raise
+            if not _connection_lost(exc):
+                raise  # a wrong password, a missing database, a statement timeout
+            if connections[using].in_atomic_block and not isinstance(exc, psycopg.Error):
+                raise  # the caller's own session: its transaction died with it
             failures += 1
             pause = min(0.1 * 2**failures, _RECONNECT_MAX_SECONDS)
             if deadline is not None:
@@ -96,6 +98,20 @@ def wait_for_job(workflow_id: str, *, deadline: float | None, using: str) -> Job
             time.sleep(pause)
             if deadline is not None and time.monotonic() >= deadline:
                 return None
+
+
+# SQLSTATE classes that mean the session itself ended: connection exceptions (08) and
+# operator intervention (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot
+# connect now).
+SESSION_ENDED = ("08", "57P01", "57P02", "57P03")
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether `exc` (psycopg's, or Django's wrapping one) says a connection was lost,
+    or could not be made (no SQLSTATE: refused, unreachable, closed under us)."""
+    error = exc if isinstance(exc, psycopg.Error) else exc.__cause__
+    state = getattr(error, "sqlstate", None) or ""
+    return not state or state.startswith(SESSION_ENDED)
 
 
 def _wait_for_job(workflow_id: str, *, deadline: float | None, using: str) -> Job | None:

@@ -419,6 +419,13 @@ def carry_draws(ctx: WorkflowContext) -> None:
     _draws.held = (ctx.job.id, ctx.drawn())
 
 
+def forget_draws() -> None:
+    """Drop what carry_draws kept: called before each message, so values carried for
+    a replay that never came (its ack found the lease lost, its job busy) cannot
+    reach a later turn of the job."""
+    _draws.held = None
+
+
 def take_draws(job_id: int) -> dict[int, tuple[str, Any]]:
     """The values carried for `job_id` (and forget them, whatever the job)."""
     held = getattr(_draws, "held", None)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from django.db import transaction
 
+from hotmesh_django.engine.control import retry_job
 from hotmesh_django.models import Job
 from hotmesh_django.signals import job_finished, job_started
 from tests import activities as a
@@ -23,6 +24,8 @@ class Heard:
         self.lock = threading.Lock()
         self.started: list[dict[str, Any]] = []
         self.finished: list[dict[str, Any]] = []
+        # What went wrong inside a receiver: send_robust would only log it.
+        self.errors: list[BaseException] = []
 
     def on_started(self, sender: Any, **kwargs: Any) -> None:
         assert sender is Job
@@ -30,9 +33,14 @@ class Heard:
             self.started.append(kwargs)
 
     def on_finished(self, sender: Any, **kwargs: Any) -> None:
-        assert sender is Job
-        # Sent after commit: the row says what the signal says.
-        assert Job.objects.get(pk=kwargs["job_id"]).status == kwargs["status"]
+        try:
+            assert sender is Job
+            # Sent after commit: the row says what the signal says.
+            row = Job.objects.get(pk=kwargs["job_id"])
+            assert (row.status, row.workflow_id) == (kwargs["status"], kwargs["workflow_id"])
+        except BaseException as exc:  # noqa: BLE001 - reported by the fixture
+            with self.lock:
+                self.errors.append(exc)
         with self.lock:
             self.finished.append(kwargs)
 
@@ -49,6 +57,7 @@ def heard() -> Iterator[Heard]:
     yield heard
     job_started.disconnect(heard.on_started)
     job_finished.disconnect(heard.on_finished)
+    assert heard.errors == []
 
 
 def _id(workflow_id: str) -> int:
@@ -96,6 +105,18 @@ def test_failures_and_cancels_are_sent_with_their_status(
     assert heard.finished_of(_id(waiting.id)) == ["CANCELLED"]
 
 
+def test_a_job_retried_by_an_operator_finishes_again(heard: Heard, worker: InProcessWorker) -> None:
+    handle = a.always_fail.start("twice")
+    with pytest.raises(Exception, match="twice"):
+        handle.result(timeout=30)
+    job_id = _id(handle.id)
+    wait_until(lambda: heard.finished_of(job_id))
+    assert retry_job(handle.id)
+    wait_until(lambda: len(heard.finished_of(job_id)) == 2)
+    assert heard.finished_of(job_id) == ["FAILED", "FAILED"]
+    assert [s["job_id"] for s in heard.started] == [job_id]  # started once
+
+
 def test_a_start_rolled_back_sends_nothing(heard: Heard) -> None:
     with pytest.raises(RuntimeError), transaction.atomic():
         a.add.start(1, 1)
@@ -104,7 +125,10 @@ def test_a_start_rolled_back_sends_nothing(heard: Heard) -> None:
 
 
 def test_a_receiver_that_raises_changes_nothing(worker: InProcessWorker) -> None:
+    calls: list[str] = []
+
     def broken(sender: Any, **kwargs: Any) -> None:
+        calls.append(kwargs["name"])
         raise ValueError("receiver bug")
 
     job_finished.connect(broken, weak=False)
@@ -113,6 +137,7 @@ def test_a_receiver_that_raises_changes_nothing(worker: InProcessWorker) -> None
         handle = w.three_steps.start(1)
         assert handle.result(timeout=30) is not None
         assert handle.status() == "SUCCESSFUL"
+        wait_until(lambda: calls.count("t.three_steps") == 2)  # started, then finished
     finally:
         job_finished.disconnect(broken)
         job_started.disconnect(broken)

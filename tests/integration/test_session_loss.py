@@ -5,13 +5,14 @@ from __future__ import annotations
 import threading
 import uuid
 
+import psycopg
 import pytest
 from django.db import OperationalError, connection, connections, transaction
 
 from hotmesh_django import WorkflowFailed
 from hotmesh_django.engine.claim import claim
 from hotmesh_django.engine.execute import UNCOUNTED_LOSSES, release_after_loss, session_lost
-from hotmesh_django.engine.notify import connect_raw
+from hotmesh_django.engine.notify import _connection_lost, connect_raw
 from hotmesh_django.models import Activity, Journal, Stream
 from tests import activities as t
 from tests import workflows as w
@@ -178,3 +179,43 @@ def test_inside_atomic_a_lost_wait_raises() -> None:
         Counter.objects.create(key="inside")
         _kill_this_session()
         handle.result(timeout=5)
+
+
+def test_a_session_ended_inside_an_atomic_step_is_the_workers_loss(worker: object) -> None:
+    """The atomic block closes the dead session on its way out: no connection left
+    to probe is a lost session, not an error of the activity's (max_attempts=1)."""
+    handle = t.ends_own_session_once.start("atomic-own")
+    assert handle.result(timeout=30) == 2
+    step = Activity.objects.get(job__workflow_id=handle.id)
+    assert step.attempts == 1  # the lost attempt was not counted
+    events = list(Journal.objects.filter(job=step.job).values_list("event", flat=True))
+    assert events.count("lease_expired") == 1 and "step_retried" not in events
+
+
+def test_losses_before_an_operator_retry_do_not_count() -> None:
+    t.add.start(2, 3)
+    worker_id = uuid.uuid4()
+    for _ in range(UNCOUNTED_LOSSES):
+        (step,) = claim(queue="default", worker_id=worker_id, limit=1, lease_seconds=60)
+        release_after_loss(step, worker_id, OperationalError("server closed the connection"))
+    Journal.objects.create(job_id=step.job_id, event="retried")  # as control.retry_job
+
+    (step,) = claim(queue="default", worker_id=worker_id, limit=1, lease_seconds=60)
+    release_after_loss(step, worker_id, OperationalError("server closed the connection"))
+
+    assert Stream.objects.get(pk=step.id).status == "READY"  # released, uncounted again
+
+
+def test_a_wait_retries_lost_connections_only() -> None:
+    params = dict(connection.get_connection_params())
+    for key in ("cursor_factory", "context", "prepare_threshold"):
+        params.pop(key, None)
+    with psycopg.connect(**params, autocommit=True) as conn:
+        conn.execute("SET statement_timeout = 10")
+        with pytest.raises(psycopg.OperationalError) as cancelled:
+            conn.execute("SELECT pg_sleep(1)")
+    assert not _connection_lost(cancelled.value)  # 57014: the session lives on
+    with pytest.raises(psycopg.OperationalError) as refused:
+        psycopg.connect(**{**params, "host": "127.0.0.1", "port": 1}, connect_timeout=2)
+    assert _connection_lost(refused.value)  # no SQLSTATE: the server is away
+    assert _connection_lost(_error_of_another_session())  # 57P01, wrapped by Django

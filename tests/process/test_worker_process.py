@@ -75,7 +75,7 @@ def test_a_burst_worker_stopped_before_the_database_answers_exits_cleanly(
     log = proc.log()
     assert "Traceback" not in log, log
     assert "worker started" not in log
-    assert "worker stopped before the database could be reached" in log
+    assert "worker stopped before it began to work" in log
     assert "could not count the scheduled messages left" in log
 
 

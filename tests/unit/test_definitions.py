@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -110,3 +111,19 @@ def test_retry_policy_takes_its_fields_in_design_order() -> None:
         max_interval=10.0,
         non_retryable=(KeyError,),
     )
+
+
+def test_carried_draws_are_for_one_job_and_forgotten_before_each_message() -> None:
+    from types import SimpleNamespace
+
+    from hotmesh_django.engine import turn
+
+    ctx: Any = SimpleNamespace(job=SimpleNamespace(id=7), drawn=lambda: {1: ("now", "x")})
+    turn.carry_draws(ctx)
+    assert turn.take_draws(8) == {}  # another job's: dropped
+    assert turn.take_draws(7) == {}
+    turn.carry_draws(ctx)
+    assert turn.take_draws(7) == {1: ("now", "x")}
+    turn.carry_draws(ctx)
+    turn.forget_draws()
+    assert turn.take_draws(7) == {}
