@@ -19,8 +19,8 @@ claim100 is that data model, and how much is the worker's Python:
   real indexes: the floor of any design that keeps DESIGN.md's Stream queue, before
   a single Job, Activity or Journal row is written.
 
-Both run in the benchmark database, on tables the engine's migrations made, after
-our workloads (they truncate those tables).
+All three run in the benchmark database, on tables the engine's migrations made,
+after our workloads (they truncate those tables).
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def run_model_bound(
     log: Log,
     on_record: Callable[[Record], None],
 ) -> list[Record]:
-    """Run engine100 and stream100 with pgbench in `database` (migrated, ours)."""
+    """Run engine100, contract100 and stream100 with pgbench in `database` (migrated)."""
     binary = peers.pgbench_binary()
     if binary is None:
         missing: Record = {"ts": time.time(), "bench": "pglimit", "error": "pgbench not found"}

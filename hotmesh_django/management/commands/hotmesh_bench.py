@@ -131,7 +131,7 @@ class Command(BaseCommand):
             action="store_true",
             help=(
                 "Measure the pgbench insert1/claim1/claim100 limit on the same server, and"
-                " (with w1) the engine100/stream100 bound of our data model."
+                " (with w1) the engine100/contract100/stream100 bound of our data model."
             ),
         )
         parser.add_argument("--pglimit-clients", type=_int_list, default=[1, 2, 4, 8])
