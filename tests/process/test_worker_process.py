@@ -68,7 +68,10 @@ def test_a_burst_worker_stopped_before_the_database_answers_exits_cleanly(
     spawn_worker: Spawn,
 ) -> None:
     """It logged "worker started" after the signal and died on a traceback."""
-    proc = spawn_worker("--burst", env_extra={"HOTMESH_DATABASE_NAME": "hotmesh_no_such_db"})
+    # A server that refuses connections (the embedded one would create a missing
+    # database, so a wrong name is not enough).
+    unreachable = {"DATABASE_URL": "postgres://root@127.0.0.1:1/hotmesh_unreachable"}
+    proc = spawn_worker("--burst", env_extra=unreachable)
     wait_until(lambda: "database unavailable" in proc.log(), timeout=30)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0, proc.log()
