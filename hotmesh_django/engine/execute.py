@@ -461,9 +461,11 @@ def _execute(
     """Call `func` (the activity, perhaps wrapped in middleware) and ack; return
     (next message, metrics outcome or None)."""
     faults.point("step_start")
-    # The session the step starts on: an atomic block whose rollback fails on a
-    # dead session opens a new one on its way out, and only this tells them apart.
-    session = _backend_pid()
+    # The session an atomic step starts on: its block, whose rollback fails on a dead
+    # session, opens a new one on its way out, and only this tells them apart. Not
+    # for other steps (a dead session stays BAD there): a runner whose acks go to
+    # the batcher would open a connection of its own for nothing.
+    session = _backend_pid() if definition.atomic else None
     try:
         if definition.atomic:
             with transaction.atomic():
